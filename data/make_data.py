@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Regenerate the data files used by the example specs in ../specs/.
+
+Usage (from any working directory):
+
+    python data/make_data.py
+
+Files are written next to this script. The synthetic files need only NumPy and
+are fully deterministic: every file has its own fixed seed for
+``numpy.random.default_rng`` and floats are written with ``repr`` (the shortest
+string that round-trips to the same float64), so two runs give byte-identical
+output. ``iris.csv`` and ``digits.csv`` are real datasets copied from
+scikit-learn; they are committed, and are only rewritten when scikit-learn is
+importable (it is not a dependency of nnctl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# One fixed seed per synthetic file, so each file is independent of the others.
+SEED_TWO_TOWER = 0
+SEED_LINEAR = 1
+SEED_PRODUCT = 2
+
+LINEAR_KERNEL = [[2.0], [-3.4], [0.5]]
+LINEAR_BIAS = [4.2]
+
+
+def _fmt(v) -> str:
+    """Exact text for one value: ints as ints, floats as repr (round-trips)."""
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    f = float(v)
+    if f == 0.0:
+        f = 0.0  # no "-0.0"
+    return repr(f)
+
+
+def write_csv(name: str, header: list[str], rows) -> str:
+    path = os.path.join(HERE, name)
+    with open(path, "w", newline="\n", encoding="ascii") as fh:
+        fh.write(",".join(header) + "\n")
+        for row in rows:
+            fh.write(",".join(_fmt(v) for v in row) + "\n")
+    return path
+
+
+def _round_sig(a: np.ndarray, digits: int) -> np.ndarray:
+    return np.array([float(f"{v:.{digits}g}") for v in np.asarray(a).ravel()]).reshape(np.shape(a))
+
+
+def make_two_tower() -> None:
+    """Keras two-tower example: x (10, 2), y (10, 1), all standard normal."""
+    rng = np.random.default_rng(SEED_TWO_TOWER)
+    x = _round_sig(rng.standard_normal((10, 2)), 8)
+    y = _round_sig(rng.standard_normal((10, 1)), 8)
+    rows = np.hstack([x, y]).tolist()
+    print("wrote", write_csv("two_tower.csv", ["x1", "x2", "y"], rows))
+
+
+def make_linear() -> None:
+    """y = x @ [2.0, -3.4, 0.5] + 4.2 exactly (no noise), x ~ N(0, 1)."""
+    rng = np.random.default_rng(SEED_LINEAR)
+    x = rng.standard_normal((1000, 3))
+    y = x @ np.array(LINEAR_KERNEL) + np.array(LINEAR_BIAS)
+    rows = np.hstack([x, y]).tolist()
+    print("wrote", write_csv("linear.csv", ["x1", "x2", "x3", "y"], rows))
+    path = os.path.join(HERE, "linear_true.json")
+    with open(path, "w", newline="\n", encoding="ascii") as fh:
+        json.dump({"kernel": LINEAR_KERNEL, "bias": LINEAR_BIAS}, fh)
+        fh.write("\n")
+    print("wrote", path)
+
+
+def make_product() -> None:
+    """y = x1 * x2 exactly, x ~ Uniform(-1, 1)."""
+    rng = np.random.default_rng(SEED_PRODUCT)
+    x = rng.uniform(-1.0, 1.0, size=(1000, 2))
+    y = x[:, :1] * x[:, 1:]
+    rows = np.hstack([x, y]).tolist()
+    print("wrote", write_csv("product.csv", ["x1", "x2", "y"], rows))
+
+
+def make_fnn_sigmoid() -> None:
+    """The single worked-example sample: x = (1, 2), y = (0.3, 0.5, 0.2)."""
+    rows = [[1, 2, 0.3, 0.5, 0.2]]
+    print("wrote", write_csv("fnn_sigmoid.csv", ["x1", "x2", "y1", "y2", "y3"], rows))
+
+
+def make_sklearn() -> None:
+    try:
+        from sklearn.datasets import load_digits, load_iris
+    except ImportError:
+        print("scikit-learn is not importable: skipped iris.csv and digits.csv "
+              "(the committed copies are kept)")
+        return
+
+    iris = load_iris()
+    header = ["sepal_length", "sepal_width", "petal_length", "petal_width", "species"]
+    rows = [[float(v) for v in feats] + [int(t)] for feats, t in zip(iris.data, iris.target)]
+    print("wrote", write_csv("iris.csv", header, rows))
+
+    digits = load_digits()
+    header = [f"p{i}" for i in range(64)] + ["label"]
+    pixels = digits.data.astype(np.int64)
+    assert np.array_equal(pixels, digits.data)
+    rows = [[int(v) for v in px] + [int(t)] for px, t in zip(pixels, digits.target)]
+    print("wrote", write_csv("digits.csv", header, rows))
+
+
+def main() -> None:
+    make_two_tower()
+    make_linear()
+    make_product()
+    make_fnn_sigmoid()
+    make_sklearn()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Data: CSV (header row), .npy (2-D, columns by index) and .npz (arrays by name) -> checked arrays.
+
+Every problem names the file and the place: CSV line and column, array name, and the value.
+Large .npy files are memory-mapped and batches are gathered row by row, so a data set is never
+copied whole.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+
+from nnctl.errors import DataError, Problem, describe, did_you_mean
+
+CSV_SUFFIXES = (".csv",)
+
+
+@dataclass
+class Dataset:
+    """Arrays with samples along axis 0; `rows` selects this set's samples (a split is a view)."""
+
+    file: Path
+    inputs: dict  # input name -> array (N, *shape)
+    targets: object  # array (N, ...) or None
+    rows: object  # int64 index array into the arrays
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, rows) -> "Dataset":
+        return Dataset(self.file, self.inputs, self.targets, rows)
+
+
+def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, loss=None, output_units=None, dtype="float32") -> Dataset:
+    """Read `file`, pick the model's inputs (and targets unless `target_columns` is None), check them."""
+    file = Path(file)
+    if not file.exists():
+        raise DataError(Problem("expected a data file, received a path that does not exist", str(file)))
+    suffix = file.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        inputs, targets = _read_csv(file, column_map, target_columns)
+    elif suffix == ".npz":
+        inputs, targets = _read_npz(file, column_map, target_columns)
+    elif suffix == ".npy":
+        inputs, targets = _read_npy(file, column_map, target_columns)
+    else:
+        raise DataError(Problem(f"expected a .csv, .npy or .npz file, received a {suffix or 'suffix-less'} file", str(file)))
+    n = len(next(iter(inputs.values())))
+    if n == 0:
+        raise DataError(Problem("expected at least one sample, received none", str(file)))
+    for name, array in inputs.items():
+        if len(array) != n:
+            raise DataError(Problem(f"expected {n} samples in every array, received {len(array)} for input {name!r}", str(file)))
+        inputs[name] = _shape_input(file, name, array, input_shapes[name], dtype)
+    if targets is not None:
+        if len(targets) != n:
+            raise DataError(Problem(f"expected {n} targets (one per sample), received {len(targets)}", str(file)))
+        targets = _check_targets(file, targets, loss, output_units, dtype)
+    return Dataset(file, inputs, targets, numpy.arange(n))
+
+
+def _shape_input(file, name, array, shape, dtype):
+    per_sample = array.shape[1:]
+    if per_sample == tuple(shape):
+        return array if array.dtype == dtype else array.astype(dtype)
+    if array.ndim == 2 and array.shape[1] == math.prod(shape) and not isinstance(array, numpy.memmap):
+        return array.reshape((len(array),) + tuple(shape)).astype(dtype, copy=False)
+    raise DataError(
+        Problem(f"input {name!r}: expected {math.prod(shape)} values per sample (shape {list(shape)}), received shape {list(per_sample)}", str(file))
+    )
+
+
+def _check_targets(file, targets, loss, units, dtype):
+    kind = loss.targets if loss is not None else "values"
+    where = str(file)
+    if kind == "labels":
+        values = targets.reshape(len(targets), -1) if targets.ndim > 1 else targets[:, None]
+        if values.shape[1] != 1:
+            raise DataError(Problem(f"targets: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", where))
+        labels = values[:, 0]
+        bad = numpy.flatnonzero((labels != numpy.round(labels)) | (labels < 0) | (labels >= units))
+        if bad.size:
+            row = int(bad[0])
+            raise DataError(Problem(f"targets: expected class indices in [0, {units}) (the output has {units} units), received {labels[row]!r} in sample {row + 1}", where))
+        return labels.astype(numpy.int64)
+    values = targets.reshape(len(targets), -1) if targets.ndim != 2 else targets
+    if units is not None and values.shape[1] != units:
+        raise DataError(Problem(f"targets: expected {units} columns (one per output unit), received {values.shape[1]}", where))
+    if kind == "binary":
+        bad = numpy.flatnonzero(((values < 0) | (values > 1)).any(axis=1))
+        if bad.size:
+            raise DataError(Problem(f"targets: expected values in [0, 1] for binary cross-entropy, received {values[bad[0]].tolist()} in sample {int(bad[0]) + 1}", where))
+    if kind == "one_hot":
+        bad = numpy.flatnonzero((values < 0).any(axis=1) | (numpy.abs(values.sum(axis=1) - 1) > 1e-3))
+        if bad.size:
+            raise DataError(Problem(f"targets: expected one-hot or probability rows (non-negative, summing to 1) for categorical cross-entropy, received {values[bad[0]].tolist()} in sample {int(bad[0]) + 1}", where))
+    return values.astype(dtype, copy=False)
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+def _read_csv(file: Path, column_map: dict, target_columns):
+    try:
+        with open(file, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(Problem(f"expected a readable UTF-8 CSV file, received {exc.__class__.__name__}: {exc}", str(file))) from None
+    if not rows:
+        raise DataError(Problem("expected a header row of column names, received an empty file", str(file)))
+    header = [h.strip() for h in rows[0]]
+    body = [row for row in rows[1:] if row and any(cell.strip() for cell in row)]
+    index = {name: i for i, name in enumerate(header)}
+
+    def columns_of(columns, what):
+        names = [columns] if isinstance(columns, str) else columns
+        missing = [c for c in names if c not in index]
+        if missing:
+            raise DataError(Problem(
+                f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(header)}",
+                str(file), 1,
+            ))
+        return [index[c] for c in names]
+
+    wanted = {name: columns_of(cols, f"input {name!r}") for name, cols in column_map.items()}
+    target_index = columns_of(target_columns, "targets") if target_columns is not None else None
+    for line, row in enumerate(rows[1:], start=2):
+        if row and any(cell.strip() for cell in row) and len(row) != len(header):
+            raise DataError(Problem(f"expected {len(header)} fields like the header, received {len(row)}", str(file), line))
+    line_numbers = [i for i, row in enumerate(rows[1:], start=2) if row and any(cell.strip() for cell in row)]
+
+    def convert(indices):
+        out = numpy.empty((len(body), len(indices)), dtype=numpy.float64)
+        for r, row in enumerate(body):
+            for c, i in enumerate(indices):
+                cell = row[i]
+                try:
+                    value = float(cell)
+                except ValueError:
+                    raise DataError(Problem(f"column {header[i]!r}: expected a number, received {cell!r}", str(file), line_numbers[r], i + 1)) from None
+                if not math.isfinite(value):
+                    raise DataError(Problem(f"column {header[i]!r}: expected a finite number, received {cell!r}", str(file), line_numbers[r], i + 1))
+                out[r, c] = value
+        return out
+
+    inputs = {name: convert(indices) for name, indices in wanted.items()}
+    targets = convert(target_index) if target_index is not None else None
+    return inputs, targets
+
+
+# --- NumPy files ----------------------------------------------------------------------------------
+def _finite(file, name, array):
+    if array.dtype.kind == "f":
+        # In chunks: a memory-mapped array is scanned without being loaded whole.
+        step = max(1, (1 << 24) // max(1, array[:1].size))
+        for start in range(0, len(array), step):
+            chunk = numpy.asarray(array[start:start + step])
+            bad = numpy.argwhere(~numpy.isfinite(chunk))
+            if bad.size:
+                where = tuple(int(i) for i in bad[0])
+                raise DataError(Problem(f"array {name!r}: expected finite numbers, received {chunk[where]!r} at index {(where[0] + start,) + where[1:]}", str(file)))
+    elif array.dtype.kind not in "iub":
+        raise DataError(Problem(f"array {name!r}: expected a numeric array, received dtype {array.dtype}", str(file)))
+
+
+def _read_npz(file: Path, column_map: dict, target_columns):
+    try:
+        archive = numpy.load(file, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(Problem(f"expected a valid .npz archive, received an unreadable file ({exc})", str(file))) from None
+    with archive:
+        def array(name, what):
+            if not isinstance(name, str):
+                raise DataError(Problem(f"{what}: expected one array name for an .npz file, received {describe(name)}", str(file)))
+            if name not in archive.files:
+                raise DataError(Problem(f"{what}: expected array {name!r}{did_you_mean(name, archive.files)}; the archive has {', '.join(archive.files) or 'no arrays'}", str(file)))
+            try:
+                value = archive[name]
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataError(Problem(f"array {name!r}: expected a plain numeric array, received an unreadable one ({exc})", str(file))) from None
+            if value.ndim == 0:
+                raise DataError(Problem(f"array {name!r}: expected samples along axis 0, received a scalar", str(file)))
+            _finite(file, name, value)
+            return value
+
+        inputs = {name: array(arr, f"input {name!r}") for name, arr in column_map.items()}
+        targets = array(target_columns, "targets") if target_columns is not None else None
+    return inputs, targets
+
+
+def _column_slice(spec, width, file, what):
+    """'3' -> [3], '0:784' -> 0..783, a list of such -> their union; for 2-D .npy files."""
+    parts = [spec] if isinstance(spec, str) else spec
+    picked = []
+    for part in parts:
+        try:
+            if ":" in part:
+                start, stop = (int(p) if p.strip() else None for p in part.split(":", 1))
+                picked.extend(range(width)[slice(start, stop)])
+            else:
+                i = int(part)
+                range(width)[i]
+                picked.append(i % width)
+        except (ValueError, IndexError):
+            raise DataError(Problem(f"{what}: expected a column index or range like '0:784' within {width} columns, received {part!r}", str(file))) from None
+    if not picked:
+        raise DataError(Problem(f"{what}: expected at least one column, received the empty range {spec!r}", str(file)))
+    return picked
+
+
+def _read_npy(file: Path, column_map: dict, target_columns):
+    try:
+        array = numpy.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(Problem(f"expected a valid .npy file, received an unreadable one ({exc})", str(file))) from None
+    if array.ndim != 2:
+        raise DataError(Problem(f"expected a 2-D array (samples, columns), received shape {list(array.shape)}", str(file)))
+    _finite(file, file.name, array)
+    width = array.shape[1]
+
+    def pick(spec, what):
+        cols = _column_slice(spec, width, file, what)
+        if cols == list(range(cols[0], cols[-1] + 1)):
+            return array[:, cols[0]:cols[-1] + 1]  # a strided view of the memory map, no copy
+        return numpy.asarray(array[:, cols])
+
+    inputs = {name: pick(cols, f"input {name!r}") for name, cols in column_map.items()}
+    targets = numpy.asarray(pick(target_columns, "targets")) if target_columns is not None else None
+    return inputs, targets
+
+
+# --- splitting and batching ------------------------------------------------------------------------
+def split(dataset: Dataset, fraction: float, rng) -> tuple[Dataset, Dataset | None]:
+    """A seeded random hold-out of `fraction` of the samples (rows stay in file order)."""
+    n = len(dataset)
+    n_val = int(round(n * fraction))
+    if fraction <= 0 or n_val == 0:
+        return dataset, None
+    if n_val >= n:
+        raise DataError(Problem(f"validation_split: expected a split leaving training samples, received {fraction} of {n} samples", str(dataset.file)))
+    held = numpy.zeros(n, dtype=bool)
+    held[rng.permutation(n)[:n_val]] = True
+    return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])
+
+
+class Batches:
+    """Gathers batches of rows into reused host buffers, then moves them to the backend."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, backend, dtype):
+        self.dataset, self.batch_size, self.backend, self.dtype = dataset, batch_size, backend, dtype
+        self._buffers = {}
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def _gather(self, key, array, rows):
+        if isinstance(array, numpy.ndarray) and not isinstance(array, numpy.memmap) and array.flags.c_contiguous:
+            shape = (len(rows),) + array.shape[1:]
+            buffer = self._buffers.get((key, shape))
+            if buffer is None:
+                buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
+            return numpy.take(array, rows, axis=0, out=buffer)
+        gathered = numpy.asarray(array[rows])
+        return gathered.astype(self.dtype, copy=False) if gathered.dtype.kind == "f" else gathered
+
+    def __call__(self, order):
+        """Yield (inputs, targets, size) for the dataset's rows taken in `order`."""
+        rows_all = self.dataset.rows[order] if order is not None else self.dataset.rows
+        to_device = self.backend.asarray
+        for start in range(0, len(rows_all), self.batch_size):
+            rows = rows_all[start:start + self.batch_size]
+            inputs = {name: to_device(self._gather(name, array, rows)) for name, array in self.dataset.inputs.items()}
+            targets = None
+            if self.dataset.targets is not None:
+                targets = to_device(self._gather("__targets__", self.dataset.targets, rows))
+            yield inputs, targets, len(rows)

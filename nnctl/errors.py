@@ -1,0 +1,91 @@
+"""The one family of user-facing errors.
+
+Everything the user gave us (a spec, a data file, a weights file, a flag) that is wrong raises an
+`NnctlError`; the CLI turns it into a message and exit code 2 in one place. Anything else that
+escapes is a bug in nnctl and is reported as such.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+def describe(value) -> str:
+    """How a received value is shown in a message: short, typed, unambiguous."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        text = repr(list(value))
+        return text if len(text) <= 60 else f"a list of {len(value)} items"
+    return repr(value)
+
+
+def did_you_mean(word, choices) -> str:
+    """' (did you mean 'x'?)' for the nearest choice, or '' when nothing is close."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, with where it is: file, line and column (1-based), and a key path."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        place = ""
+        if self.file:
+            place = self.file
+            if self.line is not None:
+                place += f":{self.line}"
+                if self.column is not None:
+                    place += f":{self.column}"
+        parts = [p for p in (place, self.path) if p]
+        return ": ".join(parts + [self.message])
+
+
+class NnctlError(Exception):
+    """Bad input from the user. Carries one or more problems; exit code 2."""
+
+    exit_code = 2
+    kind = "error"
+
+    def __init__(self, problems):
+        if isinstance(problems, (str, Problem)):
+            problems = [problems]
+        self.problems = [p if isinstance(p, Problem) else Problem(p) for p in problems]
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SpecError(NnctlError):
+    kind = "spec error"
+
+
+class DataError(NnctlError):
+    kind = "data error"
+
+
+class WeightsError(NnctlError):
+    kind = "weights error"
+
+
+class BackendError(NnctlError):
+    kind = "backend error"
+
+
+class TrainingDiverged(Exception):
+    """The loss or a gradient became NaN or inf: exit code 1, not a user error."""
+
+    exit_code = 1

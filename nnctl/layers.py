@@ -1,0 +1,171 @@
+"""Layer types: the registry `LAYERS`, type name -> class.
+
+A layer declares its options, infers its per-sample output shape from its inputs' shapes (before
+any data exists), declares its weights, and computes its output from primitives. Adding a layer
+type means one class here and one entry in `LAYERS`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nnctl import ops
+from nnctl.activations import ACTIVATIONS
+from nnctl.initializers import INITIALIZERS
+from nnctl.options import Option, Typed, boolean, integer, number
+
+
+class ShapeConflict(Exception):
+    """The inputs' shapes do not fit this layer; the message says expected and received."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str  # "kernel", "bias"
+    shape: tuple
+    initializer: tuple  # (registry name, options)
+    fan_in: int
+    fan_out: int
+
+
+def _shape_text(shape) -> str:
+    return "(None, " + ", ".join(str(n) for n in shape) + ")"
+
+
+class Layer:
+    keras_name = "Layer"
+    options: dict = {}
+    many_inputs = False  # True: `from` is a list of two or more names
+
+    def __init__(self, name: str, type_name: str, config: dict):
+        self.name = name
+        self.type_name = type_name
+        self.config = config
+        self.output_shape = None
+        self.weights: list[WeightSpec] = []
+
+    def build(self, input_shapes: list[tuple]) -> tuple:
+        self.output_shape = self.infer_shape(input_shapes)
+        return self.output_shape
+
+    def infer_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def call(self, inputs, weights, ctx):
+        raise NotImplementedError
+
+
+class Dense(Layer):
+    keras_name = "Dense"
+    options = {
+        "units": Option(integer(1), doc="output size"),
+        "activation": Option(Typed(lambda: ACTIVATIONS, "activation"), "linear", "applied after x @ kernel + bias"),
+        "use_bias": Option(boolean, True, "add a bias vector"),
+        "kernel_initializer": Option(Typed(lambda: INITIALIZERS, "initializer"), "glorot_uniform"),
+        "bias_initializer": Option(Typed(lambda: INITIALIZERS, "initializer"), "zeros"),
+    }
+
+    def infer_shape(self, input_shapes):
+        (shape,) = input_shapes
+        if len(shape) != 1:
+            raise ShapeConflict(f"expected a 1-D input (None, features), received {_shape_text(shape)}")
+        units = self.config["units"]
+        self.weights = [WeightSpec("kernel", (shape[0], units), self.config["kernel_initializer"], shape[0], units)]
+        if self.config["use_bias"]:
+            self.weights.append(WeightSpec("bias", (units,), self.config["bias_initializer"], shape[0], units))
+        return (units,)
+
+    def call(self, inputs, weights, ctx):
+        (x,) = inputs
+        if "bias" in weights:
+            z = ops.linear(x, weights["kernel"], weights["bias"])
+        else:
+            z = ops.matmul(x, weights["kernel"])
+        name, options = self.config["activation"]
+        if name == "linear":
+            return z
+        z = ctx.tap(f"{self.name}/preactivation", z)
+        return ACTIVATIONS[name].apply(z, **options)
+
+
+class Concatenate(Layer):
+    keras_name = "Concatenate"
+    many_inputs = True
+    options = {"axis": Option(integer(), -1, "per-sample axis to join along (-1: the last)")}
+
+    def infer_shape(self, input_shapes):
+        rank = len(input_shapes[0])
+        axis = self.config["axis"]
+        if not -rank <= axis < rank:
+            raise ShapeConflict(f"expected an axis in [-{rank}, {rank - 1}], received {axis}")
+        axis %= rank
+        first = input_shapes[0]
+        for shape in input_shapes[1:]:
+            if len(shape) != rank or any(a != b for i, (a, b) in enumerate(zip(first, shape)) if i != axis):
+                shapes = ", ".join(_shape_text(s) for s in input_shapes)
+                raise ShapeConflict(f"expected shapes equal except on axis {axis}, received {shapes}")
+        return tuple(sum(s[axis] for s in input_shapes) if i == axis else n for i, n in enumerate(first))
+
+    def call(self, inputs, weights, ctx):
+        axis = self.config["axis"]
+        return ops.concat(*inputs, axis=axis if axis < 0 else axis + 1)
+
+
+class Add(Layer):
+    keras_name = "Add"
+    many_inputs = True
+
+    def infer_shape(self, input_shapes):
+        if any(s != input_shapes[0] for s in input_shapes):
+            shapes = ", ".join(_shape_text(s) for s in input_shapes)
+            raise ShapeConflict(f"expected inputs of one shape, received {shapes}")
+        return input_shapes[0]
+
+    def call(self, inputs, weights, ctx):
+        total = inputs[0]
+        for x in inputs[1:]:
+            total = ops.add(total, x)
+        return total
+
+
+class Dropout(Layer):
+    keras_name = "Dropout"
+    options = {"rate": Option(number(0, 1, high_open=True), doc="fraction of inputs zeroed in training")}
+
+    def call(self, inputs, weights, ctx):
+        (x,) = inputs
+        rate = self.config["rate"]
+        if not ctx.training or rate == 0:
+            return x
+        keep = ctx.dropout_rng.random(x.shape) >= rate
+        scale = ctx.backend.asarray(keep / (1 - rate), dtype=x.dtype)
+        return ops.multiply(x, scale)
+
+
+class ActivationLayer(Layer):
+    def call(self, inputs, weights, ctx):
+        return ACTIVATIONS[self.type_name].apply(inputs[0], **self.config)
+
+
+_ACTIVATION_KERAS_NAMES = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "elu": "ELU", "softmax": "Softmax"}
+
+
+def _activation_layer(name: str):
+    return type(
+        f"{name.title().replace('_', '')}Layer",
+        (ActivationLayer,),
+        {"keras_name": _ACTIVATION_KERAS_NAMES.get(name, "Activation"), "options": ACTIVATIONS[name].options},
+    )
+
+
+LAYERS: dict[str, type[Layer]] = {
+    "dense": Dense,
+    "concat": Concatenate,
+    "add": Add,
+    "dropout": Dropout,
+    **{name: _activation_layer(name) for name in ACTIVATIONS},
+}
+
+
+def count_params(layer: Layer) -> int:
+    return sum(math.prod(w.shape) for w in layer.weights)

@@ -1,0 +1,133 @@
+"""Losses: the registry `LOSSES`, name -> class. Keras' names, formulas and defaults.
+
+A loss turns the model's output and the targets into one scalar tensor: per-sample values
+reduced over the batch by their mean (Keras' default) or sum (`reduction: sum`). Cross-entropies
+with `from_logits: true` are computed from log-sum-exp and log-sigmoid, finite for any logits.
+"""
+from __future__ import annotations
+
+from nnctl import ops
+from nnctl.backend import namespace_of
+from nnctl.options import Option, boolean, number, one_of
+
+# Keras clips probabilities to [EPSILON, 1 - EPSILON] before taking their log.
+EPSILON = 1e-7
+
+_REDUCTION = Option(one_of(["mean", "sum"]), "mean", "how per-sample losses combine over a batch")
+_FROM_LOGITS = Option(boolean, False, "the model outputs logits (no sigmoid/softmax applied)")
+
+
+class Loss:
+    options = {"reduction": _REDUCTION}
+    # What the targets are: "values" (same shape as the output), "labels" (integer class per
+    # sample), "one_hot" (a probability row per sample), "binary" (0/1 per output unit).
+    targets = "values"
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def __call__(self, output, targets):
+        per_sample = self.per_sample(output, targets)
+        if self.config["reduction"] == "sum":
+            return ops.reduce_sum(per_sample)
+        return ops.reduce_mean(per_sample)
+
+    def per_sample(self, output, targets):
+        raise NotImplementedError
+
+    def probabilities(self, xp, output):
+        """What `predict` shows for a raw output (probabilities for logits)."""
+        return output
+
+
+class MeanSquaredError(Loss):
+    def per_sample(self, output, targets):
+        return ops.reduce_mean(ops.square(ops.subtract(output, targets)), axis=-1)
+
+
+class HalfSquaredError(Loss):
+    """0.5 * sum((output - targets)^2): the loss of textbook backprop, where dL/da = a - y."""
+
+    def per_sample(self, output, targets):
+        return ops.multiply(ops.reduce_sum(ops.square(ops.subtract(output, targets)), axis=-1), 0.5)
+
+
+class MeanAbsoluteError(Loss):
+    def per_sample(self, output, targets):
+        return ops.reduce_mean(ops.absolute(ops.subtract(output, targets)), axis=-1)
+
+
+class Huber(Loss):
+    options = {"delta": Option(number(low=0, low_open=True), 1.0, "where quadratic turns linear"), **Loss.options}
+
+    def per_sample(self, output, targets):
+        return ops.reduce_mean(ops.huber(ops.subtract(output, targets), delta=self.config["delta"]), axis=-1)
+
+
+class CrossEntropy(Loss):
+    options = {"from_logits": _FROM_LOGITS, **Loss.options}
+
+
+class BinaryCrossentropy(CrossEntropy):
+    targets = "binary"
+
+    def per_sample(self, output, targets):
+        if self.config["from_logits"]:
+            log_p = ops.log_sigmoid(output)
+            log_not_p = ops.log_sigmoid(ops.negative(output))
+        else:
+            p = ops.clip(output, EPSILON, 1 - EPSILON)
+            log_p = ops.log(p)
+            log_not_p = ops.log(ops.add(ops.negative(p), 1.0))
+        elementwise = ops.add(ops.multiply(log_p, targets), ops.multiply(log_not_p, 1 - targets))
+        return ops.negative(ops.reduce_mean(elementwise, axis=-1))
+
+    def probabilities(self, xp, output):
+        return 1 / (1 + xp.exp(-output)) if self.config["from_logits"] else output
+
+
+class CategoricalCrossentropy(CrossEntropy):
+    targets = "one_hot"
+
+    def per_sample(self, output, targets):
+        if self.config["from_logits"]:
+            log_p = ops.log_softmax(output)
+        else:
+            # Keras renormalises the rows before clipping, so un-normalised outputs still work.
+            p = ops.divide(output, ops.reduce_sum(output, axis=-1, keepdims=True))
+            log_p = ops.log(ops.clip(p, EPSILON, 1 - EPSILON))
+        return ops.negative(ops.reduce_sum(ops.multiply(log_p, targets), axis=-1))
+
+    def probabilities(self, xp, output):
+        if not self.config["from_logits"]:
+            return output
+        e = xp.exp(output - output.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    targets = "labels"
+
+    def per_sample(self, output, targets):
+        if self.config["from_logits"]:
+            return ops.sparse_softmax_cross_entropy(output, targets)
+        return CategoricalCrossentropy.per_sample(self, output, _one_hot(output.value, targets))
+
+
+def _one_hot(like, labels):
+    """A one-hot matrix shaped, typed and placed like `like`."""
+    xp = namespace_of(like)
+    one_hot = xp.zeros_like(like)
+    one_hot[xp.arange(labels.shape[0]), labels] = 1
+    return one_hot
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "mse": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "huber": Huber,
+    "half_squared_error": HalfSquaredError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}

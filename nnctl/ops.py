@@ -1,0 +1,215 @@
+"""The primitive table: every differentiable op nnctl computes with, forward and VJP side by side.
+
+Adding an op means adding one `Primitive(...)` here and one row in tests/test_ops.py's table, which
+checks its VJP against central finite differences in float64.
+"""
+from __future__ import annotations
+
+import math
+
+from nnctl.autograd import Primitive, unbroadcast
+
+# --- arithmetic (broadcasting; gradients summed back by unbroadcast) -----------------------------
+add = Primitive(
+    "add",
+    lambda xp, a, b: a + b,
+    [
+        lambda xp, g, ans, a, b: unbroadcast(xp, g, a.shape),
+        lambda xp, g, ans, a, b: unbroadcast(xp, g, b.shape),
+    ],
+)
+subtract = Primitive(
+    "subtract",
+    lambda xp, a, b: a - b,
+    [
+        lambda xp, g, ans, a, b: unbroadcast(xp, g, a.shape),
+        lambda xp, g, ans, a, b: unbroadcast(xp, -g, b.shape),
+    ],
+)
+multiply = Primitive(
+    "multiply",
+    lambda xp, a, b: a * b,
+    [
+        lambda xp, g, ans, a, b: unbroadcast(xp, g * b, a.shape),
+        lambda xp, g, ans, a, b: unbroadcast(xp, g * a, b.shape),
+    ],
+)
+divide = Primitive(
+    "divide",
+    lambda xp, a, b: a / b,
+    [
+        lambda xp, g, ans, a, b: unbroadcast(xp, g / b, a.shape),
+        lambda xp, g, ans, a, b: unbroadcast(xp, -g * ans / b, b.shape),
+    ],
+)
+negative = Primitive("negative", lambda xp, a: -a, [lambda xp, g, ans, a: -g])
+square = Primitive("square", lambda xp, a: a * a, [lambda xp, g, ans, a: 2 * g * a])
+absolute = Primitive("abs", lambda xp, a: xp.abs(a), [lambda xp, g, ans, a: g * xp.sign(a)])
+exp = Primitive("exp", lambda xp, a: xp.exp(a), [lambda xp, g, ans, a: g * ans])
+log = Primitive("log", lambda xp, a: xp.log(a), [lambda xp, g, ans, a: g / a])
+clip = Primitive(
+    "clip",
+    lambda xp, a, low, high: xp.clip(a, low, high),
+    [lambda xp, g, ans, a, low, high: g * ((a >= low) & (a <= high))],
+)
+
+# --- reductions ---------------------------------------------------------------------------------
+def _expand_reduced(xp, g, shape, axis, keepdims):
+    """Broadcast a reduction's gradient back over the reduced axes."""
+    if axis is not None and not keepdims:
+        g = xp.expand_dims(g, axis)
+    return xp.broadcast_to(g, shape)
+
+
+def _reduced_count(shape, axis):
+    if axis is None:
+        return math.prod(shape)
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    return math.prod(shape[a] for a in axes)
+
+
+reduce_sum = Primitive(
+    "sum",
+    lambda xp, a, axis=None, keepdims=False: a.sum(axis=axis, keepdims=keepdims),
+    [lambda xp, g, ans, a, axis=None, keepdims=False: _expand_reduced(xp, g, a.shape, axis, keepdims)],
+)
+reduce_mean = Primitive(
+    "mean",
+    lambda xp, a, axis=None, keepdims=False: a.mean(axis=axis, keepdims=keepdims),
+    [
+        lambda xp, g, ans, a, axis=None, keepdims=False: _expand_reduced(
+            xp, g / _reduced_count(a.shape, axis), a.shape, axis, keepdims
+        )
+    ],
+)
+
+# --- linear algebra -----------------------------------------------------------------------------
+matmul = Primitive(
+    "matmul",
+    lambda xp, a, b: a @ b,
+    [lambda xp, g, ans, a, b: g @ b.T, lambda xp, g, ans, a, b: a.T @ g],
+)
+def _linear(xp, x, kernel, bias):
+    out = x @ kernel
+    out += bias
+    return out
+
+
+# Dense's x @ kernel + bias as one op: one fewer temporary and one fewer graph node per layer.
+linear = Primitive(
+    "linear",
+    _linear,
+    [
+        lambda xp, g, ans, x, kernel, bias: g @ kernel.T,
+        lambda xp, g, ans, x, kernel, bias: x.T @ g,
+        lambda xp, g, ans, x, kernel, bias: g.sum(axis=0),
+    ],
+)
+
+
+def _concat_vjp(argnum, xp, g, ans, *parts, axis=-1):
+    start = sum(p.shape[axis] for p in parts[:argnum])
+    index = [slice(None)] * g.ndim
+    index[axis] = slice(start, start + parts[argnum].shape[axis])
+    return g[tuple(index)]
+
+
+concat = Primitive("concat", lambda xp, *parts, axis=-1: xp.concatenate(parts, axis=axis), vjp_argnum=_concat_vjp)
+
+# --- activations --------------------------------------------------------------------------------
+relu = Primitive("relu", lambda xp, a: xp.maximum(a, 0), [lambda xp, g, ans, a: g * (a > 0)])
+leaky_relu = Primitive(
+    "leaky_relu",
+    lambda xp, a, alpha=0.2: xp.where(a > 0, a, a * alpha),
+    [lambda xp, g, ans, a, alpha=0.2: xp.where(a > 0, g, g * alpha)],
+)
+elu = Primitive(
+    "elu",
+    lambda xp, a, alpha=1.0: xp.where(a > 0, a, alpha * xp.expm1(xp.minimum(a, 0))),
+    [lambda xp, g, ans, a, alpha=1.0: xp.where(a > 0, g, g * (ans + alpha))],
+)
+
+
+def _sigmoid(xp, a):
+    # exp of a non-positive number only: no overflow warning for large |a|.
+    e = xp.exp(-xp.abs(a))
+    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
+
+
+sigmoid = Primitive("sigmoid", _sigmoid, [lambda xp, g, ans, a: g * ans * (1 - ans)])
+tanh = Primitive("tanh", lambda xp, a: xp.tanh(a), [lambda xp, g, ans, a: g * (1 - ans * ans)])
+softplus = Primitive(
+    "softplus",
+    lambda xp, a: xp.logaddexp(a, 0),
+    [lambda xp, g, ans, a: g * _sigmoid(xp, a)],
+)
+
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def _gelu_vjp(xp, g, ans, a):
+    inner = _GELU_C * (a + 0.044715 * a**3)
+    t = xp.tanh(inner)
+    d_inner = _GELU_C * (1 + 3 * 0.044715 * a * a)
+    return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * d_inner)
+
+
+# The tanh approximation (torch's approximate='tanh', Keras' approximate=True): NumPy has no erf.
+gelu = Primitive(
+    "gelu",
+    lambda xp, a: 0.5 * a * (1 + xp.tanh(_GELU_C * (a + 0.044715 * a**3))),
+    [_gelu_vjp],
+)
+
+
+def _softmax(xp, a, axis=-1):
+    e = xp.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+softmax = Primitive(
+    "softmax",
+    _softmax,
+    [lambda xp, g, ans, a, axis=-1: ans * (g - (g * ans).sum(axis=axis, keepdims=True))],
+)
+
+
+def _log_softmax(xp, a, axis=-1):
+    shifted = a - a.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+log_softmax = Primitive(
+    "log_softmax",
+    _log_softmax,
+    [lambda xp, g, ans, a, axis=-1: g - xp.exp(ans) * g.sum(axis=axis, keepdims=True)],
+)
+# log(sigmoid(a)) = -softplus(-a), finite for any a.
+log_sigmoid = Primitive(
+    "log_sigmoid",
+    lambda xp, a: -xp.logaddexp(-a, 0),
+    [lambda xp, g, ans, a: g * _sigmoid(xp, -a)],
+)
+
+# --- fused losses (per-sample values; the caller reduces over the batch) --------------------------
+def _sparse_xent(xp, logits, labels):
+    log_probs = _log_softmax(xp, logits)
+    return -xp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def _sparse_xent_vjp(xp, g, ans, logits, labels):
+    grad = _softmax(xp, logits)
+    grad[xp.arange(labels.shape[0]), labels] -= 1
+    grad *= g[:, None]
+    return grad
+
+
+# Softmax cross-entropy from logits with integer labels: the gradient is softmax - onehot,
+# computed without the one-hot matrix or a log-softmax graph.
+sparse_softmax_cross_entropy = Primitive("sparse_softmax_cross_entropy", _sparse_xent, [_sparse_xent_vjp])
+
+huber = Primitive(
+    "huber",
+    lambda xp, d, delta=1.0: xp.where(xp.abs(d) <= delta, 0.5 * d * d, delta * (xp.abs(d) - 0.5 * delta)),
+    [lambda xp, g, ans, d, delta=1.0: g * xp.clip(d, -delta, delta)],
+)

@@ -1,0 +1,159 @@
+"""Optimizers: the registry `OPTIMIZERS`, name -> class, with Keras' names and defaults.
+
+Each takes exactly the steps of its torch.optim namesake with equal hyper-parameters (the README
+lists where Keras' formulas differ). Every parameter lives in one flat buffer, so a step is a
+handful of whole-buffer, in-place operations whatever the number of layers.
+"""
+from __future__ import annotations
+
+import math
+
+from nnctl.backend import namespace_of
+from nnctl.options import Option, boolean, number
+
+_LR = "step size"
+
+
+def _learning_rate(default):
+    return Option(number(low=0, low_open=True), default, _LR)
+
+
+class Optimizer:
+    options: dict = {}
+    slots: tuple = ()  # names of per-parameter state buffers
+
+    def __init__(self, config: dict, params):
+        self.config = config
+        self.iterations = 0
+        xp = namespace_of(params)
+        self.state = {slot: xp.zeros_like(params) for slot in self.slots}
+        self.scratch = xp.empty_like(params)
+
+    def step(self, params, grads) -> None:
+        """Update the flat `params` in place from the flat `grads`."""
+        self.iterations += 1
+        self.update(namespace_of(params), params, grads)
+
+    def update(self, xp, params, grads):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    options = {
+        "learning_rate": _learning_rate(0.01),
+        "momentum": Option(number(0, 1), 0.0, "velocity decay"),
+        "nesterov": Option(boolean, False, "Nesterov momentum"),
+    }
+
+    def __init__(self, config, params):
+        self.slots = ("momentum",) if config["momentum"] else ()
+        super().__init__(config, params)
+
+    def update(self, xp, params, grads):
+        lr, momentum = self.config["learning_rate"], self.config["momentum"]
+        if not momentum:
+            xp.multiply(grads, lr, out=self.scratch)
+            params -= self.scratch
+            return
+        velocity = self.state["momentum"]
+        velocity *= momentum
+        velocity += grads
+        if self.config["nesterov"]:
+            xp.multiply(velocity, momentum, out=self.scratch)
+            self.scratch += grads
+        else:
+            self.scratch[...] = velocity
+        self.scratch *= lr
+        params -= self.scratch
+
+
+class Adam(Optimizer):
+    options = {
+        "learning_rate": _learning_rate(0.001),
+        "beta_1": Option(number(0, 1, high_open=True), 0.9, "first-moment decay"),
+        "beta_2": Option(number(0, 1, high_open=True), 0.999, "second-moment decay"),
+        "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
+    }
+    slots = ("m", "v")
+
+    def update(self, xp, params, grads):
+        c = self.config
+        b1, b2, t = c["beta_1"], c["beta_2"], self.iterations
+        m, v, scratch = self.state["m"], self.state["v"], self.scratch
+        m *= b1
+        xp.multiply(grads, 1 - b1, out=scratch)
+        m += scratch
+        v *= b2
+        xp.multiply(grads, grads, out=scratch)
+        scratch *= 1 - b2
+        v += scratch
+        # torch's form: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+        xp.sqrt(v, out=scratch)
+        scratch *= 1 / math.sqrt(1 - b2**t)
+        scratch += c["epsilon"]
+        xp.divide(m, scratch, out=scratch)
+        scratch *= c["learning_rate"] / (1 - b1**t)
+        params -= scratch
+
+
+class AdamW(Adam):
+    options = {**Adam.options, "weight_decay": Option(number(low=0), 0.004, "decoupled decay, times learning_rate")}
+
+    def update(self, xp, params, grads):
+        params *= 1 - self.config["learning_rate"] * self.config["weight_decay"]
+        super().update(xp, params, grads)
+
+
+class RMSprop(Optimizer):
+    options = {
+        "learning_rate": _learning_rate(0.001),
+        "rho": Option(number(0, 1, high_open=True), 0.9, "decay of the squared-gradient average"),
+        "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
+    }
+    slots = ("square_average",)
+
+    def update(self, xp, params, grads):
+        c = self.config
+        average, scratch = self.state["square_average"], self.scratch
+        average *= c["rho"]
+        xp.multiply(grads, grads, out=scratch)
+        scratch *= 1 - c["rho"]
+        average += scratch
+        xp.sqrt(average, out=scratch)
+        scratch += c["epsilon"]
+        xp.divide(grads, scratch, out=scratch)
+        scratch *= c["learning_rate"]
+        params -= scratch
+
+
+class Adagrad(Optimizer):
+    options = {
+        "learning_rate": _learning_rate(0.001),
+        "initial_accumulator_value": Option(number(low=0), 0.1, "starting sum of squared gradients"),
+        "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
+    }
+    slots = ("accumulator",)
+
+    def __init__(self, config, params):
+        super().__init__(config, params)
+        self.state["accumulator"] += config["initial_accumulator_value"]
+
+    def update(self, xp, params, grads):
+        c = self.config
+        accumulator, scratch = self.state["accumulator"], self.scratch
+        xp.multiply(grads, grads, out=scratch)
+        accumulator += scratch
+        xp.sqrt(accumulator, out=scratch)
+        scratch += c["epsilon"]
+        xp.divide(grads, scratch, out=scratch)
+        scratch *= c["learning_rate"]
+        params -= scratch
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "rmsprop": RMSprop,
+    "adagrad": Adagrad,
+}

@@ -1,0 +1,110 @@
+"""Declared options: what each layer, loss, optimizer and initializer accepts.
+
+Each registry entry declares its options once, as `Option`s; spec validation, `nnctl config`
+defaults, the README reference and the JSON Schema all read these declarations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+class Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = Required()
+
+
+class Invalid(Exception):
+    """A value failed a check; the message is what was expected (the caller adds what was received)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    expected: str
+    accept: object  # value -> bool
+    schema: dict = field(default_factory=dict)
+    convert: object = None  # value -> normalised value
+
+    def __call__(self, value):
+        if not self.accept(value):
+            raise Invalid(self.expected)
+        return self.convert(value) if self.convert else value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def integer(minimum=None) -> Check:
+    if minimum == 1:
+        expected = "a positive integer"
+    elif minimum == 0:
+        expected = "a non-negative integer"
+    else:
+        expected = "an integer"
+    schema = {"type": "integer"} | ({"minimum": minimum} if minimum is not None else {})
+    return Check(expected, lambda v: _is_int(v) and (minimum is None or v >= minimum), schema)
+
+
+def number(low=None, high=None, low_open=False, high_open=False) -> Check:
+    """A finite number in [low, high], each end optionally open."""
+
+    def accept(v):
+        if not _is_number(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        if high is not None and (v >= high if high_open else v > high):
+            return False
+        return True
+
+    if low is None and high is None:
+        expected = "a finite number"
+    elif high is None:
+        expected = f"a number {'>' if low_open else '>='} {low:g}"
+    elif low is None:
+        expected = f"a number {'<' if high_open else '<='} {high:g}"
+    else:
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    schema = {"type": "number"}
+    if low is not None:
+        schema["exclusiveMinimum" if low_open else "minimum"] = low
+    if high is not None:
+        schema["exclusiveMaximum" if high_open else "maximum"] = high
+    return Check(expected, accept, schema, convert=float)
+
+
+boolean = Check("true or false", lambda v: isinstance(v, bool), {"type": "boolean"})
+text = Check("a non-empty string", lambda v: isinstance(v, str) and v != "", {"type": "string", "minLength": 1})
+
+
+def one_of(choices) -> Check:
+    choices = tuple(choices)
+    return Check(
+        "one of " + ", ".join(choices), lambda v: isinstance(v, str) and v in choices, {"enum": list(choices)}
+    )
+
+
+@dataclass(frozen=True)
+class Option:
+    check: Check
+    default: object = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A value naming an entry of a registry: `name` or `{type: name, option: value, ...}`.
+
+    `registry` is a zero-argument function so that declaring modules need not import each other.
+    """
+
+    registry: object
+    what: str  # "initializer", "activation", ...

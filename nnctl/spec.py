@@ -1,0 +1,368 @@
+"""Spec: a YAML file -> validated, fully resolved objects (every default filled in).
+
+All problems in a spec are reported at once, each with FILE:LINE:COLUMN, the key path, what was
+expected and what was received, and a "did you mean" for a near miss. Graph-level checks
+(references, cycles, shapes) come next, in nnctl.graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnctl.backend import BACKENDS
+from nnctl.errors import Problem, SpecError, describe, did_you_mean
+from nnctl.layers import LAYERS
+from nnctl.losses import LOSSES
+from nnctl.metrics import METRICS
+from nnctl.optimizers import OPTIMIZERS
+from nnctl.options import REQUIRED, Invalid, Option, Typed, boolean, integer, number, one_of, text
+from nnctl.yamlmarks import Marks, load_yaml, path_text
+
+DTYPES = ("float32", "float64")
+TOP_LEVEL_KEYS = (
+    "name", "description", "seed", "dtype", "backend", "inputs", "layers", "outputs",
+    "loss", "metrics", "optimizer", "data", "train",
+)
+TRAIN_OPTIONS = {
+    "epochs": Option(integer(1), 10, "passes over the training data"),
+    "batch_size": Option(integer(1), 32, "samples per step"),
+    "shuffle": Option(boolean, True, "reshuffle the training data every epoch"),
+}
+DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation")
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    type: str
+    inputs: list  # names of inputs or layers
+    config: dict  # resolved options
+    index: int  # position in `layers`, for error locations
+
+
+@dataclass
+class DataSpec:
+    path: Path
+    inputs: dict  # input name -> list of CSV columns, or an array name for .npz
+    targets: object  # list of CSV columns, or an array name
+    validation_split: float = 0.0
+    validation: Path | None = None
+
+
+@dataclass
+class Spec:
+    file: Path
+    name: str
+    seed: int
+    dtype: str
+    backend: str
+    inputs: dict  # name -> per-sample shape tuple
+    layers: list
+    outputs: str
+    loss: tuple  # (name, options)
+    metrics: list
+    optimizer: tuple  # (name, options)
+    data: DataSpec | None
+    train: dict
+    marks: Marks = field(repr=False, default=None)
+    description: str = ""
+
+    def problem(self, path: tuple, message: str, key: bool = False) -> Problem:
+        line, column = self.marks.at(path, key=key)
+        return Problem(message, str(self.file), line, column, path_text(path) or None)
+
+    def resolved(self) -> dict:
+        """The spec as nnctl understands it, every default filled in (for `nnctl config`)."""
+        def typed(value):
+            name, options = value
+            return {"type": name, **options}
+
+        layers = []
+        for layer in self.layers:
+            config = {k: typed(v) if isinstance(v, tuple) else v for k, v in layer.config.items()}
+            layers.append({"name": layer.name, "type": layer.type, "from": list(layer.inputs), **config})
+        data = None
+        if self.data is not None:
+            data = {
+                "path": str(self.data.path),
+                "inputs": self.data.inputs,
+                "targets": self.data.targets,
+                "validation_split": self.data.validation_split,
+                "validation": str(self.data.validation) if self.data.validation else None,
+            }
+        return {
+            "name": self.name, "seed": self.seed, "dtype": self.dtype, "backend": self.backend,
+            "inputs": {k: list(v) for k, v in self.inputs.items()}, "layers": layers, "outputs": self.outputs,
+            "loss": typed(self.loss), "metrics": list(self.metrics), "optimizer": typed(self.optimizer),
+            "data": data, "train": dict(self.train),
+        }
+
+
+class _Checker:
+    """Collects problems while walking the raw YAML data."""
+
+    def __init__(self, file: Path, marks: Marks):
+        self.file, self.marks, self.problems = file, marks, []
+
+    def report(self, path: tuple, message: str, key: bool = False) -> None:
+        line, column = self.marks.at(path, key=key)
+        self.problems.append(Problem(message, str(self.file), line, column, path_text(path) or None))
+
+    def unknown_keys(self, mapping: dict, allowed, path: tuple, what: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.report(
+                    path + (key,),
+                    f"expected a {what} key ({', '.join(allowed)}), received unknown key {key!r}{did_you_mean(key, allowed)}",
+                    key=True,
+                )
+
+    def value(self, check, value, path):
+        try:
+            return check(value)
+        except Invalid as exc:
+            self.report(path, f"expected {exc}, received {describe(value)}")
+            return None
+
+    def options(self, mapping: dict, options: dict, path: tuple, what: str, skip=()) -> dict:
+        """Validate `mapping` against declared options; return them with defaults filled in."""
+        self.unknown_keys({k: v for k, v in mapping.items() if k not in skip}, list(options), path, what)
+        resolved = {}
+        for name, option in options.items():
+            if name not in mapping:
+                if option.default is REQUIRED:
+                    self.report(path, f"expected key {name!r} ({option.doc or what}), received none")
+                resolved[name] = None if option.default is REQUIRED else option.default
+                if isinstance(option.check, Typed) and option.default is not REQUIRED:
+                    resolved[name] = (option.default, self.defaults(option.check.registry()[option.default].options))
+                continue
+            if isinstance(option.check, Typed):
+                resolved[name] = self.typed(mapping[name], option.check.registry(), path + (name,), option.check.what)
+            else:
+                resolved[name] = self.value(option.check, mapping[name], path + (name,))
+        return resolved
+
+    @staticmethod
+    def defaults(options: dict) -> dict:
+        return {k: o.default for k, o in options.items() if o.default is not REQUIRED}
+
+    def typed(self, value, registry: dict, path: tuple, what: str):
+        """`name` or `{type: name, ...options}` naming a registry entry -> (name, options)."""
+        if isinstance(value, dict):
+            if "type" not in value:
+                self.report(path, f"expected a {what} mapping with a 'type' key, received keys {sorted(value)}")
+                return None
+            name, mapping, type_path = value["type"], value, path + ("type",)
+        else:
+            name, mapping, type_path = value, {}, path
+        if not isinstance(name, str) or name not in registry:
+            self.report(
+                type_path,
+                f"expected a {what}: one of {', '.join(registry)}; received {describe(name)}{did_you_mean(name, registry)}",
+            )
+            return None
+        return name, self.options(mapping, registry[name].options, path, f"{what} {name!r}", skip=("type",))
+
+
+def load_spec(path, overrides: dict | None = None) -> Spec:
+    """Read and validate a spec file; raise SpecError with every problem found."""
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(Problem(f"expected a spec file, received a path that does not exist", str(path))) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(Problem(f"expected a readable UTF-8 spec file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+    data, marks = load_yaml(source, str(path))
+    checker = _Checker(path, marks)
+    spec = _validate(data, path, checker, overrides or {})
+    if checker.problems:
+        raise SpecError(checker.problems)
+    return spec
+
+
+def _validate(data: dict, path: Path, c: _Checker, overrides: dict) -> Spec | None:
+    c.unknown_keys(data, TOP_LEVEL_KEYS, (), "top-level")
+    for key in ("inputs", "layers", "loss"):
+        if key not in data:
+            c.report((), f"expected key {key!r} at the top level, received none")
+
+    name = c.value(text, data.get("name", path.stem), ("name",))
+    seed = c.value(integer(0), data.get("seed", 0), ("seed",))
+    dtype = c.value(one_of(DTYPES), data.get("dtype", "float32"), ("dtype",))
+    backend = c.value(one_of(BACKENDS), data.get("backend", "numpy"), ("backend",))
+    description = c.value(text, data["description"], ("description",)) if "description" in data else ""
+    inputs = _validate_inputs(data.get("inputs"), c) if "inputs" in data else {}
+    layers = _validate_layers(data.get("layers"), inputs, c) if "layers" in data else []
+    outputs = _validate_outputs(data.get("outputs"), layers, inputs, c)
+    loss = c.typed(data["loss"], LOSSES, ("loss",), "loss") if "loss" in data else None
+    metrics = _validate_metrics(data.get("metrics", []), c)
+    optimizer = c.typed(data.get("optimizer", "adam"), OPTIMIZERS, ("optimizer",), "optimizer")
+    data_spec = _validate_data(data["data"], path, inputs, c) if "data" in data else None
+    train_raw = data.get("train", {})
+    if not isinstance(train_raw, dict):
+        c.report(("train",), f"expected a mapping of training options, received {describe(train_raw)}")
+        train_raw = {}
+    train = c.options(train_raw, TRAIN_OPTIONS, ("train",), "train")
+    if overrides.get("seed") is not None:
+        seed = overrides["seed"]
+    if overrides.get("backend") is not None:
+        backend = overrides["backend"]
+    for key in ("epochs", "batch_size"):
+        if overrides.get(key) is not None:
+            train[key] = overrides[key]
+    if c.problems:
+        return None
+    return Spec(
+        file=path, name=name, seed=seed, dtype=dtype, backend=backend, inputs=inputs, layers=layers,
+        outputs=outputs, loss=loss, metrics=metrics, optimizer=optimizer, data=data_spec, train=train,
+        marks=c.marks, description=description,
+    )
+
+
+def _validate_inputs(raw, c: _Checker) -> dict:
+    if not isinstance(raw, dict) or not raw:
+        c.report(("inputs",), f"expected a mapping of input name -> shape (e.g. x: [2]), received {describe(raw)}")
+        return {}
+    inputs = {}
+    for name, shape in raw.items():
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = [shape]
+        if not isinstance(shape, list) or not shape or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
+        ):
+            c.report(("inputs", name), f"expected a per-sample shape as a list of positive integers (e.g. [2]), received {describe(shape)}")
+            continue
+        inputs[name] = tuple(shape)
+    return inputs
+
+
+def _validate_layers(raw, inputs: dict, c: _Checker) -> list:
+    if not isinstance(raw, list) or not raw:
+        c.report(("layers",), f"expected a non-empty list of layers, received {describe(raw)}")
+        return []
+    layers, counts, previous = [], {}, (next(iter(inputs)) if len(inputs) == 1 else None)
+    for index, item in enumerate(raw):
+        path = ("layers", index)
+        if not isinstance(item, dict):
+            c.report(path, f"expected a layer mapping with a 'type' key, received {describe(item)}")
+            continue
+        type_name = item.get("type")
+        if type_name not in LAYERS:
+            c.report(
+                path + (("type",) if "type" in item else ()),
+                f"expected a layer type: one of {', '.join(LAYERS)}; received {describe(type_name)}{did_you_mean(type_name, LAYERS)}",
+            )
+            continue
+        layer_class = LAYERS[type_name]
+        # Keras' naming: dense, dense_1, dense_2, ... per type, counting every layer of the type.
+        count = counts.get(type_name, 0)
+        counts[type_name] = count + 1
+        name = item.get("name", type_name if count == 0 else f"{type_name}_{count}")
+        if not isinstance(name, str) or not name or "/" in name:
+            c.report(path + ("name",), f"expected a layer name (a non-empty string without '/'), received {describe(name)}")
+            name = f"{type_name}_{index}"
+        inputs_of = item.get("from", previous)
+        if inputs_of is None:
+            c.report(path, "expected a 'from' key naming this layer's input (the model has several inputs), received none")
+            inputs_of = []
+        if layer_class.many_inputs:
+            if not isinstance(inputs_of, list) or len(inputs_of) < 2 or not all(isinstance(n, str) for n in inputs_of):
+                c.report(path + ("from",), f"expected a list of two or more layer or input names, received {describe(inputs_of)}")
+                inputs_of = []
+        else:
+            if isinstance(inputs_of, list) and len(inputs_of) == 1:
+                inputs_of = inputs_of[0]
+            if not isinstance(inputs_of, str):
+                c.report(path + ("from",), f"expected one layer or input name, received {describe(inputs_of)}")
+                inputs_of = None
+            inputs_of = [inputs_of] if inputs_of else []
+        config = c.options(item, layer_class.options, path, f"{type_name} layer", skip=("name", "type", "from"))
+        layers.append(LayerSpec(name, type_name, list(inputs_of), config, index))
+        previous = name
+    return layers
+
+
+def _validate_outputs(raw, layers, inputs, c: _Checker):
+    if raw is None:
+        return layers[-1].name if layers else None
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]
+    if not isinstance(raw, str):
+        c.report(("outputs",), f"expected the name of the output layer, received {describe(raw)}")
+        return None
+    names = [layer.name for layer in layers] + list(inputs)
+    if raw not in names:
+        c.report(("outputs",), f"expected the name of a layer, received {raw!r}{did_you_mean(raw, names)}")
+    return raw
+
+
+def _validate_metrics(raw, c: _Checker) -> list:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        c.report(("metrics",), f"expected a list of metric names, received {describe(raw)}")
+        return []
+    metrics = []
+    for i, name in enumerate(raw):
+        if name not in METRICS:
+            c.report(("metrics", i), f"expected a metric: one of {', '.join(METRICS)}; received {describe(name)}{did_you_mean(name, METRICS)}")
+        elif name in metrics:
+            c.report(("metrics", i), f"expected each metric once, received {name!r} again")
+        else:
+            metrics.append(name)
+    return metrics
+
+
+def _validate_columns(raw, path, c: _Checker):
+    """A list of column names, or one name (a CSV column or an .npz array)."""
+    if isinstance(raw, str) and raw:
+        return raw
+    if isinstance(raw, list) and raw and all(isinstance(x, str) and x for x in raw):
+        return list(raw)
+    c.report(path, f"expected a column name or a list of column names, received {describe(raw)}")
+    return None
+
+
+def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec | None:
+    if not isinstance(raw, dict):
+        c.report(("data",), f"expected a data mapping (path, inputs, targets), received {describe(raw)}")
+        return None
+    c.unknown_keys(raw, DATA_KEYS, ("data",), "data")
+    if "path" not in raw:
+        c.report(("data",), "expected key 'path' (the data file, relative to the spec), received none")
+        return None
+    if not isinstance(raw["path"], str) or not raw["path"]:
+        c.report(("data", "path"), f"expected a file path, received {describe(raw['path'])}")
+        return None
+    base = spec_path.parent
+    mapping = raw.get("inputs")
+    if mapping is None and len(inputs) == 1:
+        c.report(("data",), f"expected key 'inputs' mapping input {next(iter(inputs))!r} to its columns, received none")
+        return None
+    if not isinstance(mapping, dict):
+        c.report(("data", "inputs"), f"expected a mapping of input name -> columns, received {describe(mapping)}")
+        return None
+    data_inputs = {}
+    for name, columns in mapping.items():
+        if inputs and name not in inputs:
+            c.report(("data", "inputs", name), f"expected one of the model's inputs ({', '.join(inputs)}), received {name!r}{did_you_mean(name, inputs)}", key=True)
+            continue
+        data_inputs[name] = _validate_columns(columns, ("data", "inputs", name), c)
+    for name in inputs:
+        if name not in mapping:
+            c.report(("data", "inputs"), f"expected columns for model input {name!r}, received none")
+    if "targets" not in raw:
+        c.report(("data",), "expected key 'targets' (the target columns), received none")
+        return None
+    targets = _validate_columns(raw["targets"], ("data", "targets"), c)
+    split = c.value(number(0, 1, high_open=True), raw.get("validation_split", 0.0), ("data", "validation_split"))
+    validation = None
+    if "validation" in raw:
+        if not isinstance(raw["validation"], str) or not raw["validation"]:
+            c.report(("data", "validation"), f"expected a file path, received {describe(raw['validation'])}")
+        else:
+            validation = base / raw["validation"]
+        if raw.get("validation_split"):
+            c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
+    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation)
