@@ -12,9 +12,9 @@ import time
 import numpy
 
 from nnctl.autograd import backward
-from nnctl.data import Batches
-from nnctl.errors import TrainingDiverged
-from nnctl.graph import STREAM_DROPOUT, STREAM_SHUFFLE, ForwardContext, Model, Parameters, rng_for
+from nnctl.data import Batches, load_dataset, split
+from nnctl.errors import SpecError, TrainingDiverged
+from nnctl.graph import STREAM_DROPOUT, STREAM_SHUFFLE, STREAM_SPLIT, ForwardContext, Model, Parameters, rng_for
 from nnctl.losses import LOSSES
 from nnctl.metrics import METRICS
 from nnctl.optimizers import OPTIMIZERS
@@ -149,3 +149,23 @@ def fit(session: Session, train_set, val_set=None, progress: Progress | None = N
         history.append(logs)
         progress.on_epoch_end(epoch, logs)
     return history
+
+
+def load_spec_data(session, path=None, targets=True):
+    """The spec's data file (or `path`), checked against the model."""
+    spec = session.spec
+    if spec.data is None:
+        raise SpecError(spec.problem((), "expected a 'data' section (path, inputs, targets), received none"))
+    return load_dataset(
+        path or spec.data.path, spec.data.inputs, spec.data.targets if targets else None,
+        session.model.input_shapes, session.loss, session.output_units, session.dtype,
+    )
+
+
+def training_sets(session):
+    """(train, validation or None) as the spec asks: a seeded split or a separate file."""
+    spec = session.spec
+    dataset = load_spec_data(session)
+    if spec.data.validation is not None:
+        return dataset, load_spec_data(session, spec.data.validation)
+    return split(dataset, spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT))

@@ -1,0 +1,210 @@
+"""The `nnctl` command line: thin click commands over nnctl's modules.
+
+User errors (NnctlError) become one message and exit code 2, here and nowhere else; a training
+divergence or a failed check exits 1; anything unexpected is reported as an nnctl bug.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from nnctl import __version__
+from nnctl.backend import BACKENDS
+from nnctl.errors import NnctlError, TrainingDiverged
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class NnctlGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NnctlError as exc:
+            click.echo(f"Error ({exc.kind}):" if len(exc.problems) > 1 else f"Error ({exc.kind}): {exc.problems[0]}", err=True)
+            if len(exc.problems) > 1:
+                for problem in exc.problems:
+                    click.echo(f"  {problem}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except TrainingDiverged as exc:
+            click.echo(f"Error: training diverged: {exc}", err=True)
+            ctx.exit(EXIT_FAILED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Internal error in nnctl ({exc.__class__.__name__}: {exc}). Run again with --debug for the traceback, and please report it.", err=True)
+            ctx.exit(EXIT_FAILED)
+
+
+def _console():
+    from rich.console import Console
+
+    # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+def _print(renderable):
+    _console().print(renderable)
+
+
+def _emit_json(data):
+    click.echo(json.dumps(data, indent=2, allow_nan=True))
+
+
+def _session(spec_path, backend=None, seed=None, epochs=None, batch_size=None, weights=None, dtype=None):
+    from nnctl.backend import get_backend
+    from nnctl.graph import Model
+    from nnctl.spec import load_spec
+    from nnctl.training import Session
+
+    spec = load_spec(spec_path, {"backend": backend, "seed": seed, "epochs": epochs, "batch_size": batch_size})
+    values = None
+    if weights is not None:
+        from nnctl.weights import load_weights
+
+        values = load_weights(weights, Model(spec).weight_shapes)
+    return Session(spec, get_backend(spec.backend), weights=values, dtype=dtype)
+
+
+spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+
+
+@click.group(cls=NnctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nnctl")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an internal error.")
+@click.pass_context
+def cli(ctx, debug):
+    """Declare, train, inspect and verify neural networks from a YAML spec."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@spec_argument
+@json_option
+def summary(spec, as_json):
+    """Print the layer table, parameter counts and weight names of SPEC."""
+    from nnctl.report import summary_data, summary_view
+
+    data = summary_data(_session(spec))
+    _emit_json(data) if as_json else _print(summary_view(data))
+
+
+@cli.command()
+@spec_argument
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@click.option("--init", "init_weights", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights (.npz).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to save weights [runs/<name>/weights.npz].")
+@json_option
+def train(spec, epochs, batch_size, seed, backend, init_weights, out, as_json):
+    """Train SPEC on its data and save the weights and history."""
+    from nnctl.report import LiveProgress, history_view, saved_view
+    from nnctl.runs import save_history
+    from nnctl.training import fit, training_sets
+    from nnctl.weights import save_weights
+
+    session = _session(spec, backend, seed, epochs, batch_size, init_weights)
+    train_set, val_set = training_sets(session)
+    out = out or Path("runs") / session.spec.name / "weights.npz"
+    history_path = out.parent / "history.csv"
+    console = _console()
+    if as_json:
+        from nnctl.training import Progress
+
+        progress = Progress()
+    else:
+        progress = LiveProgress(console, session.spec.metrics)
+    try:
+        history = fit(session, train_set, val_set, progress)
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+    save_weights(out, session.params.to_host())
+    save_history(history_path, history)
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "samples_per_second")}
+    total_seconds = sum(h["seconds"] for h in history)
+    if as_json:
+        _emit_json({
+            "name": session.spec.name, "epochs": len(history), "train_samples": len(train_set),
+            "validation_samples": len(val_set) if val_set is not None else 0, "final": final,
+            "samples_per_second": len(train_set) * len(history) / total_seconds if total_seconds else None,
+            "weights": str(out), "history": str(history_path),
+        })
+        return
+    console.print(history_view(history))
+    console.print(saved_view({"weights": out, "history": history_path}))
+
+
+@cli.command()
+@spec_argument
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Trained weights (.npz).")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Rows to predict (.csv, .npy or .npz).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write predictions to a .csv or .npy file.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@json_option
+def predict(spec, weights, input_path, output, backend, as_json):
+    """Run SPEC with WEIGHTS on the rows of INPUT."""
+    from nnctl.data import load_dataset
+    from nnctl.report import predictions_view
+    from nnctl.runs import save_predictions
+
+    if output is not None and output.suffix.lower() not in (".csv", ".npy"):
+        raise click.BadParameter(f"expected a .csv or .npy file, received {output.name!r}", param_hint="--output")
+    session = _session(spec, backend, weights=weights)
+    column_map = session.spec.data.inputs if session.spec.data else None
+    if column_map is None:
+        raise click.UsageError("the spec has no data.inputs to say which columns of --input feed which input")
+    dataset = load_dataset(input_path, column_map, None, session.model.input_shapes, dtype=session.dtype)
+    values, classes = session.predict(dataset)
+    columns = [f"{session.model.output}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [session.model.output]
+    if output is not None:
+        save_predictions(output, values, classes, columns)
+    if as_json:
+        _emit_json({"columns": columns, "outputs": values.tolist(), "classes": None if classes is None else classes.tolist(), "output": str(output) if output else None})
+    elif output is None:
+        _print(predictions_view(values, classes, columns))
+    else:
+        _print(f"Wrote {len(values)} predictions to {output}")
+
+
+@cli.command()
+@spec_argument
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="Check at these weights instead of the initial ones.")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True, help="Finite-difference step.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--max-elements", type=click.IntRange(min=1), default=1000, show_default=True, help="Most elements checked per weight or node (a seeded sample).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Samples in the checked batch.")
+@json_option
+def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, as_json):
+    """Check SPEC's gradients against central finite differences in float64."""
+    from nnctl.gradcheck import gradcheck as run_check, random_batch
+    from nnctl.report import gradcheck_view
+    from nnctl.training import load_spec_data
+
+    session = _session(spec, backend="numpy", weights=weights, dtype="float64")
+    if session.spec.data is not None:
+        dataset = load_spec_data(session)
+        batch = session.batches(dataset.subset(dataset.rows[:batch_size]), batch_size)
+        inputs, targets, _ = next(iter(batch(None)))
+    else:
+        inputs, targets = random_batch(session, batch_size)
+    rows, loss, _ = run_check(session, inputs, targets, eps=eps, rtol=rtol, atol=atol, max_elements=max_elements)
+    passed = all(r.passed for r in rows)
+    if as_json:
+        _emit_json({"passed": passed, "loss": loss, "eps": eps, "rtol": rtol, "atol": atol,
+                    "checks": [r.__dict__ | {"shape": list(r.shape)} for r in rows]})
+    else:
+        _print(gradcheck_view(rows, loss, eps, rtol, atol))
+    sys.exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+def main():
+    cli(prog_name="nnctl")

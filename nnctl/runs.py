@@ -1,0 +1,33 @@
+"""Files a run leaves behind: history CSV and predictions, written atomically at full precision."""
+from __future__ import annotations
+
+import csv
+
+import numpy
+
+from nnctl.fileio import atomic_write
+
+
+def save_history(path, history: list[dict]) -> None:
+    columns = list(history[0]) if history else ["epoch"]
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in history:
+            writer.writerow([repr(row[c]) if isinstance(row.get(c), float) else row.get(c, "") for c in columns])
+
+
+def save_predictions(path, values, classes, columns) -> None:
+    """.npy: the output array; .csv: one row per sample, floats in round-trip precision."""
+    if str(path).lower().endswith(".npy"):
+        with atomic_write(path) as handle:
+            numpy.save(handle, values)
+        return
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns + (["class"] if classes is not None else []))
+        for i, row in enumerate(values.reshape(len(values), -1)):
+            cells = [repr(float(v)) for v in row]
+            if classes is not None:
+                cells.append(str(int(classes[i])))
+            writer.writerow(cells)
