@@ -22,6 +22,13 @@ def namespace_of(array):
     return numpy
 
 
+def to_host(array):
+    """A NumPy array for files, tables and comparisons, from either backend."""
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return numpy.asarray(array)
+
+
 class Backend:
     """A named array namespace plus the few host <-> device moves the rest of nnctl needs."""
 
@@ -32,11 +39,7 @@ class Backend:
     def asarray(self, array, dtype=None):
         return self.xp.asarray(array, dtype=dtype)
 
-    def to_host(self, array):
-        """A NumPy array for files, tables and comparisons."""
-        if self.xp is numpy:
-            return numpy.asarray(array)
-        return self.xp.asnumpy(array)
+    to_host = staticmethod(to_host)
 
     def scalar(self, value) -> float:
         """A Python float; on a GPU this is the one place a step synchronises."""

@@ -5,7 +5,9 @@ divergence or a failed check exits 1; anything unexpected is reported as an nnct
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from nnctl import __version__
 from nnctl.backend import BACKENDS
 from nnctl.errors import NnctlError, TrainingDiverged
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class NnctlGroup(click.Group):
@@ -31,7 +33,10 @@ class NnctlGroup(click.Group):
         except TrainingDiverged as exc:
             click.echo(f"Error: training diverged: {exc}", err=True)
             ctx.exit(EXIT_FAILED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            click.echo("Stopped.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
@@ -102,44 +107,86 @@ def summary(spec, as_json):
 @click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
 @click.option("--init", "init_weights", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights (.npz).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to save weights [runs/<name>/weights.npz].")
+@click.option("--resume", is_flag=True, help="Continue from runs/<name>/checkpoint.npz.")
 @json_option
-def train(spec, epochs, batch_size, seed, backend, init_weights, out, as_json):
+def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as_json):
     """Train SPEC on its data and save the weights and history."""
+    from nnctl.checkpoint import load_checkpoint, save_checkpoint
     from nnctl.report import LiveProgress, history_view, saved_view
-    from nnctl.runs import save_history
-    from nnctl.training import fit, training_sets
+    from nnctl.runs import save_history, save_run_record
+    from nnctl.training import Interrupted, Progress, fit, training_sets
     from nnctl.weights import save_weights
 
+    if resume and init_weights:
+        raise click.UsageError("--resume continues a checkpoint; it cannot start from --init weights too")
     session = _session(spec, backend, seed, epochs, batch_size, init_weights)
+    run_dir = Path("runs") / session.spec.name
+    checkpoint_path = run_dir / "checkpoint.npz"
+    state = None
+    if resume:
+        weights, state = load_checkpoint(checkpoint_path, session.spec, session.model.weight_shapes)
+        session.params.load(weights)
+        if state.epoch > session.spec.train["epochs"]:
+            raise click.UsageError(f"nothing to resume: the checkpoint has all {state.epoch - 1} epochs done; pass --epochs N to train further")
     train_set, val_set = training_sets(session)
-    out = out or Path("runs") / session.spec.name / "weights.npz"
+    out = out or run_dir / "weights.npz"
     history_path = out.parent / "history.csv"
+    save_run_record(run_dir / "run.json", session.spec, sys.argv)
     console = _console()
-    if as_json:
-        from nnctl.training import Progress
+    progress = Progress() if as_json else LiveProgress(console, session.spec.metrics)
 
-        progress = Progress()
-    else:
-        progress = LiveProgress(console, session.spec.metrics)
+    def write_checkpoint(train_state):
+        save_checkpoint(checkpoint_path, session.spec, session.params.to_host(), train_state)
+
     try:
-        history = fit(session, train_set, val_set, progress)
+        with _graceful_stop() as stop_requested:
+            history = fit(session, train_set, val_set, progress, state=state, stop_requested=stop_requested, on_epoch_end=write_checkpoint)
+    except Interrupted as stop:
+        progress.close()
+        write_checkpoint(stop.state)
+        click.echo(f"Interrupted at epoch {stop.state.epoch}, step {stop.state.step}; checkpoint saved to {checkpoint_path}.\n"
+                   f"Resume with: nnctl train {spec} --resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except TrainingDiverged as exc:
+        progress.close()
+        last_good = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written"
+        raise TrainingDiverged(f"{exc}; {last_good}; weights on disk were left as they were") from None
     finally:
-        if hasattr(progress, "close"):
-            progress.close()
+        progress.close()
     save_weights(out, session.params.to_host())
     save_history(history_path, history)
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "samples_per_second")}
-    total_seconds = sum(h["seconds"] for h in history)
+    run_history = history[len(state.history):] if state else history
+    trained = sum(h["samples_per_second"] * h["seconds"] for h in run_history)
+    seconds = sum(h["seconds"] for h in run_history)
     if as_json:
         _emit_json({
             "name": session.spec.name, "epochs": len(history), "train_samples": len(train_set),
             "validation_samples": len(val_set) if val_set is not None else 0, "final": final,
-            "samples_per_second": len(train_set) * len(history) / total_seconds if total_seconds else None,
-            "weights": str(out), "history": str(history_path),
+            "samples_per_second": trained / seconds if seconds else None,
+            "weights": str(out), "history": str(history_path), "checkpoint": str(checkpoint_path),
         })
         return
     console.print(history_view(history))
-    console.print(saved_view({"weights": out, "history": history_path}))
+    console.print(saved_view({"weights": out, "history": history_path, "checkpoint": checkpoint_path}))
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """First Ctrl-C / SIGTERM: ask training to stop after the current step. Second: stop now."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @cli.command()

@@ -265,11 +265,11 @@ class Batches:
         gathered = numpy.asarray(array[rows])
         return gathered.astype(self.dtype, copy=False) if gathered.dtype.kind == "f" else gathered
 
-    def __call__(self, order):
-        """Yield (inputs, targets, size) for the dataset's rows taken in `order`."""
+    def __call__(self, order, skip: int = 0):
+        """Yield (inputs, targets, size) for the dataset's rows taken in `order`, after `skip` batches."""
         rows_all = self.dataset.rows[order] if order is not None else self.dataset.rows
         to_device = self.backend.asarray
-        for start in range(0, len(rows_all), self.batch_size):
+        for start in range(skip * self.batch_size, len(rows_all), self.batch_size):
             rows = rows_all[start:start + self.batch_size]
             inputs = {name: to_device(self._gather(name, array, rows)) for name, array in self.dataset.inputs.items()}
             targets = None

@@ -193,6 +193,10 @@ class Parameters:
             tensor.grad = self.grad_views[key]
             self.tensors[key] = tensor
 
+    def load(self, values: dict) -> None:
+        for key, view in self.views.items():
+            view[...] = self.backend.asarray(values[key], dtype=view.dtype)
+
     def zero_grad(self) -> None:
         self.grad_flat.fill(0)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from nnctl.backend import namespace_of
+from nnctl.backend import namespace_of, to_host
 from nnctl.options import Option, boolean, number
 
 _LR = "step size"
@@ -36,6 +36,16 @@ class Optimizer:
 
     def update(self, xp, params, grads):
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Host copies of the state buffers and the step count, for checkpoints."""
+        host = {slot: to_host(value) for slot, value in self.state.items()}
+        return {"iterations": self.iterations, **host}
+
+    def load_state(self, saved: dict) -> None:
+        self.iterations = int(saved["iterations"])
+        for slot, value in self.state.items():
+            value[...] = namespace_of(value).asarray(saved[slot])
 
 
 class SGD(Optimizer):

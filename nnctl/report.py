@@ -166,6 +166,7 @@ class LiveProgress(Progress):
     def close(self):
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 # --- gradcheck -------------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import json
+import platform
 
 import numpy
 
+from nnctl import __version__
 from nnctl.fileio import atomic_write
 
 
@@ -31,3 +34,15 @@ def save_predictions(path, values, classes, columns) -> None:
             if classes is not None:
                 cells.append(str(int(classes[i])))
             writer.writerow(cells)
+
+
+def save_run_record(path, spec, argv) -> None:
+    """run.json: the resolved spec, the command line, versions and seed, for reproducing a run."""
+    record = {
+        "command": list(argv), "seed": spec.seed, "backend": spec.backend, "spec_file": str(spec.file),
+        "versions": {"nnctl": __version__, "numpy": numpy.__version__, "python": platform.python_version()},
+        "platform": platform.platform(), "resolved_spec": spec.resolved(),
+    }
+    with atomic_write(path, "w") as handle:
+        json.dump(record, handle, indent=2, default=str)
+        handle.write("\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy
 
@@ -70,11 +71,21 @@ class Session:
 class _Totals:
     """Sample-weighted sums of loss and metrics, kept on the device until read."""
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, saved: dict | None = None):
         self.session = session
         self.count = 0
         self.loss = 0.0
         self.metrics = {name: 0.0 for name in session.metrics}
+        if saved:
+            xp = session.backend.xp
+            self.count = int(saved["count"])
+            self.loss = xp.asarray(saved["loss"])
+            self.metrics = {name: xp.asarray(saved[f"metric/{name}"]) for name in session.metrics}
+
+    def state(self) -> dict:
+        """Host arrays (dtype kept, so a resumed sum continues bit-exactly)."""
+        host = self.session.backend.to_host
+        return {"count": self.count, "loss": host(self.loss), **{f"metric/{k}": host(v) for k, v in self.metrics.items()}}
 
     def add(self, loss_value, output, targets, size):
         xp = self.session.backend.xp
@@ -102,52 +113,105 @@ class Progress:
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
 
-
-def shuffle_orders(seed: int, n: int):
-    """The per-epoch sample orders nnctl trains in (the benchmark reuses them)."""
-    rng = rng_for(seed, STREAM_SHUFFLE)
-    while True:
-        yield rng.permutation(n)
+    def close(self) -> None: ...
 
 
-def fit(session: Session, train_set, val_set=None, progress: Progress | None = None, optimizer=None) -> list[dict]:
-    """Train for the spec's epochs; return the history, one dict per epoch."""
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM) after a whole step; `state` can resume it."""
+
+    def __init__(self, state):
+        super().__init__(f"interrupted at epoch {state.epoch}, step {state.step}")
+        self.state = state
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run bit-exactly: see nnctl.checkpoint for its file form.
+
+    `step` is the number of steps done in `epoch`; 0 means `epoch` has not started. `order` is
+    that epoch's sample order once it has started.
+    """
+
+    epoch: int = 1
+    step: int = 0
+    order: object = None
+    totals: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    shuffle_rng: dict | None = None  # bit-generator states
+    dropout_rng: dict | None = None
+    optimizer: dict | None = None
+
+
+def _generator(seed, stream, state):
+    rng = rng_for(seed, stream)
+    if state is not None:
+        rng.bit_generator.state = state
+    return rng
+
+
+def fit(session: Session, train_set, val_set=None, progress: Progress | None = None, state: TrainState | None = None,
+        stop_requested=lambda: False, on_epoch_end=None) -> list[dict]:
+    """Train up to the spec's epochs from `state` (a fresh run when None); return the history.
+
+    `stop_requested()` is polled after every step: when true the run raises `Interrupted` with a
+    state that `fit` continues from exactly. `on_epoch_end(state)` runs after each epoch (the CLI
+    writes its checkpoint there). A non-finite loss or gradient raises `TrainingDiverged`.
+    """
     spec, backend = session.spec, session.backend
     epochs, batch_size, shuffle = spec.train["epochs"], spec.train["batch_size"], spec.train["shuffle"]
+    state = state or TrainState()
     progress = progress or Progress()
-    optimizer = optimizer or session.make_optimizer()
+    optimizer = session.make_optimizer()
+    if state.optimizer is not None:
+        optimizer.load_state(state.optimizer)
     params, model, loss_fn = session.params, session.model, session.loss
     weights = params.tensors
-    ctx = ForwardContext(backend, training=True, dropout_rng=rng_for(spec.seed, STREAM_DROPOUT))
+    shuffle_rng = _generator(spec.seed, STREAM_SHUFFLE, state.shuffle_rng)
+    ctx = ForwardContext(backend, training=True, dropout_rng=_generator(spec.seed, STREAM_DROPOUT, state.dropout_rng))
     batches = session.batches(train_set, batch_size)
-    orders = shuffle_orders(spec.seed, len(train_set))
     check_each_step = backend.name == "numpy"  # on a GPU this would synchronise every step
+    xp = backend.xp
+    history = list(state.history)
     progress.on_train_begin(epochs, len(batches), len(train_set))
-    history = []
-    for epoch in range(1, epochs + 1):
-        order = next(orders) if shuffle else None
-        totals = _Totals(session)
+
+    def snapshot(epoch, step, order, totals):
+        return TrainState(epoch, step, order, totals.state() if totals else {}, list(history),
+                          shuffle_rng.bit_generator.state, ctx.dropout_rng.bit_generator.state, optimizer.state_dict())
+
+    for epoch in range(state.epoch, epochs + 1):
+        resuming = epoch == state.epoch and state.step > 0
+        if resuming:
+            order, done = state.order, state.step
+        else:
+            order = shuffle_rng.permutation(len(train_set)) if shuffle else numpy.arange(len(train_set))
+            done = 0
+        totals = _Totals(session, state.totals if resuming else None)
         started = time.perf_counter()
-        for step, (inputs, targets, size) in enumerate(batches(order), start=1):
+        for step, (inputs, targets, size) in enumerate(batches(order, skip=done), start=done + 1):
             params.zero_grad()
             output = model.forward(weights, inputs, ctx)
             loss = loss_fn(output, targets)
-            if check_each_step and not math.isfinite(loss.value):
-                raise TrainingDiverged(f"the loss became {float(loss.value)} at epoch {epoch}, step {step}")
             backward(loss)
+            if check_each_step and not (math.isfinite(loss.value) and math.isfinite(params.grad_flat.sum())):
+                what = "loss" if not math.isfinite(loss.value) else "gradient"
+                raise TrainingDiverged(f"the {what} became NaN or inf at epoch {epoch}, step {step}")
             optimizer.step(params.flat, params.grad_flat)
             totals.add(loss.value, output.value, targets, size)
             progress.on_step(epoch, step, totals.read)
+            if stop_requested():
+                raise Interrupted(snapshot(epoch, step, order, totals))
         seconds = time.perf_counter() - started
         logs = {"epoch": epoch, **totals.read()}
-        if not math.isfinite(logs["loss"]):
-            raise TrainingDiverged(f"the loss became {logs['loss']} in epoch {epoch}")
+        if not (math.isfinite(logs["loss"]) and bool(xp.isfinite(params.flat).all())):
+            raise TrainingDiverged(f"the loss or weights became NaN or inf in epoch {epoch}")
         if val_set is not None:
             logs.update({f"val_{k}": v for k, v in session.evaluate(val_set, batch_size).items()})
         logs["seconds"] = seconds
-        logs["samples_per_second"] = len(train_set) / seconds if seconds > 0 else float("inf")
+        logs["samples_per_second"] = (len(train_set) - done * batch_size) / seconds if seconds > 0 else float("inf")
         history.append(logs)
         progress.on_epoch_end(epoch, logs)
+        if on_epoch_end is not None:
+            on_epoch_end(snapshot(epoch + 1, 0, None, None))
     return history
 
 
