@@ -98,6 +98,10 @@ class Spec:
         }
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 class _Checker:
     """Collects problems while walking the raw YAML data."""
 
@@ -113,7 +117,7 @@ class _Checker:
             if key not in allowed:
                 self.report(
                     path + (key,),
-                    f"expected a {what} key ({', '.join(allowed)}), received unknown key {key!r}{did_you_mean(key, allowed)}",
+                    f"expected {_article(what)} {what} key ({', '.join(allowed)}), received unknown key {key!r}{did_you_mean(key, allowed)}",
                     key=True,
                 )
 
@@ -150,7 +154,7 @@ class _Checker:
         """`name` or `{type: name, ...options}` naming a registry entry -> (name, options)."""
         if isinstance(value, dict):
             if "type" not in value:
-                self.report(path, f"expected a {what} mapping with a 'type' key, received keys {sorted(value)}")
+                self.report(path, f"expected {_article(what)} {what} mapping with a 'type' key, received keys {sorted(value)}")
                 return None
             name, mapping, type_path = value["type"], value, path + ("type",)
         else:
@@ -158,7 +162,7 @@ class _Checker:
         if not isinstance(name, str) or name not in registry:
             self.report(
                 type_path,
-                f"expected a {what}: one of {', '.join(registry)}; received {describe(name)}{did_you_mean(name, registry)}",
+                f"expected {_article(what)} {what}: one of {', '.join(registry)}; received {describe(name)}{did_you_mean(name, registry)}",
             )
             return None
         return name, self.options(mapping, registry[name].options, path, f"{what} {name!r}", skip=("type",))
