@@ -72,7 +72,8 @@ class Dense(Layer):
         units = self.config["units"]
         self.weights = [WeightSpec("kernel", (shape[0], units), self.config["kernel_initializer"], shape[0], units)]
         if self.config["use_bias"]:
-            self.weights.append(WeightSpec("bias", (units,), self.config["bias_initializer"], shape[0], units))
+            # Keras takes a 1-D weight's fans from its own length.
+            self.weights.append(WeightSpec("bias", (units,), self.config["bias_initializer"], units, units))
         return (units,)
 
     def call(self, inputs, weights, ctx):

@@ -83,7 +83,8 @@ class BinaryCrossentropy(CrossEntropy):
         return ops.negative(ops.reduce_mean(elementwise, axis=-1))
 
     def probabilities(self, xp, output):
-        return 1 / (1 + xp.exp(-output)) if self.config["from_logits"] else output
+        # The overflow-free sigmoid: 1 / (1 + exp(-x)) warns of overflow for logits below ~-709.
+        return ops._sigmoid(xp, output) if self.config["from_logits"] else output
 
 
 class CategoricalCrossentropy(CrossEntropy):
