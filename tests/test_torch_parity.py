@@ -175,7 +175,7 @@ def _targets(rng, name, units, n=BATCH):
     return y, torch.from_numpy(y.copy())
 
 
-def _setup(make_session, kind, seed, loss, options, out_activation, reduction="mean", optimizer="sgd"):
+def _setup(make_session, kind, seed, loss, options, out_activation, reduction="mean", optimizer="sgd", backend=None):
     rng = np.random.default_rng(1000 + seed)
     units = int(rng.integers(2, 5))
     n_features, layers = random_graph(kind, seed, units, out_activation)
@@ -186,18 +186,19 @@ def _setup(make_session, kind, seed, loss, options, out_activation, reduction="m
         "loss": {"type": loss, "reduction": reduction, **options},
         "optimizer": optimizer,
     }
-    session = make_session(spec)
+    session = make_session(spec, backend=backend)
     model = TorchGraph(layers, session.params.to_host())
     return session, model, rng, n_features, units
 
 
 def _nnctl_step(session, x, y):
     """Forward, loss and backward as `fit` does them; the gradients land in session.params."""
+    backend = session.backend
     session.params.zero_grad()
-    output = session.model.forward(session.params.tensors, {"x": x}, ForwardContext(session.backend, training=True))
-    loss = session.loss(output, y)
+    output = session.model.forward(session.params.tensors, {"x": backend.asarray(x)}, ForwardContext(backend, training=True))
+    loss = session.loss(output, backend.asarray(y))
     backward(loss)
-    return output.value, float(loss.value)
+    return backend.to_host(output.value), float(loss.value)
 
 
 GRAPH_KINDS = ["mlp", "two_tower", "add"]
@@ -207,8 +208,8 @@ GRAPH_KINDS = ["mlp", "two_tower", "add"]
 @pytest.mark.parametrize("kind", GRAPH_KINDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("loss,options,out_activation", LOSS_CASES, ids=lambda v: str(v))
-def test_forward_loss_and_gradients(make_session, kind, seed, loss, options, out_activation, reduction):
-    session, model, rng, n_features, units = _setup(make_session, kind, seed, loss, options, out_activation, reduction)
+def test_forward_loss_and_gradients(make_session, backend, kind, seed, loss, options, out_activation, reduction):
+    session, model, rng, n_features, units = _setup(make_session, kind, seed, loss, options, out_activation, reduction, backend=backend)
     x = rng.standard_normal((BATCH, n_features))
     y, y_torch = _targets(rng, loss, units)
 
@@ -229,7 +230,7 @@ def test_forward_loss_and_gradients(make_session, kind, seed, loss, options, out
     expected = model.grads()
     assert set(expected) == set(session.params.grad_views)
     for key, grad in session.params.grad_views.items():
-        np.testing.assert_allclose(grad, expected[key], **TOL, err_msg=key)
+        np.testing.assert_allclose(backend.to_host(grad), expected[key], **TOL, err_msg=key)
 
 
 def test_graphs_use_every_hidden_activation():
@@ -284,10 +285,10 @@ STEPS = 5
     ("add", "binary_crossentropy", {}, "sigmoid"),
 ])
 @pytest.mark.parametrize("name", list(OPTIMIZER_CASES))
-def test_optimizer_steps(make_session, name, kind, loss, options, out_activation):
+def test_optimizer_steps(make_session, backend, name, kind, loss, options, out_activation):
     nnctl_optimizer, torch_class, torch_kwargs = OPTIMIZER_CASES[name]
     session, model, rng, n_features, units = _setup(
-        make_session, kind, 4, loss, options, out_activation, optimizer=nnctl_optimizer
+        make_session, kind, 4, loss, options, out_activation, optimizer=nnctl_optimizer, backend=backend
     )
     optimizer = session.make_optimizer()
     torch_optimizer = getattr(torch.optim, torch_class)(model.parameters(), **torch_kwargs)
