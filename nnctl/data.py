@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import mmap
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,9 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, los
     if not file.exists():
         raise DataError(Problem("expected a data file, received a path that does not exist", str(file)))
     suffix = file.suffix.lower()
+    locate = None  # sample index -> Problem(...) keyword arguments and a text naming the place
     if suffix in CSV_SUFFIXES:
-        inputs, targets = _read_csv(file, column_map, target_columns)
+        inputs, targets, locate = _read_csv(file, column_map, target_columns)
     elif suffix == ".npz":
         inputs, targets = _read_npz(file, column_map, target_columns)
     elif suffix == ".npy":
@@ -59,45 +61,70 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, los
     if targets is not None:
         if len(targets) != n:
             raise DataError(Problem(f"expected {n} targets (one per sample), received {len(targets)}", str(file)))
-        targets = _check_targets(file, targets, loss, output_units, dtype)
+        targets = _check_targets(file, targets, loss, output_units, dtype, locate or _sample_locator(file, target_columns))
     return Dataset(file, inputs, targets, numpy.arange(n))
 
 
 def _shape_input(file, name, array, shape, dtype):
     per_sample = array.shape[1:]
+    mapped = _mapping_of(array) is not None  # batches convert their rows; never copy the file
     if per_sample == tuple(shape):
-        return array if array.dtype == dtype else array.astype(dtype)
-    if array.ndim == 2 and array.shape[1] == math.prod(shape) and not isinstance(array, numpy.memmap):
+        return array if array.dtype == dtype or mapped else array.astype(dtype)
+    if array.ndim == 2 and array.shape[1] == math.prod(shape) and not mapped:
         return array.reshape((len(array),) + tuple(shape)).astype(dtype, copy=False)
     raise DataError(
         Problem(f"input {name!r}: expected {math.prod(shape)} values per sample (shape {list(shape)}), received shape {list(per_sample)}", str(file))
     )
 
 
-def _check_targets(file, targets, loss, units, dtype):
+def _number(value) -> str:
+    """A data value as the user would write it: 3, 1.5, nan (not np.float64(3.0))."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _sample_locator(file, target_columns):
+    """Where sample i's targets are in an .npy/.npz file: the array (or columns) and the sample."""
+    what = f"array {target_columns!r}" if isinstance(target_columns, str) else f"columns {target_columns!r}"
+
+    def locate(i):
+        return {"file": str(file)}, f"{what}, sample {i + 1}"
+
+    return locate
+
+
+def _check_targets(file, targets, loss, units, dtype, locate):
     kind = loss.targets if loss is not None else "values"
-    where = str(file)
+
+    def problem(i, message):
+        place, text = locate(i)
+        return DataError(Problem(f"targets: {message} (in {text})", **place))
+
     if kind == "labels":
         values = targets.reshape(len(targets), -1) if targets.ndim > 1 else targets[:, None]
         if values.shape[1] != 1:
-            raise DataError(Problem(f"targets: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", where))
+            raise DataError(Problem(f"targets: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", str(file)))
         labels = values[:, 0]
         bad = numpy.flatnonzero((labels != numpy.round(labels)) | (labels < 0) | (labels >= units))
         if bad.size:
             row = int(bad[0])
-            raise DataError(Problem(f"targets: expected class indices in [0, {units}) (the output has {units} units), received {labels[row]!r} in sample {row + 1}", where))
+            raise problem(row, f"expected class indices in [0, {units}) for sparse categorical cross-entropy (the output has {units} units), received {_number(labels[row])}")
         return labels.astype(numpy.int64)
     values = targets.reshape(len(targets), -1) if targets.ndim != 2 else targets
     if units is not None and values.shape[1] != units:
-        raise DataError(Problem(f"targets: expected {units} columns (one per output unit), received {values.shape[1]}", where))
+        plural = "column" if units == 1 else "columns"
+        raise DataError(Problem(f"targets: expected {units} {plural} (one per output unit), received {values.shape[1]}", str(file)))
     if kind == "binary":
         bad = numpy.flatnonzero(((values < 0) | (values > 1)).any(axis=1))
         if bad.size:
-            raise DataError(Problem(f"targets: expected values in [0, 1] for binary cross-entropy, received {values[bad[0]].tolist()} in sample {int(bad[0]) + 1}", where))
+            row = int(bad[0])
+            raise problem(row, f"expected values in [0, 1] for binary cross-entropy, received [{', '.join(map(_number, values[row]))}]")
     if kind == "one_hot":
         bad = numpy.flatnonzero((values < 0).any(axis=1) | (numpy.abs(values.sum(axis=1) - 1) > 1e-3))
         if bad.size:
-            raise DataError(Problem(f"targets: expected one-hot or probability rows (non-negative, summing to 1) for categorical cross-entropy, received {values[bad[0]].tolist()} in sample {int(bad[0]) + 1}", where))
+            row = int(bad[0])
+            raise problem(row, "expected one-hot or probability rows (non-negative, summing to 1) for categorical cross-entropy, "
+                               f"received [{', '.join(map(_number, values[row]))}]")
     return values.astype(dtype, copy=False)
 
 
@@ -119,9 +146,16 @@ def _read_csv(file: Path, column_map: dict, target_columns):
         missing = [c for c in names if c not in index]
         if missing:
             raise DataError(Problem(
-                f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(header)}",
+                f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(map(repr, header))}",
                 str(file), 1,
             ))
+        for name in names:
+            places = [i + 1 for i, h in enumerate(header) if h == name]
+            if len(places) > 1:
+                raise DataError(Problem(
+                    f"{what}: expected column {name!r} once in the header, received it in columns {', '.join(map(str, places))}",
+                    str(file), 1, places[1],
+                ))
         return [index[c] for c in names]
 
     wanted = {name: columns_of(cols, f"input {name!r}") for name, cols in column_map.items()}
@@ -147,10 +181,34 @@ def _read_csv(file: Path, column_map: dict, target_columns):
 
     inputs = {name: convert(indices) for name, indices in wanted.items()}
     targets = convert(target_index) if target_index is not None else None
-    return inputs, targets
+
+    def locate(i):
+        first = target_index[0]
+        names = ", ".join(repr(header[c]) for c in target_index)
+        return {"file": str(file), "line": line_numbers[i], "column": first + 1}, f"column{'s' if len(target_index) > 1 else ''} {names}"
+
+    return inputs, targets, locate
 
 
 # --- NumPy files ----------------------------------------------------------------------------------
+def _mapping_of(array):
+    """The mmap under a (view of a) memory-mapped array, or None."""
+    while array is not None and not hasattr(array, "_mmap"):
+        array = getattr(array, "base", None)
+    return getattr(array, "_mmap", None)
+
+
+def release_pages(array) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set.
+
+    Pages of a read-only file mapping are page cache: dropping them costs a re-read at worst,
+    and keeps the RSS of a pass over a file larger than memory bounded.
+    """
+    mapping = _mapping_of(array)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
 def _finite(file, name, array):
     if array.dtype.kind == "f":
         # In chunks: a memory-mapped array is scanned without being loaded whole.
@@ -158,6 +216,7 @@ def _finite(file, name, array):
         for start in range(0, len(array), step):
             chunk = numpy.asarray(array[start:start + step])
             bad = numpy.argwhere(~numpy.isfinite(chunk))
+            release_pages(array)
             if bad.size:
                 where = tuple(int(i) for i in bad[0])
                 raise DataError(Problem(f"array {name!r}: expected finite numbers, received {chunk[where]!r} at index {(where[0] + start,) + where[1:]}", str(file)))
@@ -220,15 +279,25 @@ def _read_npy(file: Path, column_map: dict, target_columns):
     _finite(file, file.name, array)
     width = array.shape[1]
 
-    def pick(spec, what):
+    def pick(spec, what, copy=False):
         cols = _column_slice(spec, width, file, what)
-        if cols == list(range(cols[0], cols[-1] + 1)):
+        if cols == list(range(cols[0], cols[-1] + 1)) and not copy:
             return array[:, cols[0]:cols[-1] + 1]  # a strided view of the memory map, no copy
-        return numpy.asarray(array[:, cols])
+        return _copy_rows(array, cols)
 
     inputs = {name: pick(cols, f"input {name!r}") for name, cols in column_map.items()}
-    targets = numpy.asarray(pick(target_columns, "targets")) if target_columns is not None else None
+    targets = pick(target_columns, "targets", copy=True) if target_columns is not None else None
     return inputs, targets
+
+
+def _copy_rows(array, columns, chunk_bytes=64 << 20):
+    """array[:, columns] copied in row chunks, giving each chunk's pages back as it goes."""
+    out = numpy.empty((len(array), len(columns)), dtype=array.dtype)
+    step = max(1, chunk_bytes // max(1, array[:1].nbytes))
+    for start in range(0, len(array), step):
+        out[start:start + step] = array[start:start + step][:, columns]
+        release_pages(array)
+    return out
 
 
 # --- splitting and batching ------------------------------------------------------------------------
@@ -248,21 +317,29 @@ def split(dataset: Dataset, fraction: float, rng) -> tuple[Dataset, Dataset | No
 class Batches:
     """Gathers batches of rows into reused host buffers, then moves them to the backend."""
 
+    # Memory-mapped inputs give their pages back after about this many bytes are gathered.
+    RELEASE_BYTES = 256 << 20
+
     def __init__(self, dataset: Dataset, batch_size: int, backend, dtype):
         self.dataset, self.batch_size, self.backend, self.dtype = dataset, batch_size, backend, dtype
         self._buffers = {}
+        self._gathered = 0
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
 
     def _gather(self, key, array, rows):
-        if isinstance(array, numpy.ndarray) and not isinstance(array, numpy.memmap) and array.flags.c_contiguous:
+        if _mapping_of(array) is None and array.flags.c_contiguous:
             shape = (len(rows),) + array.shape[1:]
             buffer = self._buffers.get((key, shape))
             if buffer is None:
                 buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
             return numpy.take(array, rows, axis=0, out=buffer)
         gathered = numpy.asarray(array[rows])
+        self._gathered += gathered.nbytes
+        if self._gathered >= self.RELEASE_BYTES:
+            release_pages(array)
+            self._gathered = 0
         return gathered.astype(self.dtype, copy=False) if gathered.dtype.kind == "f" else gathered
 
     def __call__(self, order, skip: int = 0):
