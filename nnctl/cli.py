@@ -93,9 +93,13 @@ def cli(ctx, debug):
 @json_option
 def summary(spec, as_json):
     """Print the layer table, parameter counts and weight names of SPEC."""
+    from nnctl.graph import Model
     from nnctl.report import summary_data, summary_view
+    from nnctl.spec import load_spec
 
-    data = summary_data(_session(spec))
+    # No Session: the summary needs shapes only, not weights or arrays (so no NumPy import).
+    loaded = load_spec(spec)
+    data = summary_data(Model(loaded), loaded.dtype)
     _emit_json(data) if as_json else _print(summary_view(data))
 
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy
-
 from nnctl.autograd import Tensor
-from nnctl.errors import SpecError, did_you_mean
+from nnctl.errors import SpecError, WeightsError, did_you_mean
+from nnctl.activations import ACTIVATIONS
 from nnctl.initializers import INITIALIZERS
 from nnctl.layers import LAYERS, ShapeConflict, WeightSpec
 
 # Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
 STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK = range(5)
+# Beyond this many values one weight cannot even be indexed by NumPy (8-byte elements).
+MAX_WEIGHT_VALUES = (2**63 - 1) // 8
 
 
-def rng_for(seed: int, stream: int) -> numpy.random.Generator:
+def rng_for(seed: int, stream: int):
+    """A PCG64 generator for one stream of the seed (NumPy's, whatever the backend)."""
+    import numpy  # here, not at the top: `nnctl summary` needs no arrays
+
     return numpy.random.Generator(numpy.random.PCG64(numpy.random.SeedSequence(seed, spawn_key=(stream,))))
 
 
@@ -30,6 +34,28 @@ class Node:
     layer: object  # nnctl.layers.Layer
     inputs: list  # names
     index: int  # position in the spec's `layers`
+
+
+def reference_problems(inputs, layers, problem) -> list:
+    """Duplicate names and unknown or self references; `problem(path, message)` makes a Problem.
+
+    Also run by spec validation, so these are reported together with the spec's other problems.
+    """
+    problems = []
+    known = dict.fromkeys(inputs)
+    for layer in layers:
+        if layer.name in known:
+            what = "an input" if layer.name in inputs else f"layer {layer.name!r} at layers[{next(l.index for l in layers if l.name == layer.name)}]"
+            problems.append(problem(("layers", layer.index, "name"), f"expected a unique name, received {layer.name!r}, already {what}"))
+        known[layer.name] = layer
+    for layer in layers:
+        for i, ref in enumerate(layer.inputs):
+            if ref not in known:
+                path = ("layers", layer.index, "from") + ((i,) if len(layer.inputs) > 1 else ())
+                problems.append(problem(path, f"expected the name of an input or layer, received {ref!r}{did_you_mean(ref, known)}"))
+            elif ref == layer.name:
+                problems.append(problem(("layers", layer.index, "from"), f"expected another layer's name, received its own name {ref!r} (a cycle)"))
+    return problems
 
 
 class Model:
@@ -43,20 +69,7 @@ class Model:
 
     # --- compile-time checks ---------------------------------------------------------------------
     def _order_and_build(self, spec) -> list[Node]:
-        problems = []
-        known = dict.fromkeys(spec.inputs)
-        for layer in spec.layers:
-            if layer.name in known:
-                what = "an input" if layer.name in spec.inputs else f"layer {layer.name!r} at layers[{next(l.index for l in spec.layers if l.name == layer.name)}]"
-                problems.append(spec.problem(("layers", layer.index, "name"), f"expected a unique name, received {layer.name!r}, already {what}"))
-            known[layer.name] = layer
-        for layer in spec.layers:
-            for i, ref in enumerate(layer.inputs):
-                if ref not in known:
-                    path = ("layers", layer.index, "from") + ((i,) if len(layer.inputs) > 1 else ())
-                    problems.append(spec.problem(path, f"expected the name of an input or layer, received {ref!r}{did_you_mean(ref, known)}"))
-                elif ref == layer.name:
-                    problems.append(spec.problem(("layers", layer.index, "from"), f"expected another layer's name, received its own name {ref!r} (a cycle)"))
+        problems = reference_problems(spec.inputs, spec.layers, spec.problem)
         if problems:
             raise SpecError(problems)
 
@@ -76,6 +89,10 @@ class Model:
                 shapes[layer.name] = layer.build([shapes[ref] for ref in layer_spec.inputs])
             except ShapeConflict as exc:
                 problems.append(spec.problem(("layers", layer_spec.index), f"{layer.type_name} layer {layer.name!r}: {exc}"))
+                continue
+            problem = _activation_axis_problem(spec, layer_spec, shapes[layer.name])
+            if problem is not None:
+                problems.append(problem)
                 continue
             nodes.append(Node(layer.name, layer, layer_spec.inputs, layer_spec.index))
         if problems:
@@ -135,15 +152,31 @@ class Model:
 
     def initial_weights(self, seed: int) -> dict:
         """Host float64 arrays from each weight's initializer, drawn in layer order."""
+        import numpy
+
         rng = rng_for(seed, STREAM_INIT)
+        limit = float(numpy.finfo(self.spec.dtype).max)
         values = {}
         for key, w in self.weight_specs:
             name, options = w.initializer
+            node = next(n for n in self.nodes if key.startswith(n.name + "/"))
+            where = ("layers", node.index, f"{w.name}_initializer")
+            size = math.prod(w.shape)
+            if size > MAX_WEIGHT_VALUES:
+                raise SpecError(self.spec.problem(("layers", node.index), f"expected a weight small enough to allocate, received {key} of shape {tuple(w.shape)} ({size:.3g} values)"))
             try:
-                values[key] = INITIALIZERS[name].draw(rng, w.shape, w.fan_in, w.fan_out, **options)
+                value = INITIALIZERS[name].draw(rng, w.shape, w.fan_in, w.fan_out, **options)
             except ValueError as exc:
-                node = next(n for n in self.nodes if key.startswith(n.name + "/"))
-                raise SpecError(self.spec.problem(("layers", node.index, f"{w.name}_initializer"), str(exc))) from None
+                raise SpecError(self.spec.problem(where, str(exc))) from None
+            except OverflowError as exc:
+                raise SpecError(self.spec.problem(where, f"expected initializer options whose range is a finite number, received {options} ({exc})")) from None
+            except MemoryError:
+                raise SpecError(self.spec.problem(("layers", node.index), f"expected weights that fit in memory, received {key} of shape {tuple(w.shape)} ({size:.3g} values)")) from None
+            worst = float(numpy.abs(value).max()) if value.size else 0.0
+            if not worst <= limit:  # also true for NaN
+                raise SpecError(self.spec.problem(
+                    where, f"expected initial values that are finite in {self.spec.dtype} (|x| <= {limit:.3g}), received {key} values up to {worst:.3g}"))
+            values[key] = value
         return values
 
     # --- forward -------------------------------------------------------------------------------
@@ -155,6 +188,21 @@ class Model:
             out = node.layer.call([values[ref] for ref in node.inputs], own, ctx)
             values[node.name] = ctx.tap(node.name, out)
         return values[self.output]
+
+
+def _activation_axis_problem(spec, layer_spec, output_shape):
+    """A softmax axis must name an axis of the (batch, *per-sample) array it normalises."""
+    if layer_spec.type in ACTIVATIONS:
+        options, path = layer_spec.config, ("layers", layer_spec.index, "axis")
+    elif isinstance(layer_spec.config.get("activation"), tuple):
+        options, path = layer_spec.config["activation"][1], ("layers", layer_spec.index, "activation", "axis")
+    else:
+        return None
+    axis = options.get("axis")
+    rank = len(output_shape) + 1  # with the batch axis
+    if axis is None or -rank <= axis < rank:
+        return None
+    return spec.problem(path, f"expected an axis in [-{rank}, {rank - 1}] of the (batch, {', '.join(map(str, output_shape))}) values, received {axis}")
 
 
 class ForwardContext:
@@ -173,6 +221,16 @@ class ForwardContext:
         return tensor
 
 
+def _check_fits(key, value, dtype) -> None:
+    """Weights from a file must stay finite when cast to the run's dtype (1e300 is inf in float32)."""
+    import numpy
+
+    limit = float(numpy.finfo(dtype).max)
+    worst = float(abs(value).max()) if value.size else 0.0
+    if not worst <= limit:
+        raise WeightsError(f"array {key!r}: expected values that are finite in {numpy.dtype(dtype).name} (|x| <= {limit:.3g}), received values up to {worst:.3g}")
+
+
 class Parameters:
     """Every weight in one flat buffer, every gradient in another; per-weight views and tensors."""
 
@@ -188,6 +246,7 @@ class Parameters:
             self.views[key] = self.flat[offset:offset + size].reshape(w.shape)
             self.grad_views[key] = self.grad_flat[offset:offset + size].reshape(w.shape)
             offset += size
+            _check_fits(key, values[key], dtype)
             self.views[key][...] = backend.asarray(values[key], dtype=dtype)
             tensor = Tensor(self.views[key], requires_grad=True)
             tensor.grad = self.grad_views[key]
@@ -195,6 +254,7 @@ class Parameters:
 
     def load(self, values: dict) -> None:
         for key, view in self.views.items():
+            _check_fits(key, values[key], view.dtype)
             view[...] = self.backend.asarray(values[key], dtype=view.dtype)
 
     def zero_grad(self) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy
-
 from nnctl.options import Check, Option, number
 
 # Keras draws its *_normal initializers from a normal truncated at 2 standard deviations and
@@ -18,6 +16,8 @@ _TRUNCATED_STDDEV = 0.87962566103423978
 
 
 def _truncated_normal(rng, shape, stddev):
+    import numpy  # here, not at the top: `nnctl summary` never draws weights
+
     values = rng.standard_normal(shape)
     outside = numpy.abs(values) > 2
     while outside.any():
@@ -38,6 +38,8 @@ def _uniform(rng, shape, limit):
 
 
 def _constant(rng, shape, fan_in, fan_out, value):
+    import numpy
+
     values = numpy.asarray(value, dtype=numpy.float64)
     if values.ndim and values.shape != tuple(shape):
         raise ValueError(f"expected a scalar or a nested list of shape {tuple(shape)}, received shape {values.shape}")
@@ -45,6 +47,8 @@ def _constant(rng, shape, fan_in, fan_out, value):
 
 
 def _is_constant_value(value) -> bool:
+    import numpy
+
     try:
         array = numpy.asarray(value, dtype=numpy.float64)
     except (TypeError, ValueError):
@@ -83,8 +87,8 @@ INITIALIZERS: dict[str, Initializer] = {
         {"minval": Option(number(), -0.05), "maxval": Option(number(), 0.05)},
         doc="U(minval, maxval)",
     ),
-    "zeros": Initializer(lambda rng, shape, fan_in, fan_out: numpy.zeros(shape), doc="0"),
-    "ones": Initializer(lambda rng, shape, fan_in, fan_out: numpy.ones(shape), doc="1"),
+    "zeros": Initializer(lambda rng, shape, fan_in, fan_out: _constant(rng, shape, fan_in, fan_out, 0.0), doc="0"),
+    "ones": Initializer(lambda rng, shape, fan_in, fan_out: _constant(rng, shape, fan_in, fan_out, 1.0), doc="1"),
     "constant": Initializer(
         _constant,
         {

@@ -15,7 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from nnctl.layers import count_params
-from nnctl.training import Progress
 
 
 def render_text(renderable, width: int = 120) -> str:
@@ -39,9 +38,8 @@ def _shape(shape) -> str:
 
 
 # --- summary -------------------------------------------------------------------------------------
-def summary_data(session) -> dict:
-    model = session.model
-    itemsize = 4 if session.dtype == "float32" else 8
+def summary_data(model, dtype: str) -> dict:
+    itemsize = 4 if dtype == "float32" else 8
     layers = [
         {"name": name, "type": "input", "class": "InputLayer", "output_shape": [None, *shape], "params": 0, "connected_to": []}
         for name, shape in model.input_shapes.items()
@@ -54,8 +52,8 @@ def summary_data(session) -> dict:
         })
     total = sum(layer["params"] for layer in layers)
     return {
-        "name": session.spec.name,
-        "dtype": session.dtype,
+        "name": model.spec.name,
+        "dtype": dtype,
         "layers": layers,
         "output": model.output,
         "total_params": total,
@@ -118,7 +116,7 @@ def saved_view(paths: dict):
     return Text.from_markup("\n".join(lines))
 
 
-class LiveProgress(Progress):
+class LiveProgress:
     """A rich progress bar on a terminal; one line per epoch otherwise (CI logs, pipes)."""
 
     def __init__(self, console: Console, metric_names):
