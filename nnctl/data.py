@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import math
-import mmap
+import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, los
 
 def _shape_input(file, name, array, shape, dtype):
     per_sample = array.shape[1:]
-    mapped = _mapping_of(array) is not None  # batches convert their rows; never copy the file
+    mapped = isinstance(array, RowFile)  # batches convert their rows; never copy the file
     if per_sample == tuple(shape):
         return array if array.dtype == dtype or mapped else array.astype(dtype)
     if array.ndim == 2 and array.shape[1] == math.prod(shape) and not mapped:
@@ -131,7 +132,7 @@ def _check_targets(file, targets, loss, units, dtype, locate):
 # --- CSV ------------------------------------------------------------------------------------------
 def _read_csv(file: Path, column_map: dict, target_columns):
     try:
-        with open(file, newline="", encoding="utf-8") as handle:
+        with open(file, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM (Excel's) is not part of the first name
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(Problem(f"expected a readable UTF-8 CSV file, received {exc.__class__.__name__}: {exc}", str(file))) from None
@@ -191,44 +192,105 @@ def _read_csv(file: Path, column_map: dict, target_columns):
 
 
 # --- NumPy files ----------------------------------------------------------------------------------
-def _mapping_of(array):
-    """The mmap under a (view of a) memory-mapped array, or None."""
-    while array is not None and not hasattr(array, "_mmap"):
-        array = getattr(array, "base", None)
-    return getattr(array, "_mmap", None)
+class RowFile:
+    """Columns [start, stop) of a 2-D .npy file too large to load, read from disk by row.
 
-
-def release_pages(array) -> None:
-    """Drop a memory-mapped array's pages from this process's resident set.
-
-    Pages of a read-only file mapping are page cache: dropping them costs a re-read at worst,
-    and keeps the RSS of a pass over a file larger than memory bounded.
+    Not a memory map: the kernel maps whole large folios around every row a map touches, so
+    shuffled batches from a 2 GB map end with 2 GB resident. `os.pread` leaves the pages in the
+    page cache, outside the process, and a batch costs one small read per row.
     """
-    mapping = _mapping_of(array)
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
+
+    def __init__(self, path: Path, offset: int, rows: int, width: int, dtype, start: int = 0, stop: int | None = None):
+        self.path, self.offset, self.rows, self.width, self.dtype = path, offset, rows, width, numpy.dtype(dtype)
+        self.start, self.stop = start, width if stop is None else stop
+        self.shape = (rows, self.stop - self.start)
+        self.ndim = 2
+        self._fd = None
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def columns(self, start: int, stop: int) -> "RowFile":
+        return RowFile(self.path, self.offset, self.rows, self.width, self.dtype, self.start + start, self.start + stop)
+
+    def _read(self, offset: int, size: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise DataError(Problem(f"expected {self.rows} rows of {self.width} values, received a file cut short at byte {offset + len(data)}", str(self.path)))
+        return data
+
+    def chunks(self, chunk_bytes: int = 64 << 20):
+        """(first row, rows as an array) in order, a chunk at a time."""
+        row_bytes = self.width * self.dtype.itemsize
+        step = max(1, chunk_bytes // row_bytes)
+        for first in range(0, self.rows, step):
+            count = min(step, self.rows - first)
+            block = numpy.frombuffer(self._read(self.offset + first * row_bytes, count * row_bytes), dtype=self.dtype)
+            yield first, block.reshape(count, self.width)[:, self.start:self.stop]
+
+    def take(self, rows):
+        itemsize, row_bytes = self.dtype.itemsize, self.width * self.dtype.itemsize
+        size, skip = (self.stop - self.start) * itemsize, self.offset + self.start * itemsize
+        data = b"".join(self._read(skip + int(r) * row_bytes, size) for r in rows)
+        return numpy.frombuffer(data, dtype=self.dtype).reshape(len(rows), self.stop - self.start)
+
+    def __del__(self):
+        if self._fd is not None:
+            os.close(self._fd)
 
 
 def _finite(file, name, array):
     if array.dtype.kind == "f":
-        # In chunks: a memory-mapped array is scanned without being loaded whole.
-        step = max(1, (1 << 24) // max(1, array[:1].size))
-        for start in range(0, len(array), step):
-            chunk = numpy.asarray(array[start:start + step])
+        chunks = array.chunks() if isinstance(array, RowFile) else [(0, array)]
+        for start, chunk in chunks:
             bad = numpy.argwhere(~numpy.isfinite(chunk))
-            release_pages(array)
             if bad.size:
                 where = tuple(int(i) for i in bad[0])
-                raise DataError(Problem(f"array {name!r}: expected finite numbers, received {chunk[where]!r} at index {(where[0] + start,) + where[1:]}", str(file)))
+                raise DataError(Problem(f"array {name!r}: expected finite numbers, received {_number(chunk[where])} at index {(where[0] + start,) + where[1:]}", str(file)))
     elif array.dtype.kind not in "iub":
         raise DataError(Problem(f"array {name!r}: expected a numeric array, received dtype {array.dtype}", str(file)))
 
 
+_MAGIC = {".npz": (b"PK\x03\x04", b"PK\x05\x06"), ".npy": (b"\x93NUMPY",)}
+_CORRUPT = (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error)
+
+
+def _check_magic(file: Path, suffix: str) -> None:
+    """Refuse a file that is not what its suffix says before NumPy guesses (it would call it a pickle)."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise DataError(Problem(f"expected a readable {suffix} file, received {exc.__class__.__name__}: {exc}", str(file))) from None
+    if head.startswith(_MAGIC[suffix]):
+        return
+    other = next((s for s, magic in _MAGIC.items() if head.startswith(magic)), None)
+    if other:
+        reason = f"an {other} file"
+    elif not head:
+        reason = "an empty file"
+    elif head.startswith(b"\x80"):
+        reason = "a pickle file, which nnctl never loads"
+    else:
+        reason = f"a file that starts with {head[:4]!r}"
+    what = "an .npz archive (a zip of .npy arrays)" if suffix == ".npz" else "a .npy array file"
+    raise DataError(Problem(f"expected {what}, received {reason}", str(file)))
+
+
+def _unreadable(exc) -> str:
+    if "pickle" in str(exc) or "Python objects" in str(exc):
+        return "a pickled object array, which nnctl never loads"
+    return f"an unreadable one ({exc})"
+
+
 def _read_npz(file: Path, column_map: dict, target_columns):
+    _check_magic(file, ".npz")
     try:
         archive = numpy.load(file, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(Problem(f"expected a valid .npz archive, received an unreadable file ({exc})", str(file))) from None
+    except (ValueError, *_CORRUPT) as exc:
+        raise DataError(Problem(f"expected a valid .npz archive, received a truncated or corrupt file ({exc})", str(file))) from None
     with archive:
         def array(name, what):
             if not isinstance(name, str):
@@ -237,8 +299,10 @@ def _read_npz(file: Path, column_map: dict, target_columns):
                 raise DataError(Problem(f"{what}: expected array {name!r}{did_you_mean(name, archive.files)}; the archive has {', '.join(archive.files) or 'no arrays'}", str(file)))
             try:
                 value = archive[name]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(Problem(f"array {name!r}: expected a plain numeric array, received an unreadable one ({exc})", str(file))) from None
+            except (ValueError, *_CORRUPT) as exc:
+                raise DataError(Problem(f"array {name!r}: expected a plain numeric array, received {_unreadable(exc)}", str(file))) from None
+            if not isinstance(value, numpy.ndarray):
+                raise DataError(Problem(f"array {name!r}: expected a NumPy array, received a member that is not in .npy format", str(file)))
             if value.ndim == 0:
                 raise DataError(Problem(f"array {name!r}: expected samples along axis 0, received a scalar", str(file)))
             _finite(file, name, value)
@@ -269,11 +333,34 @@ def _column_slice(spec, width, file, what):
     return picked
 
 
+# .npy files up to this size are loaded whole; larger ones are read by row (RowFile).
+LOAD_WHOLE_BYTES = 256 << 20
+
+
+def _open_npy(file: Path):
+    """An in-memory array, or a RowFile for a large 2-D C-ordered file."""
+    if file.stat().st_size <= LOAD_WHOLE_BYTES:
+        return numpy.load(file, allow_pickle=False)
+    with open(file, "rb") as handle:
+        version = numpy.lib.format.read_magic(handle)
+        read_header = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else numpy.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    if len(shape) != 2 or fortran_order:
+        return numpy.load(file, mmap_mode="r", allow_pickle=False)  # only its shape is looked at: rejected below
+    if offset + shape[0] * shape[1] * dtype.itemsize > file.stat().st_size:
+        raise ValueError(f"the file is shorter than its header's shape {shape} says")
+    return RowFile(file, offset, shape[0], shape[1], dtype)
+
+
 def _read_npy(file: Path, column_map: dict, target_columns):
+    _check_magic(file, ".npy")
     try:
-        array = numpy.load(file, mmap_mode="r", allow_pickle=False)
+        array = _open_npy(file)
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(Problem(f"expected a valid .npy file, received an unreadable one ({exc})", str(file))) from None
+        raise DataError(Problem(f"expected a valid .npy file, received {_unreadable(exc)}", str(file))) from None
     if array.ndim != 2:
         raise DataError(Problem(f"expected a 2-D array (samples, columns), received shape {list(array.shape)}", str(file)))
     _finite(file, file.name, array)
@@ -281,23 +368,16 @@ def _read_npy(file: Path, column_map: dict, target_columns):
 
     def pick(spec, what, copy=False):
         cols = _column_slice(spec, width, file, what)
-        if cols == list(range(cols[0], cols[-1] + 1)) and not copy:
-            return array[:, cols[0]:cols[-1] + 1]  # a strided view of the memory map, no copy
-        return _copy_rows(array, cols)
+        contiguous = cols == list(range(cols[0], cols[-1] + 1))
+        if isinstance(array, RowFile):
+            if contiguous and not copy:
+                return array.columns(cols[0], cols[-1] + 1)
+            return numpy.concatenate([chunk[:, cols] for _, chunk in array.chunks()])
+        return numpy.ascontiguousarray(array[:, cols])
 
     inputs = {name: pick(cols, f"input {name!r}") for name, cols in column_map.items()}
     targets = pick(target_columns, "targets", copy=True) if target_columns is not None else None
     return inputs, targets
-
-
-def _copy_rows(array, columns, chunk_bytes=64 << 20):
-    """array[:, columns] copied in row chunks, giving each chunk's pages back as it goes."""
-    out = numpy.empty((len(array), len(columns)), dtype=array.dtype)
-    step = max(1, chunk_bytes // max(1, array[:1].nbytes))
-    for start in range(0, len(array), step):
-        out[start:start + step] = array[start:start + step][:, columns]
-        release_pages(array)
-    return out
 
 
 # --- splitting and batching ------------------------------------------------------------------------
@@ -317,30 +397,22 @@ def split(dataset: Dataset, fraction: float, rng) -> tuple[Dataset, Dataset | No
 class Batches:
     """Gathers batches of rows into reused host buffers, then moves them to the backend."""
 
-    # Memory-mapped inputs give their pages back after about this many bytes are gathered.
-    RELEASE_BYTES = 256 << 20
-
     def __init__(self, dataset: Dataset, batch_size: int, backend, dtype):
         self.dataset, self.batch_size, self.backend, self.dtype = dataset, batch_size, backend, dtype
         self._buffers = {}
-        self._gathered = 0
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
 
     def _gather(self, key, array, rows):
-        if _mapping_of(array) is None and array.flags.c_contiguous:
-            shape = (len(rows),) + array.shape[1:]
-            buffer = self._buffers.get((key, shape))
-            if buffer is None:
-                buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
-            return numpy.take(array, rows, axis=0, out=buffer)
-        gathered = numpy.asarray(array[rows])
-        self._gathered += gathered.nbytes
-        if self._gathered >= self.RELEASE_BYTES:
-            release_pages(array)
-            self._gathered = 0
-        return gathered.astype(self.dtype, copy=False) if gathered.dtype.kind == "f" else gathered
+        if isinstance(array, RowFile):
+            gathered = array.take(rows)
+            return gathered.astype(self.dtype) if gathered.dtype.kind == "f" else gathered
+        shape = (len(rows),) + array.shape[1:]
+        buffer = self._buffers.get((key, shape))
+        if buffer is None:
+            buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
+        return numpy.take(array, rows, axis=0, out=buffer)
 
     def __call__(self, order, skip: int = 0):
         """Yield (inputs, targets, size) for the dataset's rows taken in `order`, after `skip` batches."""
