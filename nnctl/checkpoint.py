@@ -1,22 +1,27 @@
 """Checkpoints: a run's full state in one .npz, so `nnctl train --resume` continues bit-exactly.
 
-Arrays: `weights/<key>`, `optimizer/<slot>`, `totals/<name>`, `order`; a JSON document `meta`
-holds epoch, step, history, the random generators' states and the spec's fingerprint. Nothing
-is pickled.
+Arrays: `weights/<key>`, `optimizer/<slot>`, `totals/<name>`, `order`, `best_weights` (the flat
+weights of the best epoch); a JSON document `meta` holds epoch, step, history, the random
+generators' states, the training controls' state (early-stopping counters, best value, schedule
+state and current rate: exact floats), the spec's fingerprint and the data files' (a resume on
+changed data is refused). Nothing is pickled.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 
 import numpy
 
 from nnctl.errors import Problem, WeightsError
 from nnctl.fileio import atomic_write
+from nnctl.optimizers import OPTIMIZERS
 from nnctl.training import TrainState
 from nnctl.weights import read_arrays
 
-FORMAT = 1
+FORMAT = 2  # 2: training controls (meta "controls", array "best_weights")
 
 
 def spec_fingerprint(spec) -> str:
@@ -27,18 +32,47 @@ def spec_fingerprint(spec) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_FILE_HASHES: dict = {}  # (path, size, mtime_ns) -> sha256: each data file is read once per process
+
+
+def data_fingerprint(spec) -> str | None:
+    """The training and validation files' contents (None when one is missing: the loader says so)."""
+    if spec.data is None:
+        return None
+    digest = hashlib.sha256()
+    for path in (spec.data.path, spec.data.validation):
+        if path is None:
+            continue
+        try:
+            stat = os.stat(path)
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+            if key not in _FILE_HASHES:
+                file_hash = hashlib.sha256()
+                with open(path, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        file_hash.update(chunk)
+                _FILE_HASHES[key] = file_hash.hexdigest()
+        except OSError:
+            return None
+        digest.update(_FILE_HASHES[key].encode())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path, spec, weights: dict, state: TrainState) -> None:
     optimizer = dict(state.optimizer or {})
     meta = {
-        "format": FORMAT, "spec": spec_fingerprint(spec), "seed": spec.seed, "epoch": state.epoch, "step": state.step,
+        "format": FORMAT, "spec": spec_fingerprint(spec), "data": data_fingerprint(spec), "seed": spec.seed, "epoch": state.epoch, "step": state.step,
         "iterations": int(optimizer.pop("iterations", 0)), "history": state.history,
         "shuffle_rng": state.shuffle_rng, "dropout_rng": state.dropout_rng, "count": int(state.totals.get("count", 0)),
+        "controls": state.controls or {},
     }
     arrays = {f"weights/{k}": v for k, v in weights.items()}
     arrays.update({f"optimizer/{k}": v for k, v in optimizer.items()})
     arrays.update({f"totals/{k}": v for k, v in state.totals.items() if k != "count"})
     if state.order is not None:
         arrays["order"] = numpy.asarray(state.order)
+    if state.best_weights is not None:
+        arrays["best_weights"] = numpy.asarray(state.best_weights)
     arrays["meta"] = numpy.array(json.dumps(meta))
     with atomic_write(path) as handle:
         numpy.savez(handle, **arrays)
@@ -51,12 +85,20 @@ def load_checkpoint(path, spec, weight_shapes: dict):
         meta = json.loads(str(arrays["meta"]))
     except (KeyError, ValueError):
         raise WeightsError(Problem("expected an nnctl checkpoint with a 'meta' record, received a file without one", str(path))) from None
+    if not isinstance(meta, dict):
+        raise WeightsError(Problem(f"expected an nnctl checkpoint's 'meta' record (a JSON object), received {type(meta).__name__}", str(path)))
     if meta.get("format") != FORMAT:
         raise WeightsError(Problem(f"expected checkpoint format {FORMAT}, received {meta.get('format')!r}", str(path)))
-    if meta["spec"] != spec_fingerprint(spec):
+    if meta.get("spec") != spec_fingerprint(spec):
         raise WeightsError(Problem(
             f"expected the spec the checkpoint was made with, received a changed spec ({spec.file}); "
             "only train.epochs and the backend may change on --resume. Train without --resume to start over", str(path)))
+    saved_data, current_data = meta.get("data"), data_fingerprint(spec)
+    if saved_data is not None and current_data is not None and saved_data != current_data:
+        files = " or ".join(str(p) for p in (spec.data.path, spec.data.validation) if p is not None)
+        raise WeightsError(Problem(
+            f"expected the data the checkpoint was made with, received changed data ({files}); "
+            "train without --resume to start over on it", str(path)))
     weights = {}
     for key, shape in weight_shapes.items():
         value = arrays.get(f"weights/{key}")
@@ -64,10 +106,50 @@ def load_checkpoint(path, spec, weight_shapes: dict):
             raise WeightsError(Problem(f"expected array 'weights/{key}' of shape {tuple(shape)} in the checkpoint, received {None if value is None else value.shape}", str(path)))
         weights[key] = value
     optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    optimizer["iterations"] = meta["iterations"]
     totals = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("totals/")}
+    _check_state(path, spec, meta, optimizer, totals, arrays.get("order"), sum(math.prod(s) for s in weight_shapes.values()))
+    optimizer["iterations"] = meta["iterations"]
     if totals:
         totals["count"] = meta["count"]
+    controls, best = meta.get("controls", {}), arrays.get("best_weights")
+    size = sum(math.prod(s) for s in weight_shapes.values())
+    if not isinstance(controls, dict):
+        raise WeightsError(Problem("expected an intact nnctl checkpoint, received a damaged one: meta 'controls' is not a JSON object", str(path)))
+    if best is not None and best.shape != (size,):
+        raise WeightsError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: 'best_weights' should have shape {(size,)}, has {best.shape}", str(path)))
     state = TrainState(meta["epoch"], meta["step"], arrays.get("order"), totals, meta["history"],
-                       meta["shuffle_rng"], meta["dropout_rng"], optimizer)
+                       meta["shuffle_rng"], meta["dropout_rng"], optimizer, controls, best)
     return weights, state
+
+
+def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
+    """A damaged or hand-edited checkpoint is refused here, not half-way into training."""
+    def damaged(what):
+        return WeightsError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: {what}", str(path)))
+
+    def is_int(value, minimum):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    for key, minimum in (("epoch", 1), ("step", 0), ("iterations", 0), ("count", 0)):
+        if not is_int(meta.get(key), minimum):
+            raise damaged(f"meta {key!r} is {meta.get(key)!r}, not an integer >= {minimum}")
+    if not isinstance(meta.get("history"), list) or not all(isinstance(h, dict) for h in meta["history"]):
+        raise damaged("meta 'history' is not a list of epoch records")
+    for key in ("shuffle_rng", "dropout_rng"):
+        if meta.get(key) is not None:
+            try:
+                numpy.random.PCG64().state = meta[key]
+            except (TypeError, ValueError, KeyError) as exc:
+                raise damaged(f"meta {key!r} is not a generator state ({exc})") from None
+    expected = OPTIMIZERS[spec.optimizer[0]].slots
+    for slot in expected:
+        value = optimizer.get(slot)
+        if value is None or value.shape != (size,):
+            raise damaged(f"optimizer slot {slot!r} should have shape {(size,)}, has {None if value is None else value.shape}")
+    if meta["step"] > 0:
+        if order is None or order.ndim != 1 or order.dtype.kind not in "iu":
+            raise damaged("a run stopped mid-epoch needs its sample 'order' (1-D integers)")
+        needed = ["loss"] + [f"metric/{m}" for m in spec.metrics]
+        missing = [k for k in needed if k not in totals]
+        if missing:
+            raise damaged(f"the running totals lack {', '.join(missing)}")

@@ -52,8 +52,20 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
+def _quiet() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+
+
 def _print(renderable):
-    _console().print(renderable)
+    """Tables and charts: not shown under --quiet."""
+    if not _quiet():
+        _console().print(renderable)
+
+
+def _print_path(label, path):
+    """A file a command wrote: shown even under --quiet."""
+    click.echo(f"{label}: {path}")
 
 
 def _emit_json(data):
@@ -82,25 +94,44 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 @click.group(cls=NnctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nnctl")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an internal error.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables: only errors and the paths of files written.")
 @click.pass_context
-def cli(ctx, debug):
-    """Declare, train, inspect and verify neural networks from a YAML spec."""
-    ctx.obj = {"debug": debug}
+def cli(ctx, debug, quiet):
+    """Declare, train, inspect and verify neural networks from a YAML spec.
+
+    Shell completion (bash): eval "$(_NNCTL_COMPLETE=bash_source nnctl)"; zsh and fish: zsh_source, fish_source.
+    """
+    ctx.obj = {"debug": debug, "quiet": quiet}
 
 
 @cli.command()
 @spec_argument
+@click.option("--graph", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw the layer graph: .dot/.gv as text, .svg/.png/.pdf through Graphviz's dot.")
 @json_option
-def summary(spec, as_json):
+def summary(spec, graph, as_json):
     """Print the layer table, parameter counts and weight names of SPEC."""
     from nnctl.graph import Model
     from nnctl.report import summary_data, summary_view
     from nnctl.spec import load_spec
 
+    if graph is not None:
+        from nnctl.graphviz import check_suffix
+
+        check_suffix(graph)
     # No Session: the summary needs shapes only, not weights or arrays (so no NumPy import).
     loaded = load_spec(spec)
     data = summary_data(Model(loaded), loaded.dtype)
-    _emit_json(data) if as_json else _print(summary_view(data))
+    if graph is not None:
+        from nnctl.graphviz import to_dot, write_graph
+
+        write_graph(to_dot(data), graph)
+    if as_json:
+        _emit_json(data | ({"graph": str(graph)} if graph is not None else {}))
+        return
+    _print(summary_view(data))
+    if graph is not None:
+        _print_path("graph", graph)
 
 
 @cli.command()
@@ -116,9 +147,9 @@ def summary(spec, as_json):
 def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as_json):
     """Train SPEC on its data and save the weights and history."""
     from nnctl.checkpoint import load_checkpoint, save_checkpoint
-    from nnctl.report import LiveProgress, history_view, saved_view
+    from nnctl.report import LiveProgress, history_view, loss_sparkline, saved_view, training_end_view
     from nnctl.runs import save_history, save_run_record
-    from nnctl.training import Interrupted, Progress, fit, training_sets
+    from nnctl.training import Interrupted, Progress, fit, load_test_set, training_sets
     from nnctl.weights import save_weights
 
     if resume and init_weights:
@@ -130,14 +161,20 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as
     if resume:
         weights, state = load_checkpoint(checkpoint_path, session.spec, session.model.weight_shapes)
         session.params.load(weights)
+        stopped = state.controls.get("stopped_early")
+        if stopped:
+            raise click.UsageError(f"nothing to resume: the run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); "
+                                   "train without --resume to start over")
         if state.epoch > session.spec.train["epochs"]:
             raise click.UsageError(f"nothing to resume: the checkpoint has all {state.epoch - 1} epochs done; pass --epochs N to train further")
     train_set, val_set = training_sets(session)
+    test_set = load_test_set(session)  # read now: a bad test file fails before training, not after
     out = out or run_dir / "weights.npz"
     history_path = out.parent / "history.csv"
+    best_path = out.parent / "best.npz"
     save_run_record(run_dir / "run.json", session.spec, sys.argv)
     console = _console()
-    progress = Progress() if as_json else LiveProgress(console, session.spec.metrics)
+    progress = Progress() if as_json or _quiet() else LiveProgress(console, session.spec.metrics)
 
     def write_checkpoint(train_state):
         save_checkpoint(checkpoint_path, session.spec, session.params.to_host(), train_state)
@@ -159,7 +196,12 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as
         progress.close()
     save_weights(out, session.params.to_host())
     save_history(history_path, history)
-    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "samples_per_second")}
+    best = None
+    if val_set is not None and history.best_weights is not None:
+        save_weights(best_path, history.best_weights)
+        best = {**history.best, "weights": str(best_path)}
+    test = session.evaluate(test_set, session.spec.train["batch_size"]) if test_set is not None else None
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds", "samples_per_second")}
     run_history = history[len(state.history):] if state else history
     trained = sum(h["samples_per_second"] * h["seconds"] for h in run_history)
     seconds = sum(h["seconds"] for h in run_history)
@@ -167,12 +209,28 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as
         _emit_json({
             "name": session.spec.name, "epochs": len(history), "train_samples": len(train_set),
             "validation_samples": len(val_set) if val_set is not None else 0, "final": final,
-            "samples_per_second": trained / seconds if seconds else None,
+            "samples_per_second": trained / seconds if seconds else None, "lr": history[-1]["lr"],
+            "stopped_early": history.stopped_early, "best": best,
+            "test": test, "test_samples": len(test_set) if test_set is not None else 0,
             "weights": str(out), "history": str(history_path), "checkpoint": str(checkpoint_path),
         })
         return
-    console.print(history_view(history))
-    console.print(saved_view({"weights": out, "history": history_path, "checkpoint": checkpoint_path}))
+    show = (lambda renderable: None) if _quiet() else console.print  # --quiet: only the paths below
+    show(history_view(history))
+    show(loss_sparkline(history))
+    restored = session.spec.train["early_stopping"] and session.spec.train["early_stopping"]["restore_best_weights"]
+    end = training_end_view(history.stopped_early, history.best if restored else None)
+    if end is not None:
+        show(end)
+    if test is not None:
+        from rich.text import Text
+
+        show(history_view([test], title="Test set"))
+        show(Text(f"evaluated once after training on {test_set.file} ({len(test_set)} samples)"))
+    paths = {"weights": out}
+    if best is not None:
+        paths[f"best weights (epoch {best['epoch']}, {best['monitor']} {best['value']:.4g})"] = best_path
+    console.print(saved_view({**paths, "history": history_path, "checkpoint": checkpoint_path}))
 
 
 @contextlib.contextmanager
@@ -222,7 +280,7 @@ def predict(spec, weights, input_path, output, backend, as_json):
     elif output is None:
         _print(predictions_view(values, classes, columns))
     else:
-        _print(f"Wrote {len(values)} predictions to {output}")
+        click.echo(f"Wrote {len(values)} predictions to {output}")
 
 
 @cli.command()
@@ -233,20 +291,31 @@ def predict(spec, weights, input_path, output, backend, as_json):
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-6, show_default=True)
 @click.option("--max-elements", type=click.IntRange(min=1), default=1000, show_default=True, help="Most elements checked per weight or node (a seeded sample).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Samples in the checked batch.")
+@click.option("--explain", is_flag=True, help="Walk through backprop for the first sample: every node's value and gradient "
+              "by autograd, by finite differences and (dense+sigmoid under half_squared_error) by the hand-derived formula.")
 @json_option
-def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, as_json):
+def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain, as_json):
     """Check SPEC's gradients against central finite differences in float64."""
     from nnctl.gradcheck import gradcheck as run_check, random_batch
     from nnctl.report import gradcheck_view
     from nnctl.training import load_spec_data
 
     session = _session(spec, backend="numpy", weights=weights, dtype="float64")
+    if explain:
+        batch_size = 1
     if session.spec.data is not None:
         dataset = load_spec_data(session)
         batch = session.batches(dataset.subset(dataset.rows[:batch_size]), batch_size)
         inputs, targets, _ = next(iter(batch(None)))
     else:
         inputs, targets = random_batch(session, batch_size)
+    if explain:
+        from nnctl.explain import explain as walkthrough
+        from nnctl.report import explain_view
+
+        data = walkthrough(session, inputs, targets, eps=eps, rtol=rtol, atol=atol, max_elements=max_elements)
+        _emit_json(data) if as_json else _print(explain_view(data))
+        sys.exit(EXIT_OK if data["passed"] else EXIT_FAILED)
     rows, loss, _ = run_check(session, inputs, targets, eps=eps, rtol=rtol, atol=atol, max_elements=max_elements)
     passed = all(r.passed for r in rows)
     if as_json:
@@ -255,6 +324,120 @@ def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, as_json)
     else:
         _print(gradcheck_view(rows, loss, eps, rtol, atol))
     sys.exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+# --- inspecting and evaluating ---------------------------------------------------------------------
+@cli.command()
+@spec_argument
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Trained weights (.npz).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Evaluate on this file (same columns as the spec's data) instead of the spec's data file.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@json_option
+def evaluate(spec, weights, data_path, backend, as_json):
+    """Loss and metrics of WEIGHTS on every row of SPEC's data (or --data); a confusion matrix and
+    per-class precision, recall and F1 for classifiers."""
+    from nnctl.evaluation import evaluate_file
+    from nnctl.report import evaluation_view
+
+    data = evaluate_file(_session(spec, backend, weights=weights), data_path)
+    _emit_json(data) if as_json else _print(evaluation_view(data))
+
+
+@cli.command()
+@click.argument("history", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the curves as .png/.svg/.pdf (needs matplotlib: pip install 'nnctl[plot]').")
+@json_option
+def plot(history, out, as_json):
+    """Loss and metric curves, train against validation, from a run's HISTORY (runs/<name>/history.csv).
+
+    Without --out, or without matplotlib, the curves are drawn in the terminal."""
+    from nnctl.plotting import PlotUnavailable, check_picture_suffix, curves, read_history, save_figure
+    from nnctl.report import curves_view
+
+    if out is not None:
+        check_picture_suffix(out)
+    data = curves(read_history(history))
+    written = None
+    if out is not None:
+        try:
+            save_figure(data, out, title=str(history))
+            written = out
+        except PlotUnavailable as exc:
+            click.echo(f"Note: {exc}; drawing the curves in the terminal instead.", err=True)
+    if as_json:
+        _emit_json({"history": str(history), **data, "out": str(written) if written else None})
+    elif written is not None:
+        _print_path("curves", written)
+    else:
+        _print(curves_view(data))
+
+
+@cli.command("time")
+@spec_argument
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [train.batch_size].")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True, help="Timed steps (after 2 warm-up steps).")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@json_option
+def time_command(spec, batch_size, iterations, backend, as_json):
+    """Per-layer forward and backward milliseconds of a training step on random inputs (like caffe time)."""
+    from nnctl.report import timing_view
+    from nnctl.timing import time_step
+
+    session = _session(spec, backend)
+    data = time_step(session, batch_size or session.spec.train["batch_size"], iterations)
+    _emit_json(data) if as_json else _print(timing_view(data))
+
+
+@cli.command()
+@spec_argument
+@json_option
+def config(spec, as_json):
+    """SPEC as nnctl reads it, with every default filled in (YAML, or JSON with --json)."""
+    from nnctl.report import config_yaml
+    from nnctl.spec import load_spec
+
+    resolved = load_spec(spec).resolved()
+    if as_json:
+        _emit_json(resolved)
+    elif not _quiet():
+        click.echo(config_yaml(resolved, str(spec)), nl=False)
+
+
+@cli.command()
+@click.argument("csv_file", metavar="DATA.csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", required=True, help="The column to predict.")
+@click.option("--task", type=click.Choice(["regression", "classification"]),
+              help="Default: classification when the target holds at most 20 integer labels 0, 1, 2, ..., else regression.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the spec [<DATA>.yaml in the current folder].")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@json_option
+def init(csv_file, target, task, out, force, as_json):
+    """Write a starter spec for DATA.csv: a small MLP from the other numeric columns to --target."""
+    from nnctl.report import init_view
+    from nnctl.starter import starter_spec, write_new
+
+    out = out or Path(csv_file.stem + ".yaml")
+    text, facts = starter_spec(csv_file, target, task, out)
+    write_new(out, text, force)
+    if as_json:
+        _emit_json({"spec": str(out), **facts})
+    elif _quiet():
+        _print_path("spec", out)
+    else:
+        _print(init_view(facts, out))
+
+
+@cli.command()
+@json_option
+def schema(as_json):
+    """The JSON Schema (draft 2020-12) of spec files, for editor completion and checking.
+
+    Save it (nnctl schema > nnctl.schema.json) and point your editor at it; see the README."""
+    from nnctl.schema import spec_schema
+
+    _emit_json(spec_schema())
 
 
 def main():

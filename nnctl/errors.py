@@ -30,8 +30,12 @@ def did_you_mean(word, choices) -> str:
     """' (did you mean 'x'?)' for the nearest choice, or '' when nothing is close."""
     if not isinstance(word, str):
         return ""
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    choices = [str(c) for c in choices]
+    folded = {c.casefold(): c for c in reversed(choices)}  # the first choice wins a tie
+    if word.casefold() in folded and folded[word.casefold()] != word:
+        return f" (did you mean {folded[word.casefold()]!r}?)"
+    close = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.6)
+    return f" (did you mean {folded[close[0]]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,18 @@ class WeightsError(NnctlError):
 
 class BackendError(NnctlError):
     kind = "backend error"
+
+
+class UsageError(NnctlError):
+    """A flag or file argument that cannot be used as given (an existing --out, a wrong suffix)."""
+
+    kind = "usage error"
+
+
+class MissingTool(NnctlError):
+    """An external program a command needs (Graphviz's dot) is not installed."""
+
+    kind = "missing tool"
 
 
 class TrainingDiverged(Exception):

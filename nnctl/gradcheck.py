@@ -2,7 +2,8 @@
 
 For every weight element (or a seeded sample of them) and every named node of the graph (inputs,
 layer outputs, pre-activations: dL/dz and dL/da), the gradient of the loss on one batch is computed
-by reverse mode and by (L(v + eps) - L(v - eps)) / 2 eps, and compared element-wise.
+by reverse mode and by (L(v + eps) - L(v - eps)) / 2 eps, and compared element-wise. L is what
+training minimises: the loss plus any kernel_regularizer penalty.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _sample(rng, total: int, limit: int):
 
 def gradcheck(session, inputs: dict, targets, eps=1e-6, rtol=1e-4, atol=1e-6, max_elements=1000):
     """Compare gradients for every weight and node; returns (rows, loss value, recorder)."""
-    backend, model, loss_fn = session.backend, session.model, session.loss
+    backend, model = session.backend, session.model
     xp = backend.xp
     inputs = {k: backend.asarray(v, dtype="float64") for k, v in inputs.items()}
     targets = backend.asarray(targets)
@@ -78,12 +79,13 @@ def gradcheck(session, inputs: dict, targets, eps=1e-6, rtol=1e-4, atol=1e-6, ma
 
     def loss_at(nudge=None):
         ctx = _Recorder(backend, nudge)
-        value = loss_fn(model.forward(params.frozen(), inputs, ctx), targets).value
+        weights = params.frozen()
+        value = session.objective(model.forward(weights, inputs, ctx), targets, weights).value
         return float(value)
 
     recorder = _Recorder(backend)
     params.zero_grad()
-    loss = loss_fn(model.forward(params.tensors, inputs, recorder), targets)
+    loss = session.objective(model.forward(params.tensors, inputs, recorder), targets, params.tensors)
     backward(loss)
 
     rng = rng_for(session.spec.seed, STREAM_GRADCHECK + 1)

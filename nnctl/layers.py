@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from nnctl import ops
 from nnctl.activations import ACTIVATIONS
 from nnctl.initializers import INITIALIZERS
-from nnctl.options import Option, Typed, boolean, integer, number
+from nnctl.options import Option, Section, Typed, boolean, integer, number
+
+# Keras' L1L2 regularizer: l1 * sum(|w|) + l2 * sum(w^2), added to the loss.
+REGULARIZER = Section({
+    "l1": Option(number(low=0), 0.0, "factor of the sum of absolute values"),
+    "l2": Option(number(low=0), 0.0, "factor of the sum of squares"),
+}, "kernel_regularizer")
 
 
 class ShapeConflict(Exception):
@@ -54,6 +60,24 @@ class Layer:
     def call(self, inputs, weights, ctx):
         raise NotImplementedError
 
+    def penalty(self, weights):
+        """The regularization term this layer adds to the loss (a scalar tensor), or None."""
+        return None
+
+
+def regularization(config: dict | None, weight):
+    """l1 * sum(|w|) + l2 * sum(w^2) as a scalar tensor, or None when both factors are 0."""
+    if not config:
+        return None
+    terms = []
+    if config["l1"]:
+        terms.append(ops.multiply(ops.reduce_sum(ops.absolute(weight)), config["l1"]))
+    if config["l2"]:
+        terms.append(ops.multiply(ops.reduce_sum(ops.square(weight)), config["l2"]))
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else ops.add(terms[0], terms[1])
+
 
 class Dense(Layer):
     keras_name = "Dense"
@@ -63,6 +87,7 @@ class Dense(Layer):
         "use_bias": Option(boolean, True, "add a bias vector"),
         "kernel_initializer": Option(Typed(lambda: INITIALIZERS, "initializer"), "glorot_uniform"),
         "bias_initializer": Option(Typed(lambda: INITIALIZERS, "initializer"), "zeros"),
+        "kernel_regularizer": Option(REGULARIZER, None, "{l1, l2}: penalty on the kernel added to the loss (null: none)"),
     }
 
     def infer_shape(self, input_shapes):
@@ -87,6 +112,9 @@ class Dense(Layer):
             return z
         z = ctx.tap(f"{self.name}/preactivation", z)
         return ACTIVATIONS[name].apply(z, **options)
+
+    def penalty(self, weights):
+        return regularization(self.config.get("kernel_regularizer"), weights["kernel"])
 
 
 class Concatenate(Layer):

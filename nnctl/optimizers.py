@@ -3,13 +3,18 @@
 Each takes exactly the steps of its torch.optim namesake with equal hyper-parameters (the README
 lists where Keras' formulas differ). Every parameter lives in one flat buffer, so a step is a
 handful of whole-buffer, in-place operations whatever the number of layers.
+
+A step reads the rate from `optimizer.learning_rate`, which a schedule may set between steps
+(nnctl.controls sets it once per epoch); it starts as the `learning_rate` option. Gradient
+clipping (`clipnorm`: the global norm of the whole flat gradient, torch's clip_grad_norm_ and
+Keras' global_clipnorm; `clipvalue`: each element) happens in `step`, before the update.
 """
 from __future__ import annotations
 
 import math
 
 from nnctl.backend import namespace_of, to_host
-from nnctl.options import Option, boolean, number
+from nnctl.options import Option, boolean, number, optional
 
 _LR = "step size"
 
@@ -18,21 +23,37 @@ def _learning_rate(default):
     return Option(number(low=0, low_open=True), default, _LR)
 
 
+# Every optimizer takes these (at most one of them, as in Keras).
+CLIPPING = {
+    "clipnorm": Option(optional(number(low=0, low_open=True)), None, "scale the gradient down to this global L2 norm (null: off)"),
+    "clipvalue": Option(optional(number(low=0, low_open=True)), None, "clip each gradient element to [-clipvalue, clipvalue] (null: off)"),
+}
+# torch's clip_grad_norm_ divides by (norm + 1e-6).
+CLIPNORM_EPSILON = 1e-6
+
+
 class Optimizer:
     options: dict = {}
     slots: tuple = ()  # names of per-parameter state buffers
 
     def __init__(self, config: dict, params):
         self.config = config
+        self.learning_rate = config["learning_rate"]
+        self.clipnorm, self.clipvalue = config.get("clipnorm"), config.get("clipvalue")
         self.iterations = 0
         xp = namespace_of(params)
         self.state = {slot: xp.zeros_like(params) for slot in self.slots}
         self.scratch = xp.empty_like(params)
 
     def step(self, params, grads) -> None:
-        """Update the flat `params` in place from the flat `grads`."""
+        """Update the flat `params` in place from the flat `grads` (clipped in place first)."""
         self.iterations += 1
-        self.update(namespace_of(params), params, grads)
+        xp = namespace_of(params)
+        if self.clipnorm is not None:
+            clip_global_norm(xp, grads, self.clipnorm)
+        elif self.clipvalue is not None:
+            xp.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
+        self.update(xp, params, grads)
 
     def update(self, xp, params, grads):
         raise NotImplementedError
@@ -53,6 +74,7 @@ class SGD(Optimizer):
         "learning_rate": _learning_rate(0.01),
         "momentum": Option(number(0, 1), 0.0, "velocity decay"),
         "nesterov": Option(boolean, False, "Nesterov momentum"),
+        **CLIPPING,
     }
 
     def __init__(self, config, params):
@@ -60,7 +82,7 @@ class SGD(Optimizer):
         super().__init__(config, params)
 
     def update(self, xp, params, grads):
-        lr, momentum = self.config["learning_rate"], self.config["momentum"]
+        lr, momentum = self.learning_rate, self.config["momentum"]
         if not momentum:
             xp.multiply(grads, lr, out=self.scratch)
             params -= self.scratch
@@ -77,13 +99,16 @@ class SGD(Optimizer):
         params -= self.scratch
 
 
+_ADAM_OPTIONS = {
+    "learning_rate": _learning_rate(0.001),
+    "beta_1": Option(number(0, 1, high_open=True), 0.9, "first-moment decay"),
+    "beta_2": Option(number(0, 1, high_open=True), 0.999, "second-moment decay"),
+    "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
+}
+
+
 class Adam(Optimizer):
-    options = {
-        "learning_rate": _learning_rate(0.001),
-        "beta_1": Option(number(0, 1, high_open=True), 0.9, "first-moment decay"),
-        "beta_2": Option(number(0, 1, high_open=True), 0.999, "second-moment decay"),
-        "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
-    }
+    options = {**_ADAM_OPTIONS, **CLIPPING}
     slots = ("m", "v")
 
     def update(self, xp, params, grads):
@@ -102,15 +127,15 @@ class Adam(Optimizer):
         scratch *= 1 / math.sqrt(1 - b2**t)
         scratch += c["epsilon"]
         xp.divide(m, scratch, out=scratch)
-        scratch *= c["learning_rate"] / (1 - b1**t)
+        scratch *= self.learning_rate / (1 - b1**t)
         params -= scratch
 
 
 class AdamW(Adam):
-    options = {**Adam.options, "weight_decay": Option(number(low=0), 0.004, "decoupled decay, times learning_rate")}
+    options = {**_ADAM_OPTIONS, "weight_decay": Option(number(low=0), 0.004, "decoupled decay, times learning_rate"), **CLIPPING}
 
     def update(self, xp, params, grads):
-        params *= 1 - self.config["learning_rate"] * self.config["weight_decay"]
+        params *= 1 - self.learning_rate * self.config["weight_decay"]
         super().update(xp, params, grads)
 
 
@@ -119,6 +144,7 @@ class RMSprop(Optimizer):
         "learning_rate": _learning_rate(0.001),
         "rho": Option(number(0, 1, high_open=True), 0.9, "decay of the squared-gradient average"),
         "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
+        **CLIPPING,
     }
     slots = ("square_average",)
 
@@ -132,7 +158,7 @@ class RMSprop(Optimizer):
         xp.sqrt(average, out=scratch)
         scratch += c["epsilon"]
         xp.divide(grads, scratch, out=scratch)
-        scratch *= c["learning_rate"]
+        scratch *= self.learning_rate
         params -= scratch
 
 
@@ -141,6 +167,7 @@ class Adagrad(Optimizer):
         "learning_rate": _learning_rate(0.001),
         "initial_accumulator_value": Option(number(low=0), 0.1, "starting sum of squared gradients"),
         "epsilon": Option(number(low=0), 1e-7, "added to the denominator"),
+        **CLIPPING,
     }
     slots = ("accumulator",)
 
@@ -156,8 +183,18 @@ class Adagrad(Optimizer):
         xp.sqrt(accumulator, out=scratch)
         scratch += c["epsilon"]
         xp.divide(grads, scratch, out=scratch)
-        scratch *= c["learning_rate"]
+        scratch *= self.learning_rate
         params -= scratch
+
+
+def clip_global_norm(xp, grads, max_norm: float) -> None:
+    """grads *= min(1, max_norm / (||grads|| + 1e-6)), in place: torch's clip_grad_norm_.
+
+    The factor stays an array on the device (no synchronisation on a GPU); multiplying by
+    exactly 1 when no clipping is needed changes nothing, as in torch.
+    """
+    norm = xp.sqrt(xp.dot(grads, grads))
+    grads *= xp.minimum(max_norm / (norm + CLIPNORM_EPSILON), 1.0).astype(grads.dtype)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {

@@ -85,6 +85,14 @@ boolean = Check("true or false", lambda v: isinstance(v, bool), {"type": "boolea
 text = Check("a non-empty string", lambda v: isinstance(v, str) and v != "", {"type": "string", "minLength": 1})
 
 
+def optional(check: Check) -> Check:
+    """`check`, or null (the option is off)."""
+    return Check(
+        f"{check.expected} or null", lambda v: v is None or check.accept(v),
+        {"anyOf": [check.schema, {"type": "null"}]}, convert=lambda v: v if v is None or not check.convert else check.convert(v),
+    )
+
+
 def one_of(choices) -> Check:
     choices = tuple(choices)
     return Check(
@@ -108,3 +116,18 @@ class Typed:
 
     registry: object
     what: str  # "initializer", "activation", ...
+
+
+@dataclass(frozen=True)
+class Section:
+    """A nested mapping of declared options, or null (off); `true` means on with every default
+    when `allow_true`. Each option inside is checked and reported at its own place."""
+
+    options: dict
+    what: str  # "early_stopping", "kernel_regularizer"
+    allow_true: bool = False
+
+    @property
+    def expected(self) -> str:
+        keys = ", ".join(self.options)
+        return f"a mapping (keys {keys}){', true' if self.allow_true else ''} or null"

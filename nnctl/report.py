@@ -97,9 +97,16 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _fmt_log(key, value) -> str:
+    """A logged value; the learning rate keeps 4 significant digits (0.00125, not 0.0013)."""
+    return f"{value:.4g}" if key == "lr" and isinstance(value, float) else _fmt(value)
+
+
 def history_view(history: list[dict], title: str = "Training history"):
     table = Table(title=title, title_justify="left")
-    keys = [k for k in history[0] if k not in ("seconds",)] if history else []
+    from nnctl.runs import history_columns
+
+    keys = [k for k in history_columns(history) if k not in ("seconds",)]
     for key in keys:
         table.add_column(key.replace("_", " ") if key != "samples_per_second" else "samples/s", justify="right")
     rows = history if len(history) <= 20 else history[:5] + [None] + history[-10:]
@@ -107,8 +114,19 @@ def history_view(history: list[dict], title: str = "Training history"):
         if row is None:
             table.add_row(*["…"] * len(keys))
         else:
-            table.add_row(*[_fmt(row.get(k, "")) if k != "samples_per_second" else f"{row[k]:,.0f}" for k in keys])
+            table.add_row(*[_fmt_log(k, row.get(k, "")) if k != "samples_per_second" else f"{row[k]:,.0f}" if k in row else "" for k in keys])
     return table
+
+
+def training_end_view(stopped_early: dict | None, restored_best: dict | None):
+    """Why the run ended early and whose weights it kept; None when there is nothing to say."""
+    lines = []
+    if stopped_early:
+        lines.append(f"Stopped early at epoch {stopped_early['epoch']}: {stopped_early['reason']}.")
+    if restored_best:
+        lines.append(f"Restored the weights of epoch {restored_best['epoch']} "
+                     f"(best {restored_best['monitor']} {_fmt(restored_best['value'])}).")
+    return Text("\n".join(lines)) if lines else None
 
 
 def saved_view(paths: dict):
@@ -138,7 +156,7 @@ class LiveProgress:
         self.epoch_started = time.perf_counter()
 
     def _logs_text(self, logs, done_samples):
-        parts = [f"{k} {_fmt(v)}" for k, v in logs.items() if k not in ("epoch", "seconds", "samples_per_second")]
+        parts = [f"{k} {_fmt_log(k, v)}" for k, v in logs.items() if k not in ("epoch", "seconds", "samples_per_second")]
         elapsed = time.perf_counter() - self.epoch_started
         if elapsed > 0 and done_samples:
             parts.append(f"{done_samples / elapsed:,.0f} samples/s")
@@ -202,3 +220,201 @@ def predictions_view(values, classes, columns, limit: int = 50):
     if len(values) > limit:
         table.caption = f"first {limit} of {len(values)} rows; use --output FILE for all"
     return table
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+def evaluation_view(data: dict):
+    parts = [Text.assemble(("Evaluation of ", "bold"), (data["name"], "bold"), f" on {data['data']}: {data['samples']:,} samples, all rows")]
+    table = Table()
+    table.add_column("Metric")
+    table.add_column("Value", justify="right")
+    for key, value in data["metrics"].items():
+        table.add_row(escape(f"{key} ({data['loss_name']})" if key == "loss" else key), _fmt(value))
+    parts.append(table)
+    cls = data.get("classification")
+    if cls:
+        parts += [Text(""), Text.assemble(("Confusion matrix", "bold"), " (rows: true class, columns: predicted class)")]
+        matrix = Table()
+        matrix.add_column("true \\ pred", justify="right")
+        for j in range(cls["classes"]):
+            matrix.add_column(str(j), justify="right")
+        for i, row in enumerate(cls["confusion_matrix"]):
+            matrix.add_row(str(i), *[f"[bold]{n}[/bold]" if i == j and n else str(n) for j, n in enumerate(row)])
+        parts += [matrix, Text(""), Text.assemble(("Per-class scores", "bold"), f" (accuracy {cls['accuracy']:.4f})")]
+        scores = Table()
+        for column in ("Class", "Precision", "Recall", "F1", "Support"):
+            scores.add_column(column, justify="left" if column == "Class" else "right")
+        for i, row in enumerate(cls["per_class"]):
+            scores.add_row(str(row["class"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}",
+                           end_section=i == len(cls["per_class"]) - 1)
+        for name, row in cls["averages"].items():
+            scores.add_row(f"{name} avg", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")
+        parts.append(scores)
+    return Group(*parts)
+
+
+# --- curves: terminal chart and sparkline -------------------------------------------------------------
+TRAIN_STYLE, VALIDATION_STYLE, BOTH_STYLE = "cyan", "magenta", "bold"
+
+
+class CurvesChart:
+    """Train (solid) and validation (dotted) curves per metric, drawn in braille as wide as the console."""
+
+    def __init__(self, data: dict, height: int = 8, max_width: int = 100):
+        self.data, self.height, self.max_width = data, height, max_width
+
+    def __rich_console__(self, console, options):
+        from nnctl.plotting import TRAIN, VALIDATION, line_chart
+
+        epochs = self.data["epochs"]
+        for index, (name, curve) in enumerate(self.data["curves"].items()):
+            values = [v for series in (curve["train"], curve["validation"]) for v in (series or []) if math.isfinite(v)]
+            low, high = (min(values), max(values)) if values else (0.0, 1.0)
+            labels = [_fmt(high), _fmt(low)]
+            pad = max(len(s) for s in labels)
+            width = max(10, min(self.max_width, options.max_width) - pad - 3)
+            chart = line_chart(curve["train"], curve["validation"], width, self.height)
+            heading = Text(name, style="bold")
+            legend = []
+            if curve["train"] is not None:
+                legend.append(Text.assemble(("━━", TRAIN_STYLE), " train (solid)"))
+            if curve["validation"] is not None:
+                legend.append(Text.assemble(("┅┅", VALIDATION_STYLE), " validation (dotted)"))
+            yield Text.assemble(heading, "  ", *sum(([item, "   "] for item in legend), [])[:-1]) if legend else heading
+            for r, row in enumerate(chart["cells"]):
+                label = _fmt(chart["high"]) if r == 0 else _fmt(chart["low"]) if r == len(chart["cells"]) - 1 else ""
+                line = Text(label.rjust(pad) + (" ┤" if label else " │"))
+                for char, series in row:
+                    style = {TRAIN: TRAIN_STYLE, VALIDATION: VALIDATION_STYLE}.get(series, BOTH_STYLE if series else "")
+                    line.append(char, style=style)
+                yield line
+            yield Text(" " * pad + " └" + "─" * width)
+            first, last = str(epochs[0]), f"{epochs[-1]} epoch" + ("s" if len(epochs) != 1 else "")
+            yield Text(" " * (pad + 2) + first + last.rjust(max(width - len(first), len(last) + 1)))
+            if index + 1 < len(self.data["curves"]):
+                yield Text("")
+
+
+def curves_view(data: dict, height: int = 8):
+    return CurvesChart(data, height)
+
+
+def loss_sparkline(history: list[dict], width: int = 40):
+    """One line per loss curve (train, and validation when logged): first value, sparkline, last value."""
+    from nnctl.plotting import sparkline
+
+    lines = []
+    curves = {key: [row[key] for row in history if isinstance(row.get(key), (int, float))] for key in ("loss", "val_loss")}
+    curves = {key: values for key, values in curves.items() if values}
+    finite = [v for values in curves.values() for v in values if math.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (None, None)  # one scale for both lines
+    pad = max((len(k) for k in curves), default=0)
+    for key, values in curves.items():
+        lines.append(Text.assemble((key.ljust(pad), "bold"), "  ", _fmt(values[0]), " ",
+                                   (sparkline(values, width, low, high), TRAIN_STYLE if key == "loss" else VALIDATION_STYLE),
+                                   " ", _fmt(values[-1]), f"  ({len(values)} epoch{'s' if len(values) != 1 else ''})"))
+    return Group(*lines)
+
+
+# --- gradcheck --explain -----------------------------------------------------------------------------
+def _g(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def _vector(values, limit: int = 8) -> str:
+    shown = ", ".join(_g(v) for v in values[:limit])
+    return "[" + shown + (f", … {len(values) - limit} more" if len(values) > limit else "") + "]"
+
+
+def explain_view(data: dict, limit: int = 12):
+    """The one-sample backprop walkthrough: forward values, then dL/d(node) and dL/dW three ways."""
+    head = Text.assemble(
+        (f"Backprop walkthrough of {data['name']}", "bold"), " for one sample (float64, central differences with eps = ",
+        f"{data['eps']:g})\n", "inputs: ", ", ".join(f"{k} = {_vector(v)}" for k, v in data["inputs"].items()),
+        f"   targets: y = {_vector(data['targets'])}\n",
+        f"loss ({data['loss_name']}): L = {data['loss']:.6g}",
+    )
+    if data["textbook"]:
+        head.append("\nhand-derived: dL/da = a - y at the output, dL/dz = dL/da ⊙ a(1 - a) (sigmoid),\n"
+                    "              dL/da = dL/dz_next · W_nextᵀ (hidden), dL/dW = a_prevᵀ · dL/dz, dL/db = dL/dz")
+    else:
+        head.append("\nhand-derived formulas are shown for dense+sigmoid layers under half_squared_error only")
+    forward = Table(title="Forward pass", title_justify="left")
+    for column in ("Node", "Symbol", "Computed as", "Value"):
+        forward.add_column(column, overflow="fold")
+    for node in data["nodes"]:
+        forward.add_row(escape(node["name"]), node["symbol"], escape(node["forward"]), _vector(node["value"], limit))
+
+    def gradient_table(title, rows, what):
+        table = Table(title=title, title_justify="left")
+        for column, justify in (("Gradient", "left"), ("i", "right"), (f"{what} value", "right"), ("autograd", "right"),
+                                ("finite diff.", "right"), ("hand-derived", "right"), ("formula", "left"), ("|autograd - fd|", "right")):
+            table.add_column(column, justify=justify, no_wrap=True)
+        for r, row in enumerate(rows):
+            count = len(row["autograd"])
+            shape = row.get("shape")
+            for i in range(min(count, limit)):
+                index = str(i) if not shape or len(shape) < 2 else str(tuple(int(k) for k in divmod(i, shape[-1])))
+                fd = row["numeric"][i]
+                err = "-" if fd is None or math.isnan(fd) else f"{abs(row['autograd'][i] - fd):.1e}"
+                table.add_row(
+                    f"dL/d{row['symbol']}" if i == 0 else "", index, _g(row["value"][i]), _g(row["autograd"][i]), _g(fd),
+                    _g(row["formula"][i]) if row["formula"] is not None else "-",
+                    escape(row["formula_text"] or "-") if i == 0 else "", err,
+                    end_section=(i == min(count, limit) - 1 and r + 1 < len(rows) and count <= limit),
+                )
+            if count > limit:
+                table.add_row("", "…", f"{count - limit} more", "", "", "", "", f"max {row['max_abs_error']:.1e}",
+                              end_section=r + 1 < len(rows))
+        return table
+
+    nodes = gradient_table("Backward pass, from the output back: dL/d(node)", list(reversed(data["nodes"])), "node")
+    weight_names = ", ".join(f"{w['symbol']} = {w['name']}" for w in data["weights"])
+    weights = gradient_table(f"Weight gradients ({weight_names})", data["weights"], "weight")
+    failed = [n["name"] for n in data["nodes"] + data["weights"] if not n["passed"]]
+    verdict = Text.from_markup(
+        f"[green]autograd, finite differences{' and the hand-derived formulas' if data['textbook'] else ''} agree[/green] "
+        f"(|difference| <= {data['atol']:g} + {data['rtol']:g}·|reference|)"
+        if not failed else f"[red]disagreement at {escape(', '.join(failed))}[/red]"
+    )
+    return Group(head, Text(""), forward, Text(""), nodes, Text(""), weights, verdict)
+
+
+# --- time --------------------------------------------------------------------------------------------
+def timing_view(data: dict):
+    head = Text.assemble(("Per-layer time of a training step", "bold"), f": {data['name']}, batch {data['batch_size']}, "
+                         f"mean of {data['iterations']} steps after {data['warmup']} warm-up, {data['backend']} {data['dtype']}")
+    table = Table()
+    for column, justify in (("Layer (type)", "left"), ("Forward ms", "right"), ("Backward ms", "right"), ("Total ms", "right"), ("Share", "right")):
+        table.add_column(column, justify=justify)
+    for row in data["layers"]:
+        label = f"{escape(row['name'])} ({row['class']})" if row["class"] != "Loss" else f"loss ({escape(row['type'])})"
+        table.add_row(label, f"{row['forward_ms']:.4f}", f"{row['backward_ms']:.4f}", f"{row['total_ms']:.4f}", f"{row['share']:.1%}",
+                      end_section=row is data["layers"][-1])
+    step = data["step_ms"]
+    share = (lambda ms: f"{ms / step:.1%}" if step else "-")
+    table.add_row("optimizer update", "", "", f"{data['update_ms']:.4f}", share(data["update_ms"]))
+    table.add_row("autograd bookkeeping", "", "", f"{data['other_ms']:.4f}", share(data["other_ms"]), end_section=True)
+    table.add_row("[bold]whole step[/bold]", f"{data['forward_ms']:.4f}", f"{data['backward_ms']:.4f}", f"[bold]{step:.4f}[/bold]", "100.0%")
+    rate = Text(f" {data['batch_size'] * 1000 / step:,.0f} samples/s at this batch size" if step else "")
+    return Group(head, table, rate)
+
+
+# --- config, init, written files ------------------------------------------------------------------------
+def config_yaml(resolved: dict, source: str | None = None) -> str:
+    """The resolved spec as YAML (leaf lists and mappings inline), keys in nnctl's order."""
+    import yaml
+
+    head = f"# {source} with every default filled in (nnctl config)\n" if source else ""
+    return head + yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
+
+
+def init_view(facts: dict, path):
+    what = f"classification into {facts['classes']} classes" if facts["task"] == "classification" else "regression"
+    lines = [
+        Text.assemble(("Wrote ", ""), (str(path), "bold"), f": {what} of {facts['target']!r} from {len(facts['inputs'])} input columns"),
+    ]
+    if facts["skipped"]:
+        lines.append(Text(f"Skipped non-numeric columns: {', '.join(facts['skipped'])}"))
+    lines.append(Text(f"Next: nnctl summary {path}   then: nnctl train {path}"))
+    return Group(*lines)

@@ -11,8 +11,20 @@ from nnctl import __version__
 from nnctl.fileio import atomic_write
 
 
+def history_columns(history: list[dict]) -> list[str]:
+    """Every key of every epoch, in a fixed order: epoch, training logs, val_ logs, then lr and
+    timings. Epochs without validation (train.validation_freq > 1) lack the val_ keys."""
+    seen = list(dict.fromkeys(key for row in history for key in row))
+    tail = ["lr", "seconds", "samples_per_second"]
+
+    def rank(key):
+        return (0 if key == "epoch" else 3 + tail.index(key) if key in tail else 2 if key.startswith("val_") else 1)
+
+    return sorted(seen, key=rank)  # stable: first appearance within each rank
+
+
 def save_history(path, history: list[dict]) -> None:
-    columns = list(history[0]) if history else ["epoch"]
+    columns = history_columns(history) if history else ["epoch"]
     with atomic_write(path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnctl.backend import BACKENDS
+from nnctl.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
 from nnctl.errors import Problem, SpecError, describe, did_you_mean
 from nnctl.layers import LAYERS
 from nnctl.losses import LOSSES
 from nnctl.metrics import METRICS
 from nnctl.optimizers import OPTIMIZERS
-from nnctl.options import REQUIRED, Invalid, Option, Typed, boolean, integer, number, one_of, text
+from nnctl.options import REQUIRED, Invalid, Option, Section, Typed, boolean, integer, number, one_of, text
 from nnctl.yamlmarks import Marks, load_yaml, path_text
 
 DTYPES = ("float32", "float64")
@@ -27,8 +28,11 @@ TRAIN_OPTIONS = {
     "epochs": Option(integer(1), 10, "passes over the training data"),
     "batch_size": Option(integer(1), 32, "samples per step"),
     "shuffle": Option(boolean, True, "reshuffle the training data every epoch"),
+    "validation_freq": Option(integer(1), 1, "validate at the end of every N-th epoch (Keras' validation_freq)"),
+    "early_stopping": Option(EARLY_STOPPING, None, "stop when a monitored value stops improving (null: off; true: the defaults)"),
+    "lr_schedule": Option(Typed(lambda: SCHEDULES, "learning-rate schedule"), "constant", "the learning rate of each epoch"),
 }
-DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation")
+DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation", "test")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class DataSpec:
     targets: object  # list of CSV columns, or an array name
     validation_split: float = 0.0
     validation: Path | None = None
+    test: Path | None = None  # evaluated once, after training
 
 
 @dataclass
@@ -89,12 +94,13 @@ class Spec:
                 "targets": self.data.targets,
                 "validation_split": self.data.validation_split,
                 "validation": str(self.data.validation) if self.data.validation else None,
+                "test": str(self.data.test) if self.data.test else None,
             }
         return {
             "name": self.name, "seed": self.seed, "dtype": self.dtype, "backend": self.backend,
             "inputs": {k: list(v) for k, v in self.inputs.items()}, "layers": layers, "outputs": self.outputs,
             "loss": typed(self.loss), "metrics": list(self.metrics), "optimizer": typed(self.optimizer),
-            "data": data, "train": dict(self.train),
+            "data": data, "train": {k: typed(v) if isinstance(v, tuple) else v for k, v in self.train.items()},
         }
 
 
@@ -108,9 +114,12 @@ class _Checker:
     def __init__(self, file: Path, marks: Marks):
         self.file, self.marks, self.problems = file, marks, []
 
-    def report(self, path: tuple, message: str, key: bool = False) -> None:
+    def problem(self, path: tuple, message: str, key: bool = False) -> Problem:
         line, column = self.marks.at(path, key=key)
-        self.problems.append(Problem(message, str(self.file), line, column, path_text(path) or None))
+        return Problem(message, str(self.file), line, column, path_text(path) or None)
+
+    def report(self, path: tuple, message: str, key: bool = False) -> None:
+        self.problems.append(self.problem(path, message, key))
 
     def unknown_keys(self, mapping: dict, allowed, path: tuple, what: str) -> None:
         for key in mapping:
@@ -142,9 +151,22 @@ class _Checker:
                 continue
             if isinstance(option.check, Typed):
                 resolved[name] = self.typed(mapping[name], option.check.registry(), path + (name,), option.check.what)
+            elif isinstance(option.check, Section):
+                resolved[name] = self.section(mapping[name], option.check, path + (name,))
             else:
                 resolved[name] = self.value(option.check, mapping[name], path + (name,))
         return resolved
+
+    def section(self, value, section: Section, path: tuple):
+        """A nested mapping of options (defaults filled in), or None when null/false (off)."""
+        if value is None or value is False:
+            return None
+        if value is True and section.allow_true:
+            return self.defaults(section.options)
+        if not isinstance(value, dict):
+            self.report(path, f"expected {section.expected}, received {describe(value)}")
+            return None
+        return self.options(value, section.options, path, section.what)
 
     @staticmethod
     def defaults(options: dict) -> dict:
@@ -181,7 +203,7 @@ def load_spec(path, overrides: dict | None = None) -> Spec:
     checker = _Checker(path, marks)
     spec = _validate(data, path, checker, overrides or {})
     if checker.problems:
-        raise SpecError(checker.problems)
+        raise SpecError(sorted(checker.problems, key=lambda p: (p.line or 0, p.column or 0)))
     return spec
 
 
@@ -198,6 +220,12 @@ def _validate(data: dict, path: Path, c: _Checker, overrides: dict) -> Spec | No
     description = c.value(text, data["description"], ("description",)) if "description" in data else ""
     inputs = _validate_inputs(data.get("inputs"), c) if "inputs" in data else {}
     layers = _validate_layers(data.get("layers"), inputs, c) if "layers" in data else []
+    if c.problems and isinstance(data.get("layers"), list) and len(layers) == len(data["layers"]) and isinstance(data.get("inputs"), dict) and len(inputs) == len(data["inputs"]):
+        # Every layer and input was read: report unknown references and duplicate names now,
+        # together with the other problems, rather than after they are fixed.
+        from nnctl.graph import reference_problems
+
+        c.problems.extend(reference_problems(inputs, layers, c.problem))
     outputs = _validate_outputs(data.get("outputs"), layers, inputs, c)
     loss = c.typed(data["loss"], LOSSES, ("loss",), "loss") if "loss" in data else None
     metrics = _validate_metrics(data.get("metrics", []), c)
@@ -208,6 +236,7 @@ def _validate(data: dict, path: Path, c: _Checker, overrides: dict) -> Spec | No
         c.report(("train",), f"expected a mapping of training options, received {describe(train_raw)}")
         train_raw = {}
     train = c.options(train_raw, TRAIN_OPTIONS, ("train",), "train")
+    _check_training_controls(train, metrics, optimizer, data_spec, c)
     if overrides.get("seed") is not None:
         seed = overrides["seed"]
     if overrides.get("backend") is not None:
@@ -252,7 +281,7 @@ def _validate_layers(raw, inputs: dict, c: _Checker) -> list:
             c.report(path, f"expected a layer mapping with a 'type' key, received {describe(item)}")
             continue
         type_name = item.get("type")
-        if type_name not in LAYERS:
+        if not isinstance(type_name, str) or type_name not in LAYERS:
             c.report(
                 path + (("type",) if "type" in item else ()),
                 f"expected a layer type: one of {', '.join(LAYERS)}; received {describe(type_name)}{did_you_mean(type_name, LAYERS)}",
@@ -309,7 +338,7 @@ def _validate_metrics(raw, c: _Checker) -> list:
         return []
     metrics = []
     for i, name in enumerate(raw):
-        if name not in METRICS:
+        if not isinstance(name, str) or name not in METRICS:
             c.report(("metrics", i), f"expected a metric: one of {', '.join(METRICS)}; received {describe(name)}{did_you_mean(name, METRICS)}")
         elif name in metrics:
             c.report(("metrics", i), f"expected each metric once, received {name!r} again")
@@ -369,4 +398,31 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
             validation = base / raw["validation"]
         if raw.get("validation_split"):
             c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
-    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation)
+    test = None
+    if "test" in raw:
+        if not isinstance(raw["test"], str) or not raw["test"]:
+            c.report(("data", "test"), f"expected a file path, received {describe(raw['test'])}")
+        else:
+            test = base / raw["test"]
+    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test)
+
+
+def _check_training_controls(train: dict, metrics: list, optimizer, data_spec, c: _Checker) -> None:
+    """What no single option can check: monitored names, validation data, rates, clipping."""
+    allowed = monitorable(metrics)
+    has_validation = data_spec is None or bool(data_spec.validation or data_spec.validation_split)
+    for path, monitor in monitors(train):
+        if monitor is None:  # already reported as invalid
+            continue
+        if monitor not in allowed:
+            c.report(path, f"expected a logged value to monitor ({', '.join(allowed)}), received {monitor!r}{did_you_mean(monitor, allowed)}")
+        elif monitor.startswith("val_") and not has_validation:
+            c.report(path, f"expected validation data to monitor {monitor!r} (data.validation or data.validation_split), "
+                           "received a data section without it; monitor 'loss' to watch the training loss")
+    schedule = train.get("lr_schedule")
+    if schedule and optimizer and "min_lr" in schedule[1]:
+        rate = optimizer[1]["learning_rate"]
+        if rate is not None and schedule[1]["min_lr"] is not None and schedule[1]["min_lr"] > rate:
+            c.report(("train", "lr_schedule", "min_lr"), f"expected a number <= the optimizer's learning_rate ({rate:g}), received {schedule[1]['min_lr']:g}")
+    if optimizer and optimizer[1].get("clipnorm") is not None and optimizer[1].get("clipvalue") is not None:
+        c.report(("optimizer", "clipvalue"), "expected at most one of clipnorm and clipvalue (as in Keras), received both")

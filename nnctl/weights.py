@@ -6,6 +6,7 @@ key, shape and dtype against the model, naming each mismatch.
 from __future__ import annotations
 
 import zipfile
+import zlib
 
 import numpy
 
@@ -18,22 +19,53 @@ def save_weights(path, weights: dict) -> None:
         numpy.savez(handle, **weights)
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: the second)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def read_arrays(path, what="weights file") -> dict:
     """All arrays of an .npz file, or a WeightsError saying why they cannot be read."""
     try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, numpy.lib.npyio.NpzFile):
-                raise WeightsError(Problem(f"expected an .npz archive of named arrays, received a single array", str(path)))
-            return {key: archive[key] for key in archive.files}
+        with open(path, "rb") as handle:
+            head = handle.read(8)
     except FileNotFoundError:
         raise WeightsError(Problem(f"expected a {what}, received a path that does not exist", str(path))) from None
-    except WeightsError:
-        raise
-    except ValueError as exc:
-        reason = "pickled object arrays, which nnctl never loads" if "pickle" in str(exc) else str(exc)
-        raise WeightsError(Problem(f"expected plain numeric arrays, received {reason}", str(path))) from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except IsADirectoryError:
+        raise WeightsError(Problem(f"expected a {what}, received a directory", str(path))) from None
+    except OSError as exc:
+        raise WeightsError(Problem(f"expected a readable {what}, received {exc.__class__.__name__}: {exc}", str(path))) from None
+    if head.startswith(_NPY_MAGIC):
+        raise WeightsError(Problem("expected an .npz archive of named arrays, received a single .npy array", str(path)))
+    if not head.startswith(_ZIP_MAGIC):
+        if head.startswith(b"\x80") or head[:1] in (b"(", b"]", b"}"):
+            reason = "a pickle file, which nnctl never loads"
+        elif not head:
+            reason = "an empty file"
+        else:
+            reason = f"a file that is not a zip archive (it starts with {head[:4]!r})"
+        raise WeightsError(Problem(f"expected an .npz archive of named arrays, received {reason}", str(path)))
+    corrupt = (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error)
+    try:
+        archive = numpy.load(path, allow_pickle=False)
+    except (ValueError, *corrupt) as exc:
         raise WeightsError(Problem(f"expected a valid .npz archive, received a truncated or corrupt file ({exc})", str(path))) from None
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                value = archive[key]
+            except ValueError as exc:
+                if "pickle" in str(exc):
+                    reason = "a pickled object array, which nnctl never loads"
+                else:
+                    reason = f"an unreadable one ({exc})"
+                raise WeightsError(Problem(f"array {key!r}: expected a plain numeric array, received {reason}", str(path))) from None
+            except corrupt as exc:
+                raise WeightsError(Problem(f"expected a valid .npz archive, received a truncated or corrupt file ({exc})", str(path))) from None
+            if not isinstance(value, numpy.ndarray):
+                raise WeightsError(Problem(f"array {key!r}: expected a NumPy array, received a member that is not in .npy format", str(path)))
+            arrays[key] = value
+    return arrays
 
 
 def load_weights(path, expected_shapes: dict) -> dict:

@@ -5,9 +5,11 @@ data plus a table of positions keyed by path tuples (("layers", 2, "units") -> l
 """
 from __future__ import annotations
 
+import re
+
 import yaml
 
-from nnctl.errors import Problem, SpecError
+from nnctl.errors import Problem, SpecError, describe
 
 
 class Marks:
@@ -30,7 +32,22 @@ class Marks:
         return self.values.get((), (None, None))
 
 
-_SCALARS = yaml.SafeLoader  # its resolver and constructor decide a scalar's type
+class _Loader(yaml.SafeLoader):
+    """SafeLoader, plus YAML 1.2's exponent floats: `1e-3` is a number, not the string '1e-3'."""
+
+    yaml_implicit_resolvers = {key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+_TAG = "tag:yaml.org,2002:"
+_REFUSED = object()
+# The only tags a spec may carry (what a JSON document could say): anything else, a Python
+# object, a set, binary data or an application tag, is refused before it is constructed.
+_PLAIN_SCALARS = {_TAG + t for t in ("null", "bool", "int", "float", "str")}
+_PLAIN_TAGS = {yaml.ScalarNode: _PLAIN_SCALARS, yaml.SequenceNode: {_TAG + "seq"}, yaml.MappingNode: {_TAG + "map"}}
 
 
 def _position(mark) -> tuple[int, int]:
@@ -42,7 +59,7 @@ def load_yaml(text: str, file: str):
     marks = Marks(file)
     problems: list[Problem] = []
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, column = _position(mark) if mark else (None, None)
@@ -50,22 +67,56 @@ def load_yaml(text: str, file: str):
         raise SpecError(Problem(f"expected valid YAML, received a syntax error: {reason}", file, line, column)) from None
     if root is None:
         raise SpecError(Problem("expected a YAML mapping of spec keys, received an empty file", file))
-    constructor = yaml.SafeLoader("")
+    constructor = _Loader("")
+
+    def refuse_tag(node, path) -> bool:
+        """True (and a problem noted) for a tag that is not plain data."""
+        if node.tag == _TAG + "timestamp" and isinstance(node, yaml.ScalarNode):
+            node.tag = _TAG + "str"  # no spec value is a date: keep `2024-01-02` as the text written
+        if node.tag in _PLAIN_TAGS[type(node)]:
+            return False
+        shown = "!!" + node.tag[len(_TAG):] if node.tag.startswith(_TAG) else node.tag
+        problems.append(
+            Problem(f"expected plain data (nnctl constructs no tagged objects), received a value tagged {shown!r}",
+                    file, *_position(node.start_mark), path=path_text(path) or None)
+        )
+        return True
+
+    def scalar(node, path):
+        """A scalar's value, or _REFUSED (and a problem noted)."""
+        try:
+            value = constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, OverflowError):
+            problems.append(Problem(f"expected a value that fits its tag {node.tag!r}, received {node.value!r}",
+                                    file, *_position(node.start_mark), path=path_text(path) or None))
+            return _REFUSED
+        if isinstance(value, str) and _has_surrogate(value):
+            shown = value.encode("utf-8", "backslashreplace").decode()
+            problems.append(Problem(f"expected valid Unicode text, received a lone surrogate escape in {shown!r}",
+                                    file, *_position(node.start_mark), path=path_text(path) or None))
+            return _REFUSED
+        return value
 
     def build(node, path):
         marks.values[path] = _position(node.start_mark)
+        if refuse_tag(node, path):
+            return None
         if isinstance(node, yaml.MappingNode):
             result = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):
                     problems.append(Problem("expected a plain key, received a complex key", file, *_position(key_node.start_mark)))
                     continue
-                key = constructor.construct_object(key_node) if key_node.tag != "tag:yaml.org,2002:merge" else "<<"
-                if key == "<<":
+                if key_node.tag == _TAG + "merge":
                     problems.append(Problem("expected plain keys, received a YAML merge key '<<'", file, *_position(key_node.start_mark)))
                     continue
+                if refuse_tag(key_node, path):
+                    continue
+                key = scalar(key_node, path)
+                if key is _REFUSED:
+                    continue
                 if not isinstance(key, str):
-                    key = str(key)
+                    key = describe(key) if key is None or isinstance(key, bool) else str(key)
                 if key in result:
                     first = marks.keys[path + (key,)]
                     problems.append(
@@ -80,13 +131,8 @@ def load_yaml(text: str, file: str):
             return result
         if isinstance(node, yaml.SequenceNode):
             return [build(item, path + (i,)) for i, item in enumerate(node.value)]
-        try:
-            return constructor.construct_object(node)
-        except yaml.YAMLError:
-            problems.append(
-                Problem(f"expected a plain value, received a value tagged {node.tag!r}", file, *_position(node.start_mark), path=path_text(path) or None)
-            )
-            return None
+        value = scalar(node, path)
+        return None if value is _REFUSED else value
 
     data = build(root, ())
     if problems:
@@ -94,6 +140,14 @@ def load_yaml(text: str, file: str):
     if not isinstance(data, dict):
         raise SpecError(Problem(f"expected a mapping of spec keys, received {type(data).__name__}", file, 1, 1))
     return data, marks
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def path_text(path: tuple) -> str:

@@ -158,3 +158,31 @@ def test_version_and_help():
     help_text = run("--help").stdout
     for command in ("train", "summary", "gradcheck", "predict"):
         assert command in help_text
+
+
+def test_cupy_backend_without_gpu_says_what_is_missing(project):
+    from tests.conftest import CUPY_MISSING
+
+    if CUPY_MISSING is None:
+        pytest.skip("CuPy and a GPU are present")
+    result = run("train", project, "--backend", "cupy", cwd=project.parent)
+    assert result.exit_code == 2
+    assert "nnctl[cuda12]" in result.output or "expected an NVIDIA GPU" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_device_resident_batches_match_host_batches(project):
+    """The GPU path (data copied to the device once, gathered there) yields the host path's batches."""
+    from nnctl.backend import get_backend
+    from nnctl.data import Batches
+    from nnctl.spec import load_spec
+    from nnctl.training import Session, load_spec_data
+
+    session = Session(load_spec(project), get_backend("numpy"))
+    dataset = load_spec_data(session)
+    host = Batches(dataset, 3, session.backend, "float32")
+    device = Batches(dataset, 3, session.backend, "float32")
+    device._device = {"x": dataset.inputs["x"].copy(), "__targets__": dataset.targets.copy()}
+    order = numpy.random.default_rng(0).permutation(len(dataset))
+    for (xa, ya, na), (xb, yb, nb) in zip(host(order, skip=1), device(order, skip=1), strict=True):
+        assert na == nb and numpy.array_equal(xa["x"], xb["x"]) and numpy.array_equal(ya, yb)

@@ -1,0 +1,177 @@
+"""The backprop walkthrough of `nnctl gradcheck --explain`, for one sample (article 003's example).
+
+Every named node of the graph (inputs, pre-activations z, layer outputs a) gets its value, dL/dnode
+by reverse mode and by central differences, and every weight dL/dW both ways. Where the textbook
+derivation applies — dense layers with a sigmoid activation under half_squared_error,
+L = 0.5 * sum((a - y)^2) — the hand-derived formulas are evaluated too:
+
+    output layer:  dL/da = a - y
+    any layer:     dL/dz = dL/da * a(1 - a)          (sigmoid' written with its output)
+    hidden layer:  dL/da = dL/dz_next @ W_next^T     (summed over the layers it feeds)
+    weights:       dL/dW = a_prev^T @ dL/dz,  dL/db = dL/dz
+
+No printing: `explain` returns plain data that nnctl.report renders.
+"""
+from __future__ import annotations
+
+import numpy
+
+from nnctl.autograd import backward
+from nnctl.gradcheck import _Recorder
+
+PREACTIVATION = "/preactivation"
+
+
+def _is_sigmoid_dense(node) -> bool:
+    layer = node.layer
+    return layer.type_name == "dense" and layer.config["activation"][0] == "sigmoid"
+
+
+def _forward_text(node, symbols) -> str:
+    layer = node.layer
+    sources = ", ".join(symbols[name] for name in node.inputs)
+    if layer.type_name == "dense":
+        k = symbols[node.name][1:]
+        bias = f" + b{k}" if layer.config["use_bias"] else ""
+        return f"{sources} · W{k}{bias}"
+    return f"{layer.type_name}({sources})"
+
+
+def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-4, atol: float = 1e-6, max_elements: int = 1000) -> dict:
+    """The walkthrough for the one sample in `inputs`/`targets` (batch axis of length 1), in float64."""
+    backend, model, params = session.backend, session.model, session.params
+    inputs = {k: backend.asarray(v, dtype="float64") for k, v in inputs.items()}
+    targets = backend.asarray(targets)
+    host = backend.to_host
+
+    def loss_at(nudge=None) -> float:
+        weights = params.frozen()
+        return float(session.objective(model.forward(weights, inputs, _Recorder(backend, nudge)), targets, weights).value)
+
+    recorder = _Recorder(backend)
+    params.zero_grad()
+    loss = session.objective(model.forward(params.tensors, inputs, recorder), targets, params.tensors)
+    backward(loss)
+
+    def numeric(count, loss_with) -> numpy.ndarray:
+        out = numpy.full(count, numpy.nan)
+        for i in range(min(count, max_elements)):
+            out[i] = (loss_with(i, eps) - loss_with(i, -eps)) / (2 * eps)
+        return out
+
+    # --- symbols: a0 for a single input, z_k / a_k / W_k / b_k for the k-th layer --------------
+    symbols = {name: ("a0" if len(model.input_shapes) == 1 else name) for name in model.input_shapes}
+    for k, node in enumerate(model.nodes, start=1):
+        symbols[node.name] = f"a{k}"
+        symbols[node.name + PREACTIVATION] = f"z{k}"
+    layer_of = {node.name: node for node in model.nodes}
+    consumers = {name: [] for name in symbols}
+    for node in model.nodes:
+        for ref in node.inputs:
+            consumers[ref].append(node)
+
+    # --- hand-derived gradients, walking back from the output ----------------------------------
+    # The textbook formulas hold for the plain loss: not with a regularization penalty added.
+    textbook = session.spec.loss[0] == "half_squared_error" and not getattr(session, "regularized", None)
+    value = {name: host(t.value).astype(numpy.float64) for name, t in recorder.nodes.items()}
+    y = host(targets).astype(numpy.float64)
+    dL_da, dL_dz, formula_text = {}, {}, {}
+    if textbook:
+        for node in reversed(model.nodes):
+            a = value[node.name]
+            if node.name == model.output:
+                dL_da[node.name] = a - y
+                formula_text[node.name] = f"{symbols[node.name]} - y"
+            elif consumers[node.name] and all(c.name in dL_dz for c in consumers[node.name]):
+                dL_da[node.name] = sum(dL_dz[c.name] @ host(params.views[f"{c.name}/kernel"]).T for c in consumers[node.name])
+                formula_text[node.name] = " + ".join(f"dL/dz{symbols[c.name][1:]} · W{symbols[c.name][1:]}ᵀ" for c in consumers[node.name])
+            if node.name in dL_da and _is_sigmoid_dense(node):
+                dL_dz[node.name] = dL_da[node.name] * a * (1 - a)
+                formula_text[node.name + PREACTIVATION] = f"dL/d{symbols[node.name]} ⊙ {symbols[node.name]}(1 - {symbols[node.name]})"
+        for name in model.input_shapes:
+            if consumers[name] and all(c.name in dL_dz for c in consumers[name]):
+                dL_da[name] = sum(dL_dz[c.name] @ host(params.views[f"{c.name}/kernel"]).T for c in consumers[name])
+                formula_text[name] = " + ".join(f"dL/dz{symbols[c.name][1:]} · W{symbols[c.name][1:]}ᵀ" for c in consumers[name])
+    formula = {**dL_da, **{name + PREACTIVATION: g for name, g in dL_dz.items()}}
+
+    def compare(autograd, numeric_values, hand):
+        checked = ~numpy.isnan(numeric_values)
+        abs_err = numpy.abs(autograd - numeric_values)[checked]
+        ok = bool(numpy.all(abs_err <= atol + rtol * numpy.abs(numeric_values[checked])))
+        formula_err = None
+        if hand is not None:
+            formula_err = float(numpy.abs(autograd - hand).max(initial=0))
+            ok = ok and bool(numpy.all(numpy.abs(autograd - hand) <= atol + rtol * numpy.abs(hand)))
+        return float(abs_err.max(initial=0)), formula_err, ok
+
+    nodes = []
+    for name, tensor in recorder.nodes.items():
+        grad = tensor.grad if tensor.grad is not None else backend.xp.zeros_like(tensor.value)
+        auto = host(grad).astype(numpy.float64).reshape(-1)
+        fd = numeric(auto.size, lambda i, d, name=name: loss_at((name, i, d)))
+        hand = formula.get(name)
+        hand = None if hand is None else numpy.asarray(hand, dtype=numpy.float64).reshape(-1)
+        max_err, formula_err, ok = compare(auto, fd, hand)
+        if name in model.input_shapes:
+            forward = "input"
+        elif name.endswith(PREACTIVATION):
+            forward = _forward_text(layer_of[name[: -len(PREACTIVATION)]], symbols)
+        else:
+            node = layer_of[name]
+            activation = node.layer.config.get("activation", ("linear", {}))[0] if node.layer.type_name == "dense" else None
+            if activation and activation != "linear":
+                forward = f"{activation}({symbols[name + PREACTIVATION]})"
+            else:
+                forward = _forward_text(node, symbols)
+        nodes.append({
+            "name": name, "symbol": symbols.get(name, name), "forward": forward,
+            "value": value[name].reshape(-1).tolist(), "autograd": auto.tolist(), "numeric": fd.tolist(),
+            "formula": None if hand is None else hand.tolist(), "formula_text": formula_text.get(name),
+            "max_abs_error": max_err, "max_formula_error": formula_err, "passed": ok,
+        })
+
+    weights = []
+    for key, view in params.views.items():
+        layer_name, weight_name = key.rsplit("/", 1)
+        k = symbols[layer_name][1:]
+        flat = view.reshape(-1)
+
+        def nudged(i, d, flat=flat):
+            original = float(flat[i])
+            flat[i] = original + d
+            try:
+                return loss_at()
+            finally:
+                flat[i] = original
+
+        auto = host(params.grad_views[key]).astype(numpy.float64).reshape(-1)
+        fd = numeric(auto.size, nudged)
+        hand, text = None, None
+        if layer_name in dL_dz:
+            source = layer_of[layer_name].inputs[0]
+            if weight_name == "kernel":
+                hand = (value[source].T @ dL_dz[layer_name]).reshape(-1)
+                text = f"{symbols[source]}ᵀ · dL/dz{k}"
+            elif weight_name == "bias":
+                hand = dL_dz[layer_name].sum(axis=0).reshape(-1)
+                text = f"dL/dz{k}"
+        max_err, formula_err, ok = compare(auto, fd, hand)
+        weights.append({
+            "name": key, "symbol": f"{'W' if weight_name == 'kernel' else 'b' if weight_name == 'bias' else weight_name}{k}",
+            "shape": list(view.shape), "value": host(view).astype(numpy.float64).reshape(-1).tolist(),
+            "autograd": auto.tolist(), "numeric": fd.tolist(), "formula": None if hand is None else hand.tolist(),
+            "formula_text": text, "max_abs_error": max_err, "max_formula_error": formula_err, "passed": ok,
+        })
+
+    return {
+        "name": session.spec.name,
+        "loss_name": session.spec.loss[0],
+        "textbook": textbook,
+        "loss": float(loss.value),
+        "inputs": {k: host(v).reshape(-1).tolist() for k, v in inputs.items()},
+        "targets": y.reshape(-1).tolist(),
+        "eps": eps, "rtol": rtol, "atol": atol,
+        "nodes": nodes,
+        "weights": weights,
+        "passed": all(n["passed"] for n in nodes) and all(w["passed"] for w in weights),
+    }

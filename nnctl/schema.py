@@ -1,0 +1,197 @@
+"""A JSON Schema (draft 2020-12) of the spec format, generated from the registries' declared options.
+
+Layer types are a oneOf on `type`; losses, optimizers, initializers and activations are a name or
+a `{type: name, option: value}` mapping; every option carries its default and description. Editors
+(VS Code's YAML extension, JetBrains IDEs) use it for completion, hover help and checking as you type.
+nnctl itself validates specs with nnctl.spec (which also checks references and shapes); the schema
+only describes the format.
+"""
+from __future__ import annotations
+
+import math
+
+from nnctl.activations import ACTIVATIONS
+from nnctl.backend import BACKENDS
+from nnctl.initializers import INITIALIZERS
+from nnctl.layers import LAYERS
+from nnctl.losses import LOSSES
+from nnctl.metrics import METRICS
+from nnctl.optimizers import OPTIMIZERS
+from nnctl.options import REQUIRED, Section, Typed
+from nnctl.spec import DATA_KEYS, DTYPES, TOP_LEVEL_KEYS, TRAIN_OPTIONS
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID = "urn:nnctl:spec"
+
+# The registries a spec names entries of; Typed options found while walking add any others.
+REGISTRIES = {
+    "activation": ACTIVATIONS,
+    "initializer": INITIALIZERS,
+    "loss": LOSSES,
+    "optimizer": OPTIMIZERS,
+}
+# Descriptions of the data keys (spec.DATA_KEYS is the list; a key missing here is still allowed).
+DATA_DOCS = {
+    "path": ({"type": "string", "minLength": 1}, "a .csv (with a header), .npy or .npz file, relative to the spec"),
+    "validation_split": ({"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.0}, "fraction of the samples held out for validation (seeded)"),
+    "validation": ({"type": "string", "minLength": 1}, "a separate validation file (instead of validation_split)"),
+    "test": ({"type": "string", "minLength": 1}, "a test file, evaluated once after training"),
+}
+
+
+def slug(what: str) -> str:
+    """A $defs key for a registry's `what` ("learning-rate schedule" -> "learning_rate_schedule")."""
+    return "".join(c if c.isalnum() else "_" for c in what)
+
+
+def _json_value(value):
+    """A default as JSON can hold it (a tuple becomes a list; inf has no JSON form)."""
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _doc(entry) -> str:
+    doc = getattr(entry, "doc", "") or ""
+    own = entry.__dict__.get("__doc__") if isinstance(entry, type) else None
+    if not doc and own and own.strip():
+        doc = own.strip().splitlines()[0]
+    return doc
+
+
+class _Builder:
+    """Walks declared options into schemas, collecting each registry's entries under $defs."""
+
+    def __init__(self):
+        self.defs = {}
+
+    def typed(self, what: str, registry: dict) -> dict:
+        """{"$ref"} to a registry entry by name, or as a mapping with `type` and its options."""
+        key = slug(what)
+        if key not in self.defs:
+            self.defs[key] = {}  # placeholder: a registry may refer to itself
+            names = list(registry)
+            for name, entry in registry.items():
+                self.defs[f"{key}.{name}"] = self.options_object(name, entry.options, _doc(entry))
+            self.defs[key] = {
+                "description": f"{'an' if what[0] in 'aeiou' else 'a'} {what}: a name, or a mapping with 'type' and options",
+                "oneOf": [
+                    {"type": "string", "enum": names},
+                    {"type": "object", "required": ["type"], "oneOf": [{"$ref": f"#/$defs/{key}.{name}"} for name in names]},
+                ],
+            }
+        return {"$ref": f"#/$defs/{key}"}
+
+    def option(self, option) -> dict:
+        check = option.check
+        if isinstance(check, Typed):
+            schema = self.typed(check.what, check.registry())
+        elif isinstance(check, Section):
+            mapping = {"type": "object", "properties": self.properties(check.options), "additionalProperties": False}
+            choices = [mapping, {"type": "null"}] + ([{"const": True}] if check.allow_true else [])
+            schema = {"oneOf": choices}
+        else:
+            schema = dict(check.schema)
+        if option.doc:
+            schema["description"] = option.doc
+        if option.default is not REQUIRED:
+            schema["default"] = _json_value(option.default)
+        return schema
+
+    def properties(self, options: dict) -> dict:
+        return {key: self.option(option) for key, option in options.items()}
+
+    def options_object(self, name: str, options: dict, doc: str, extra: dict | None = None) -> dict:
+        properties = {"type": {"const": name, "description": doc or name}}
+        properties.update(extra or {})
+        properties.update(self.properties(options))
+        required = ["type"] + [key for key, option in options.items() if option.default is REQUIRED]
+        schema = {"type": "object", "title": name, "properties": properties, "required": required, "additionalProperties": False}
+        if doc:
+            schema["description"] = doc
+        return schema
+
+    def layer(self, name: str, layer_class) -> dict:
+        if layer_class.many_inputs:
+            source = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 2,
+                      "description": "the names of the inputs or layers this layer joins"}
+        else:
+            source = {"oneOf": [{"type": "string", "minLength": 1},
+                                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}],
+                      "description": "the input or layer feeding this one (default: the previous layer)"}
+        extra = {
+            "name": {"type": "string", "pattern": "^[^/]+$", "description": "unique layer name (default: type, type_1, ... as in Keras)"},
+            "from": source,
+        }
+        return self.options_object(name, layer_class.options, _doc(layer_class) or f"{layer_class.keras_name} layer", extra)
+
+
+def _columns(what: str) -> dict:
+    return {
+        "description": what,
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        ],
+    }
+
+
+def spec_schema() -> dict:
+    builder = _Builder()
+    defs = builder.defs
+    defs["shape"] = {
+        "description": "per-sample shape: a list of positive integers (or one integer)",
+        "oneOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+        ],
+    }
+    defs["layer"] = {"description": "a layer: its `type` picks the options it takes", "oneOf": [{"$ref": f"#/$defs/layer.{name}"} for name in LAYERS]}
+    for name, layer_class in LAYERS.items():
+        defs[f"layer.{name}"] = builder.layer(name, layer_class)
+    refs = {what: builder.typed(what, registry) for what, registry in REGISTRIES.items()}
+    metric = {"type": "string", "enum": list(METRICS)}
+    columns = _columns("CSV columns (or an .npz array name, or .npy column ranges like '0:64')")
+    data_properties = {}
+    for key in DATA_KEYS:
+        if key == "inputs":
+            data_properties[key] = {"type": "object", "additionalProperties": columns, "description": "model input name -> its columns"}
+        elif key == "targets":
+            data_properties[key] = _columns("target columns (or an .npz array name)")
+        else:
+            schema, doc = DATA_DOCS.get(key, ({}, key))
+            data_properties[key] = {**schema, "description": doc}
+    properties = {
+        "name": {"type": "string", "minLength": 1, "description": "model name (default: the file's stem); runs go to runs/<name>/"},
+        "description": {"type": "string", "minLength": 1, "description": "free text"},
+        "seed": {"type": "integer", "minimum": 0, "default": 0, "description": "seed of every random stream (init, split, shuffle, dropout)"},
+        "dtype": {"enum": list(DTYPES), "default": "float32", "description": "floating-point type of weights and activations"},
+        "backend": {"enum": list(BACKENDS), "default": "numpy", "description": "array library: numpy, or cupy on an NVIDIA GPU"},
+        "inputs": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/shape"},
+                   "description": "input name -> per-sample shape, e.g. x: [2]"},
+        "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"},
+                   "description": "the layers, in order; `from` names an input or an earlier layer"},
+        "outputs": {"description": "the output layer (default: the last layer)",
+                    "oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]},
+        "loss": {**refs["loss"], "description": "the loss minimised: a name, or a mapping with 'type' and options"},
+        "metrics": {"description": "metrics reported during training and evaluation",
+                    "oneOf": [metric, {"type": "array", "items": metric, "uniqueItems": True}], "default": []},
+        "optimizer": {**refs["optimizer"], "default": "adam", "description": "the optimizer: a name, or a mapping with 'type' and options"},
+        "data": {"type": "object", "description": "where the samples come from (paths relative to the spec file)",
+                 "properties": data_properties, "required": ["path", "targets"], "additionalProperties": False},
+        "train": {"type": "object", "properties": builder.properties(TRAIN_OPTIONS), "additionalProperties": False,
+                  "description": "training options"},
+    }
+    return {
+        "$schema": DIALECT,
+        "$id": SCHEMA_ID,
+        "title": "nnctl spec",
+        "description": "A neural network, its loss, optimizer, data and training options, as read by nnctl.",
+        "type": "object",
+        "properties": {key: properties.get(key, {}) for key in TOP_LEVEL_KEYS},
+        "required": ["inputs", "layers", "loss"],
+        "additionalProperties": False,
+        "$defs": defs,
+    }
