@@ -139,6 +139,15 @@ class AdamW(Adam):
         super().update(xp, params, grads)
 
 
+def _scaled_step(xp, params, grads, squares, epsilon, learning_rate, scratch) -> None:
+    """params -= learning_rate * grads / (sqrt(squares) + epsilon): RMSprop's and Adagrad's step."""
+    xp.sqrt(squares, out=scratch)
+    scratch += epsilon
+    xp.divide(grads, scratch, out=scratch)
+    scratch *= learning_rate
+    params -= scratch
+
+
 class RMSprop(Optimizer):
     options = {
         "learning_rate": _learning_rate(0.001),
@@ -155,11 +164,7 @@ class RMSprop(Optimizer):
         xp.multiply(grads, grads, out=scratch)
         scratch *= 1 - c["rho"]
         average += scratch
-        xp.sqrt(average, out=scratch)
-        scratch += c["epsilon"]
-        xp.divide(grads, scratch, out=scratch)
-        scratch *= self.learning_rate
-        params -= scratch
+        _scaled_step(xp, params, grads, average, c["epsilon"], self.learning_rate, scratch)
 
 
 class Adagrad(Optimizer):
@@ -180,11 +185,7 @@ class Adagrad(Optimizer):
         accumulator, scratch = self.state["accumulator"], self.scratch
         xp.multiply(grads, grads, out=scratch)
         accumulator += scratch
-        xp.sqrt(accumulator, out=scratch)
-        scratch += c["epsilon"]
-        xp.divide(grads, scratch, out=scratch)
-        scratch *= self.learning_rate
-        params -= scratch
+        _scaled_step(xp, params, grads, accumulator, c["epsilon"], self.learning_rate, scratch)
 
 
 def clip_global_norm(xp, grads, max_norm: float) -> None:
