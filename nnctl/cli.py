@@ -272,7 +272,8 @@ def predict(spec, weights, input_path, output, backend, as_json):
         raise click.UsageError("the spec has no data.inputs to say which columns of --input feed which input")
     dataset = load_dataset(input_path, column_map, None, session.model.input_shapes, dtype=session.dtype)
     values, classes = session.predict(dataset)
-    columns = [f"{session.model.output}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [session.model.output]
+    prefix = "prob" if session.loss.gives_probabilities else session.model.output
+    columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
     if output is not None:
         save_predictions(output, values, classes, columns)
     if as_json:

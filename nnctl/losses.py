@@ -39,6 +39,11 @@ class Loss:
         """What `predict` shows for a raw output (probabilities for logits)."""
         return output
 
+    @property
+    def gives_probabilities(self) -> bool:
+        """Whether `probabilities` are class or event probabilities (cross-entropies)."""
+        return isinstance(self, CrossEntropy)
+
 
 class MeanSquaredError(Loss):
     def per_sample(self, output, targets):

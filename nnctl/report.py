@@ -81,8 +81,8 @@ def summary_view(data: dict):
         f" Trainable params: {data['trainable_params']:,} ({human_bytes(data['trainable_params'] * itemsize)})\n"
         f" Non-trainable params: {data['non_trainable_params']:,} ({human_bytes(0)})"
     )
-    weights = Table(title="Trainable variables (weights-file keys)", title_justify="left")
-    weights.add_column("Name", no_wrap=True)
+    weights = Table(title="Trainable variables", title_justify="left")
+    weights.add_column("Name (weights-file key)", no_wrap=True)
     weights.add_column("Shape")
     weights.add_column("Count", justify="right")
     for w in data["weights"]:
@@ -213,7 +213,8 @@ def predictions_view(values, classes, columns, limit: int = 50):
     if classes is not None:
         table.add_column("class", justify="right")
     for i in range(min(len(values), limit)):
-        cells = [f"{v:.6g}" for v in values[i]]
+        # Readable at a glance; --output and --json keep every digit.
+        cells = [f"{v:.4f}" if 0 <= v <= 1 else f"{v:.6g}" for v in values[i]]
         if classes is not None:
             cells.append(str(int(classes[i])))
         table.add_row(str(i + 1), *cells)
