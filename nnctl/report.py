@@ -308,12 +308,17 @@ def loss_sparkline(history: list[dict], width: int = 40):
     curves = {key: [row[key] for row in history if isinstance(row.get(key), (int, float))] for key in ("loss", "val_loss")}
     curves = {key: values for key, values in curves.items() if values}
     finite = [v for values in curves.values() for v in values if math.isfinite(v)]
-    low, high = (min(finite), max(finite)) if finite else (None, None)  # one scale for both lines
+    # A loss that falls by 10x or more is drawn on a log scale, or its first epochs flatten the rest.
+    log = bool(finite) and min(finite) > 0 and max(finite) >= 10 * min(finite)
+    scaled = {key: [math.log10(v) if log and v > 0 else v for v in values] for key, values in curves.items()}
+    points = [v for values in scaled.values() for v in values if math.isfinite(v)]
+    low, high = (min(points), max(points)) if points else (None, None)  # one scale for both lines
     pad = max((len(k) for k in curves), default=0)
     for key, values in curves.items():
         lines.append(Text.assemble((key.ljust(pad), "bold"), "  ", _fmt(values[0]), " ",
-                                   (sparkline(values, width, low, high), TRAIN_STYLE if key == "loss" else VALIDATION_STYLE),
-                                   " ", _fmt(values[-1]), f"  ({len(values)} epoch{'s' if len(values) != 1 else ''})"))
+                                   (sparkline(scaled[key], width, low, high), TRAIN_STYLE if key == "loss" else VALIDATION_STYLE),
+                                   " ", _fmt(values[-1]), f"  ({len(values)} epoch{'s' if len(values) != 1 else ''}"
+                                   + (", log scale)" if log else ")")))
     return Group(*lines)
 
 

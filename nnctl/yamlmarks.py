@@ -42,6 +42,8 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
+MAX_DEPTH = 32  # levels of nesting; a spec needs about 5
+MAX_VALUES = 100_000  # values in the document once aliases are expanded
 _TAG = "tag:yaml.org,2002:"
 _REFUSED = object()
 # The only tags a spec may carry (what a JSON document could say): anything else, a Python
@@ -60,6 +62,8 @@ def load_yaml(text: str, file: str):
     problems: list[Problem] = []
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise SpecError(Problem(f"expected a spec nested at most {MAX_DEPTH} levels deep, received deeper nesting", file)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, column = _position(mark) if mark else (None, None)
@@ -97,10 +101,34 @@ def load_yaml(text: str, file: str):
             return _REFUSED
         return value
 
+    active, count = set(), [0]  # collection nodes being built (an alias may point back into one); values built
+
     def build(node, path):
         marks.values[path] = _position(node.start_mark)
+        count[0] += 1
+        if count[0] > MAX_VALUES:  # aliases can make a short file expand exponentially ("billion laughs")
+            raise SpecError(Problem(f"expected a spec of at most {MAX_VALUES} values with its aliases (*name) expanded, received more",
+                                    file, *_position(node.start_mark), path=path_text(path) or None))
         if refuse_tag(node, path):
             return None
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            if len(path) >= MAX_DEPTH:
+                problems.append(Problem(f"expected at most {MAX_DEPTH} levels of nesting, received deeper", file,
+                                        *_position(node.start_mark), path=path_text(path) or None))
+                return None
+            if id(node) in active:
+                problems.append(Problem("expected an alias to a finished value, received an alias to a value that contains it (a loop)",
+                                        file, *_position(node.start_mark), path=path_text(path) or None))
+                return None
+            active.add(id(node))
+            try:
+                return collection(node, path)
+            finally:
+                active.discard(id(node))
+        value = scalar(node, path)
+        return None if value is _REFUSED else value
+
+    def collection(node, path):
         if isinstance(node, yaml.MappingNode):
             result = {}
             for key_node, value_node in node.value:
@@ -129,10 +157,7 @@ def load_yaml(text: str, file: str):
                 marks.keys[path + (key,)] = _position(key_node.start_mark)
                 result[key] = build(value_node, path + (key,))
             return result
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
-        value = scalar(node, path)
-        return None if value is _REFUSED else value
+        return [build(item, path + (i,)) for i, item in enumerate(node.value)]
 
     data = build(root, ())
     if problems:
