@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -161,11 +162,13 @@ def _throughput(seconds, n_samples, n_steps):
     return {"seconds": seconds, "samples_per_s": n_samples / seconds, "steps_per_s": n_steps / seconds}
 
 
-def _train(trainer_cls, workload, x, y, init, perms, batch_size, lr):
+def _train(trainer_cls, workload, x, y, init, perms, batch_size, lr, repeats):
     """Warm up on a throwaway trainer, then time every epoch of `perms` on a fresh one.
 
     A trainer is built as trainer_cls(workload, x, y, init, lr, batch_size) and has
     step(idx) -> loss (a backend scalar, read only after the clock stops), sync() and weights().
+    With repeats > 1 the whole timed run is redone from `init` and the fastest one is kept: every
+    run computes the same thing, and the minimum is the one least disturbed by other processes.
     """
     wl = WORKLOADS[workload]
     batch_size = batch_size or wl.batch_size
@@ -177,17 +180,22 @@ def _train(trainer_cls, workload, x, y, init, perms, batch_size, lr):
     warm.sync()
     del warm
 
-    trainer = trainer_cls(wl, x, y, init, lr, batch_size)
-    n_steps = 0
-    start = time.perf_counter()
-    for perm in perms:
-        batches = _batches(perm, batch_size)
-        # Losses stay on the backend until the end: reading one per step would force a sync.
-        losses = [trainer.step(idx) for idx in batches]
-        n_steps += len(batches)
-    trainer.sync()
-    seconds = time.perf_counter() - start
+    best = None
+    for _ in range(repeats):
+        trainer = trainer_cls(wl, x, y, init, lr, batch_size)
+        n_steps = 0
+        start = time.perf_counter()
+        for perm in perms:
+            batches = _batches(perm, batch_size)
+            # Losses stay on the backend until the end: reading one per step would force a sync.
+            losses = [trainer.step(idx) for idx in batches]
+            n_steps += len(batches)
+        trainer.sync()
+        seconds = time.perf_counter() - start
+        if best is None or seconds < best[0]:
+            best = (seconds, trainer, losses, batches)
 
+    seconds, trainer, losses, batches = best
     # Sample-weighted, so the partial last batch counts for what it holds (as Keras reports it).
     final_loss = sum(float(loss) * len(idx) for loss, idx in zip(losses, batches)) / len(x)
     result = _throughput(seconds, len(x) * len(perms), n_steps)
@@ -368,10 +376,10 @@ class _NumpyTrainer:
         return {k: v.copy() for k, v in self.params.items()}
 
 
-def train_numpy(workload, x, y, init, perms, batch_size=None, lr=None):
+def train_numpy(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1):
     """Hand-written NumPy forward/backward + Adam. Returns seconds, samples_per_s,
     steps_per_s, final_loss and weights ({key: ndarray}, Keras orientation)."""
-    return _train(_NumpyTrainer, workload, x, y, init, perms, batch_size, lr)
+    return _train(_NumpyTrainer, workload, x, y, init, perms, batch_size, lr, repeats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,9 +432,9 @@ class _TorchTrainer:
         return out
 
 
-def train_torch(workload, x, y, init, perms, batch_size=None, lr=None):
+def train_torch(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1):
     """PyTorch eager, nn.Linear + torch.optim.Adam(eps=1e-7), default thread count."""
-    return _train(_TorchTrainer, workload, x, y, init, perms, batch_size, lr)
+    return _train(_TorchTrainer, workload, x, y, init, perms, batch_size, lr, repeats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,9 +464,11 @@ def _jax_train_step(workload_name):
     def step(params, m, v, t, x, y, idx, lr):
         loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
         t = t + 1
+        # 1 - beta**t as -expm1(t * log(beta)): in float32, 1 - 0.999**t cancels away ~1e-5 of
+        # its value, torch and the NumPy reference compute it in Python doubles.
         tf = t.astype(x.dtype)
-        step_size = lr / (1 - BETA1**tf)
-        bias_correction2_sqrt = jnp.sqrt(1 - BETA2**tf)
+        step_size = lr / -jnp.expm1(tf * math.log(BETA1))
+        bias_correction2_sqrt = jnp.sqrt(-jnp.expm1(tf * math.log(BETA2)))
         m = jax.tree.map(lambda m_, g: m_ + (1 - BETA1) * (g - m_), m, grads)
         v = jax.tree.map(lambda v_, g: v_ * BETA2 + (1 - BETA2) * g * g, v, grads)
         params = jax.tree.map(
@@ -502,9 +512,9 @@ class _JaxTrainer:
         return {k: np.array(v) for k, v in self.params.items()}
 
 
-def train_jax(workload, x, y, init, perms, batch_size=None, lr=None):
+def train_jax(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1):
     """jax.jit of the whole train step (forward, grad, hand-written Adam); compile not timed."""
-    return _train(_JaxTrainer, workload, x, y, init, perms, batch_size, lr)
+    return _train(_JaxTrainer, workload, x, y, init, perms, batch_size, lr, repeats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +522,7 @@ def train_jax(workload, x, y, init, perms, batch_size=None, lr=None):
 # --------------------------------------------------------------------------------------------
 
 
-def train_gemm_bound(workload, x, y, init, perms, batch_size=None, lr=None):
+def train_gemm_bound(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1):
     """Time only the matrix products of one epoch of training steps, on the real shapes.
 
     Per layer: forward a @ W, backward dW = a^T g and dX = g W^T (skipped for layers reading the
@@ -549,10 +559,12 @@ def train_gemm_bound(workload, x, y, init, perms, batch_size=None, lr=None):
     sizes = [len(idx) for idx in _batches(perms[0], batch_size)]
     for nb in sizes[:WARMUP_FULL_BATCHES] + sizes[-1:]:
         step(nb)
-    start = time.perf_counter()
-    for nb in sizes:
-        step(nb)
-    seconds = time.perf_counter() - start
+    seconds = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for nb in sizes:
+            step(nb)
+        seconds = min(seconds, time.perf_counter() - start)
     result = _throughput(seconds, sum(sizes), len(sizes))
     result.update(final_loss=float("nan"), weights=None)
     return result
@@ -596,16 +608,28 @@ def max_relative_error(weights, reference):
     return worst
 
 
-# float64: what the task asks. float32: Adam divides by sqrt(v) + 1e-7, so a gradient that is
-# rounding noise still moves its weight by ~lr; measured worst case ~1e-6, 10x margin.
-CHECK_TOLERANCE = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-5}
+# (weights tolerance or None = reported only, final-loss tolerance), both relative.
+# float64 is the proof: the three references run the same arithmetic to rounding.
+# float32 mlp weights cannot be held to any tight bound: a relu pre-activation within float32
+# rounding of zero (seen at |z| = 8e-8) takes a different branch in different BLAS summation
+# orders, and Adam turns that one-sample difference into whole ~lr steps on the weights (the
+# biases are only ~lr in size after 32 steps). It happens on about half of the seeds, to torch
+# and JAX alike; the loss stays within 1e-3, so that is all float32 mlp asserts. two_tower has
+# no kinks: its float32 weights agree to ~5e-7 (measured, seeds 0-5), asserted at 1e-5.
+CHECK_TOLERANCE = {
+    ("float64", "mlp"): (1e-9, 1e-9),
+    ("float64", "two_tower"): (1e-9, 1e-9),
+    ("float32", "mlp"): (None, 5e-3),
+    ("float32", "two_tower"): (1e-5, 1e-5),
+}
 
 
-def check(n=2000, epochs=2, seed=0, impls=None, out=sys.stdout):
+def check(n=2000, epochs=2, seed=0, workloads=tuple(WORKLOADS), impls=None, out=sys.stdout):
     """Train every available reference on a small problem; assert they end on the same weights.
 
     n=2000 rather than 2048 so the last batch is partial for both batch sizes (2000 % 128 = 80,
     2000 % 32 = 16): that path is where an off-by-one would hide. Returns True when all agree.
+    Turns on jax_enable_x64 for the rest of the process (float32 inputs stay float32).
     """
     available, skipped = available_implementations(impls)
     if "jax" in available:
@@ -615,60 +639,109 @@ def check(n=2000, epochs=2, seed=0, impls=None, out=sys.stdout):
     for name, why in skipped.items():
         print(f"skipped {name}: {why}", file=out)
 
-    header = f"{'workload':<10} {'dtype':<8} {'impl':<6} {'final_loss':>20} {'max_rel_err':>12} {'tol':>8}  ok"
+    header = (f"{'workload':<10} {'dtype':<8} {'impl':<6} {'final_loss':>19} {'loss_rel_err':>12} "
+              f"{'weights_rel_err':>15} {'tolerance (w / loss)':>21}  ok")
     print(header, file=out)
     print("-" * len(header), file=out)
     all_ok = True
-    for workload in WORKLOADS:
+    for workload in workloads:
         x32, y32, init32, perms = make_workload(workload, n, epochs, seed)
-        for dtype, tol in CHECK_TOLERANCE.items():
+        for dtype in (np.float64, np.float32):
+            weights_tol, loss_tol = CHECK_TOLERANCE[(np.dtype(dtype).name, workload)]
             x, y, init = cast_workload(x32, y32, init32, dtype)
             results = {name: fn(workload, x, y, init, perms) for name, fn in available.items()}
-            reference = results.get("numpy")
+            # NumPy is the reference when present: it is the one whose every operation is visible.
+            reference = results.get("numpy") or next((r for r in results.values() if r["weights"]), None)
             for name, res in results.items():
                 if res["weights"] is None or reference is None:
-                    err, ok = float("nan"), True  # the GEMM bound only proves it runs
+                    err = loss_err = float("nan")  # the GEMM bound trains nothing: it only has to run
+                    ok = True
                 else:
                     err = max_relative_error(res["weights"], reference["weights"])
                     loss_err = abs(res["final_loss"] - reference["final_loss"]) / abs(reference["final_loss"])
-                    ok = err <= tol and loss_err <= tol
+                    ok = loss_err <= loss_tol and (weights_tol is None or err <= weights_tol)
                 all_ok &= ok
-                print(f"{workload:<10} {dtype.name:<8} {name:<6} {res['final_loss']:>20.15g} "
-                      f"{err:>12.3e} {tol:>8.0e}  {'yes' if ok else 'NO'}", file=out)
+                tol = f"{'info' if weights_tol is None else f'{weights_tol:.0e}'} / {loss_tol:.0e}"
+                print(f"{workload:<10} {np.dtype(dtype).name:<8} {name:<6} {res['final_loss']:>19.15g} "
+                      f"{loss_err:>12.2e} {err:>15.2e} {tol:>21}  {'yes' if ok else 'NO'}", file=out)
     print("references agree" if all_ok else "REFERENCES DISAGREE", file=out)
     return all_ok
 
 
-def benchmark(workloads=("mlp", "two_tower"), impls=None, n=None, epochs=None, seed=0, out=sys.stdout):
-    """Time every available reference; returns a list of result dicts (weights dropped).
+BENCH_DEFAULTS = {"mlp": (60_000, 1), "two_tower": (96_000, 1)}  # (n, timed epochs)
 
-    Defaults: mlp 60,000 samples x 1 epoch; two_tower 96,000 samples x 1 epoch (3,000 steps).
+
+def benchmark(workloads=tuple(WORKLOADS), impls=None, n=None, epochs=None, seed=0, repeats=1, out=sys.stdout):
+    """Time every available reference; print the table and return its rows (weights dropped).
+
+    Defaults: mlp 60,000 samples x 1 epoch (469 steps); two_tower 96,000 x 1 (3,000 steps).
     """
-    defaults = {"mlp": (60_000, 1), "two_tower": (96_000, 1)}
     available, skipped = available_implementations(impls)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}", file=out)
+    # On 2 cores any other busy process moves these numbers by tens of percent: say so up front.
+    print(f"load average before: {_load_average()}", file=out)
 
     rows = []
     for workload in workloads:
-        wl_n, wl_epochs = n or defaults[workload][0], epochs or defaults[workload][1]
+        wl_n, wl_epochs = n or BENCH_DEFAULTS[workload][0], epochs or BENCH_DEFAULTS[workload][1]
         x, y, init, perms = make_workload(workload, wl_n, wl_epochs, seed)
         for name, fn in available.items():
-            res = fn(workload, x, y, init, perms)
+            res, others = _others_cpu_share(lambda: fn(workload, x, y, init, perms, repeats=repeats))
             res.pop("weights")
-            rows.append(dict(res, workload=workload, impl=name, n=wl_n, epochs=wl_epochs))
+            rows.append(dict(res, workload=workload, impl=name, n=wl_n, epochs=wl_epochs, others_cpu=others))
+    print(f"load average after:  {_load_average()}", file=out)
+    print(format_table(rows), file=out)
+    return rows
 
-    header = (f"{'workload':<10} {'impl':<6} {'n x epochs':>12} {'seconds':>8} {'samples/s':>11} "
-              f"{'steps/s':>9} {'vs gemm':>8} {'final_loss':>11}")
-    print(header, file=out)
-    print("-" * len(header), file=out)
+
+def _load_average():
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # not on every platform
+        return "unknown"
+
+
+def _machine_busy_seconds():
+    """CPU seconds all processes have used since boot (Linux), or None elsewhere."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _others_cpu_share(fn):
+    """(fn(), share of the machine's cores that other processes kept busy while it ran).
+
+    A load average lags by a minute; this says whether *this* measurement had company.
+    """
+    busy0, own0, wall0 = _machine_busy_seconds(), os.times(), time.perf_counter()
+    result = fn()
+    busy1, own1, wall1 = _machine_busy_seconds(), os.times(), time.perf_counter()
+    if busy0 is None:
+        return result, float("nan")
+    own = (own1.user + own1.system) - (own0.user + own0.system)
+    others = max(0.0, (busy1 - busy0) - own) / ((wall1 - wall0) * (os.cpu_count() or 1))
+    return result, others
+
+
+def format_table(rows):
+    """The benchmark table; rows are dicts like benchmark() returns (others, e.g. nnctl's, may be
+    appended). 'vs gemm' divides by the same workload's gemm row when there is one; 'others cpu'
+    is the share of all cores other processes used meanwhile (anything above a few % taints it)."""
+    header = (f"{'workload':<10} {'impl':<8} {'n x epochs':>12} {'seconds':>8} {'samples/s':>11} "
+              f"{'steps/s':>9} {'vs gemm':>8} {'final_loss':>11} {'others cpu':>10}")
+    lines = [header, "-" * len(header)]
     for row in rows:
         bound = next((r for r in rows if r["workload"] == row["workload"] and r["impl"] == "gemm"), None)
         ratio = f"{row['samples_per_s'] / bound['samples_per_s']:.2f}" if bound else "-"
-        print(f"{row['workload']:<10} {row['impl']:<6} {row['n']:>7,}x{row['epochs']:<4} {row['seconds']:>8.2f} "
-              f"{row['samples_per_s']:>11,.0f} {row['steps_per_s']:>9,.0f} {ratio:>8} {row['final_loss']:>11.5f}",
-              file=out)
-    return rows
+        lines.append(f"{row['workload']:<10} {row['impl']:<8} {row['n']:>7,}x{row['epochs']:<4} "
+                     f"{row['seconds']:>8.2f} {row['samples_per_s']:>11,.0f} {row['steps_per_s']:>9,.0f} "
+                     f"{ratio:>8} {row['final_loss']:>11.5f} {row.get('others_cpu', float('nan')):>10.0%}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -679,14 +752,15 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=None, help="samples (default: 60,000 mlp, 96,000 two_tower)")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per reference; the fastest is kept")
     args = parser.parse_args(argv)
 
     if args.check:
         start = time.perf_counter()
-        ok = check(seed=args.seed, impls=args.impl)
+        ok = check(seed=args.seed, workloads=tuple(args.workload), impls=args.impl)
         print(f"check took {time.perf_counter() - start:.1f} s")
         return 0 if ok else 1
-    benchmark(tuple(args.workload), args.impl, args.n, args.epochs, args.seed)
+    benchmark(tuple(args.workload), args.impl, args.n, args.epochs, args.seed, args.repeat)
     return 0
 
 

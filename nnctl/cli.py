@@ -15,7 +15,7 @@ import click
 
 from nnctl import __version__
 from nnctl.backend import BACKENDS
-from nnctl.errors import NnctlError, TrainingDiverged
+from nnctl.errors import NnctlError, Problem, TrainingDiverged, WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -84,7 +84,10 @@ def _session(spec_path, backend=None, seed=None, epochs=None, batch_size=None, w
         from nnctl.weights import load_weights
 
         values = load_weights(weights, Model(spec).weight_shapes)
-    return Session(spec, get_backend(spec.backend), weights=values, dtype=dtype)
+    try:
+        return Session(spec, get_backend(spec.backend), weights=values, dtype=dtype)
+    except WeightsError as exc:  # values that overflow the run's dtype: say which file they came from
+        raise WeightsError([p if p.file else Problem(p.message, str(weights)) for p in exc.problems]) from None
 
 
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
