@@ -13,7 +13,7 @@ from nnctl.autograd import Tensor
 from nnctl.errors import SpecError, WeightsError, did_you_mean
 from nnctl.activations import ACTIVATIONS
 from nnctl.initializers import INITIALIZERS
-from nnctl.layers import LAYERS, ShapeConflict, WeightSpec
+from nnctl.layers import LAYERS, ShapeConflict
 
 # Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
 STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK = range(5)

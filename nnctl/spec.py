@@ -196,7 +196,7 @@ def load_spec(path, overrides: dict | None = None) -> Spec:
     try:
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(Problem(f"expected a spec file, received a path that does not exist", str(path))) from None
+        raise SpecError(Problem("expected a spec file, received a path that does not exist", str(path))) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(Problem(f"expected a readable UTF-8 spec file, received {exc.__class__.__name__}: {exc}", str(path))) from None
     data, marks = load_yaml(source, str(path))

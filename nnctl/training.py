@@ -54,6 +54,21 @@ class Session:
         penalty = self.penalty(weights) if self.regularized else None
         return loss if penalty is None else ops.add(loss, penalty)
 
+    def gradients(self, inputs, targets, ctx):
+        """One batch forward and backward: (loss, output, penalty or None) tensors.
+
+        The gradients land in `params.grad_flat`, ready for one optimizer step.
+        """
+        params = self.params
+        params.zero_grad()
+        output = self.model.forward(params.tensors, inputs, ctx)
+        loss = self.loss(output, targets)
+        penalty = self.penalty(params.tensors) if self.regularized else None
+        if penalty is not None:
+            loss = ops.add(loss, penalty)
+        backward(loss)
+        return loss, output, penalty
+
     @property
     def output_units(self) -> int:
         return self.model.shapes[self.model.output][-1]
@@ -217,9 +232,7 @@ def fit(session: Session, train_set, val_set=None, progress: Progress | None = N
     if state.optimizer is not None:
         optimizer.load_state(state.optimizer)
     controls = Controls(spec, optimizer.learning_rate, val_set is not None, state.controls)
-    params, model, loss_fn = session.params, session.model, session.loss
-    weights = params.tensors
-    regularized = bool(session.regularized)
+    params = session.params
     shuffle_rng = _generator(spec.seed, STREAM_SHUFFLE, state.shuffle_rng)
     ctx = ForwardContext(backend, training=True, dropout_rng=_generator(spec.seed, STREAM_DROPOUT, state.dropout_rng))
     batches = session.batches(train_set, batch_size)
@@ -246,25 +259,19 @@ def fit(session: Session, train_set, val_set=None, progress: Progress | None = N
             order = shuffle_rng.permutation(len(train_set)) if shuffle else numpy.arange(len(train_set))
             done = 0
         lr = optimizer.learning_rate = controls.lr(epoch)
-        totals = _Totals(session, state.totals if resuming else None, penalty=regularized)
+        totals = _Totals(session, state.totals if resuming else None, penalty=bool(session.regularized))
 
         def read_logs(totals=totals, lr=lr):
             return {**totals.read(), "lr": lr}
 
         started = time.perf_counter()
         for step, (inputs, targets, size) in enumerate(batches(order, skip=done), start=done + 1):
-            params.zero_grad()
-            output = model.forward(weights, inputs, ctx)
-            loss = loss_fn(output, targets)
-            if regularized:
-                penalty = session.penalty(weights)
-                loss = ops.add(loss, penalty)
-            backward(loss)
+            loss, output, penalty = session.gradients(inputs, targets, ctx)
             if check_each_step and not (math.isfinite(loss.value) and math.isfinite(params.grad_flat.sum())):
                 what = "loss" if not math.isfinite(loss.value) else "gradient"
                 raise TrainingDiverged(f"the {what} became NaN or inf at epoch {epoch}, step {step}")
             optimizer.step(params.flat, params.grad_flat)
-            totals.add(loss.value, output.value, targets, size, penalty.value if regularized else None)
+            totals.add(loss.value, output.value, targets, size, penalty.value if penalty is not None else None)
             progress.on_step(epoch, step, read_logs)
             if stop_requested():
                 raise Interrupted(snapshot(epoch, step, order, totals))
