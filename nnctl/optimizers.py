@@ -53,9 +53,10 @@ class Optimizer:
             clip_global_norm(xp, grads, self.clipnorm)
         elif self.clipvalue is not None:
             xp.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
-        self.update(xp, params, grads)
+        self.update(xp, params, grads, self.state, self.scratch)
 
-    def update(self, xp, params, grads):
+    def update(self, xp, params, grads, state, scratch):
+        """One step on the flat buffers; `state` holds the slot buffers, `scratch` is free space."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -81,22 +82,22 @@ class SGD(Optimizer):
         self.slots = ("momentum",) if config["momentum"] else ()
         super().__init__(config, params)
 
-    def update(self, xp, params, grads):
+    def update(self, xp, params, grads, state, scratch):
         lr, momentum = self.learning_rate, self.config["momentum"]
         if not momentum:
-            xp.multiply(grads, lr, out=self.scratch)
-            params -= self.scratch
+            xp.multiply(grads, lr, out=scratch)
+            params -= scratch
             return
-        velocity = self.state["momentum"]
+        velocity = state["momentum"]
         velocity *= momentum
         velocity += grads
         if self.config["nesterov"]:
-            xp.multiply(velocity, momentum, out=self.scratch)
-            self.scratch += grads
+            xp.multiply(velocity, momentum, out=scratch)
+            scratch += grads
         else:
-            self.scratch[...] = velocity
-        self.scratch *= lr
-        params -= self.scratch
+            scratch[...] = velocity
+        scratch *= lr
+        params -= scratch
 
 
 _ADAM_OPTIONS = {
@@ -111,10 +112,10 @@ class Adam(Optimizer):
     options = {**_ADAM_OPTIONS, **CLIPPING}
     slots = ("m", "v")
 
-    def update(self, xp, params, grads):
+    def update(self, xp, params, grads, state, scratch):
         c = self.config
         b1, b2, t = c["beta_1"], c["beta_2"], self.iterations
-        m, v, scratch = self.state["m"], self.state["v"], self.scratch
+        m, v = state["m"], state["v"]
         m *= b1
         xp.multiply(grads, 1 - b1, out=scratch)
         m += scratch
@@ -134,9 +135,9 @@ class Adam(Optimizer):
 class AdamW(Adam):
     options = {**_ADAM_OPTIONS, "weight_decay": Option(number(low=0), 0.004, "decoupled decay, times learning_rate"), **CLIPPING}
 
-    def update(self, xp, params, grads):
+    def update(self, xp, params, grads, state, scratch):
         params *= 1 - self.learning_rate * self.config["weight_decay"]
-        super().update(xp, params, grads)
+        super().update(xp, params, grads, state, scratch)
 
 
 def _scaled_step(xp, params, grads, squares, epsilon, learning_rate, scratch) -> None:
@@ -157,9 +158,9 @@ class RMSprop(Optimizer):
     }
     slots = ("square_average",)
 
-    def update(self, xp, params, grads):
+    def update(self, xp, params, grads, state, scratch):
         c = self.config
-        average, scratch = self.state["square_average"], self.scratch
+        average = state["square_average"]
         average *= c["rho"]
         xp.multiply(grads, grads, out=scratch)
         scratch *= 1 - c["rho"]
@@ -180,9 +181,9 @@ class Adagrad(Optimizer):
         super().__init__(config, params)
         self.state["accumulator"] += config["initial_accumulator_value"]
 
-    def update(self, xp, params, grads):
+    def update(self, xp, params, grads, state, scratch):
         c = self.config
-        accumulator, scratch = self.state["accumulator"], self.scratch
+        accumulator = state["accumulator"]
         xp.multiply(grads, grads, out=scratch)
         accumulator += scratch
         _scaled_step(xp, params, grads, accumulator, c["epsilon"], self.learning_rate, scratch)

@@ -1,0 +1,252 @@
+"""nnctl's benchmark: training throughput against reference frameworks, in one run.
+
+    python bench/run.py                 # both workloads, every framework that is installed
+    python bench/run.py --quick         # a smaller, faster run
+    python bench/run.py --memory        # also: peak RSS training on a 2 GB .npy data set
+    python bench/run.py --json          # the same numbers for scripts
+
+Every implementation trains the same network on the same data, from the same initial weights,
+in the same batch order (`references.make_workload`), under one timing driver
+(`references._train`: warm-up on a throwaway model, then the timed epochs). nnctl runs through
+its own Session (spec -> graph -> autograd -> flat-buffer optimizer). Each implementation runs in
+a subprocess of its own, so peak RSS is its own too. Final training losses must agree: a drifting
+loss means a broken benchmark, not a fast one. Ratios are only meaningful within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import references  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+SIZES = {"mlp": (60000, 1), "two_tower": (96000, 1)}
+QUICK_SIZES = {"mlp": (15000, 1), "two_tower": (32000, 1)}
+IMPLEMENTATIONS = ("nnctl", "numpy", "torch", "jax", "gemm")
+
+
+# --- nnctl as a reference-driver trainer -------------------------------------------------------
+def _spec_for(workload, lr, batch_size) -> dict:
+    if workload.name == "mlp":
+        layers = [{"type": "dense", "units": 256, "activation": "relu"},
+                  {"type": "dense", "units": 128, "activation": "relu"},
+                  {"type": "dense", "units": 64, "activation": "relu"},
+                  {"type": "dense", "units": 10}]
+        loss = {"type": "sparse_categorical_crossentropy", "from_logits": True}
+    else:
+        layers = [{"name": "dense1", "type": "dense", "units": 1, "from": "x"},
+                  {"name": "dense2", "type": "dense", "units": 2, "from": "x"},
+                  {"name": "concat", "type": "concat", "from": ["dense1", "dense2"]},
+                  {"name": "dense3", "type": "dense", "units": 1, "from": "concat"}]
+        loss = "mse"
+    return {"name": f"bench_{workload.name}", "dtype": "float32", "inputs": {"x": [workload.n_features]},
+            "layers": layers, "loss": loss, "optimizer": {"type": "adam", "learning_rate": lr},
+            "train": {"batch_size": batch_size}}
+
+
+class NnctlTrainer:
+    """nnctl behind the references' trainer interface: step(idx) -> loss, sync(), weights()."""
+
+    def __init__(self, wl, x, y, init, lr, batch_size):
+        import yaml
+
+        from nnctl.backend import get_backend
+        from nnctl.data import Dataset
+        from nnctl.graph import ForwardContext
+        from nnctl.spec import load_spec
+        from nnctl.training import Session
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "spec.yaml"
+            path.write_text(yaml.safe_dump(_spec_for(wl, lr, batch_size)))
+            self.session = Session(load_spec(path), get_backend(os.environ.get("NNCTL_BENCH_BACKEND", "numpy")), weights=init)
+        self.dataset = Dataset(Path("memory"), {"x": x}, y, np.arange(len(x)))
+        self.batches = self.session.batches(self.dataset, batch_size)
+        self.optimizer = self.session.make_optimizer()
+        self.ctx = ForwardContext(self.session.backend, training=True)
+
+    def step(self, idx):
+        params = self.session.params
+        for inputs, targets, _ in self.batches(idx):
+            loss, _, _ = self.session.gradients(inputs, targets, self.ctx)
+            self.optimizer.step(params.flat, params.grad_flat)
+        return loss.value
+
+    def sync(self):
+        self.session.backend.scalar(self.session.params.flat[:1].sum())
+
+    def weights(self):
+        return self.session.params.to_host()
+
+
+def train_nnctl(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1):
+    return references._train(NnctlTrainer, workload, x, y, init, perms, batch_size, lr, repeats)
+
+
+TRAINERS = {"nnctl": train_nnctl, "numpy": references.train_numpy, "torch": references.train_torch,
+            "jax": references.train_jax, "gemm": references.train_gemm_bound}
+
+
+# --- one implementation in a subprocess ---------------------------------------------------------
+def worker(impl: str, workload: str, n: int, epochs: int, repeats: int) -> dict:
+    x, y, init, perms = references.make_workload(workload, n, epochs, seed=0)
+    result = TRAINERS[impl](workload, x, y, init, perms, repeats=repeats)
+    result.pop("weights", None)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def run_worker(impl, workload, n, epochs, repeats):
+    command = [sys.executable, __file__, "--worker", impl, "--workload", workload, "--n", str(n),
+               "--epochs", str(epochs), "--repeats", str(repeats)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": last}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def available(impl: str) -> str | None:
+    """None if `impl` can run here, else why not."""
+    module = {"torch": "torch", "jax": "jax"}.get(impl)
+    if module is None:
+        return None
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+    return None if probe.returncode == 0 else f"{module} is not installed"
+
+
+# --- start-up time --------------------------------------------------------------------------------
+def startup(runs: int = 15) -> dict:
+    """Median wall time of `nnctl summary specs/two_tower.yaml` and of `python -c "import numpy"`."""
+    spec = HERE.parent / "specs" / "two_tower.yaml"
+    commands = {"import numpy": [sys.executable, "-c", "import numpy"],
+                "nnctl summary": [sys.executable, "-m", "nnctl", "summary", str(spec)]}
+    times = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"import_numpy_s": medians["import numpy"], "nnctl_summary_s": medians["nnctl summary"],
+            "ratio": medians["nnctl summary"] / medians["import numpy"]}
+
+
+# --- memory on a data set larger than the target ----------------------------------------------------
+def memory(gigabytes: float = 2.0) -> dict:
+    """Peak RSS of `nnctl train` (one epoch, MLP) on a float32 .npy file of `gigabytes`."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("NNCTL_BENCH_TMP")) as folder:
+        folder = Path(folder)
+        rows = int(gigabytes * 2**30 / (785 * 4))
+        data = np.lib.format.open_memmap(folder / "big.npy", mode="w+", dtype=np.float32, shape=(rows, 785))
+        rng = np.random.default_rng(0)
+        teacher = rng.standard_normal((784, 10)).astype(np.float32)
+        for start in range(0, rows, 50000):
+            x = rng.random((min(50000, rows - start), 784), dtype=np.float32)
+            data[start:start + len(x), :784] = x
+            data[start:start + len(x), 784] = (x @ teacher).argmax(axis=1)
+        data.flush()
+        del data
+        spec = _spec_for(references.WORKLOADS["mlp"], 1e-3, 512)
+        spec["data"] = {"path": "big.npy", "inputs": {"x": "0:784"}, "targets": "784"}
+        spec["train"]["epochs"] = 1
+        import yaml
+
+        (folder / "big.yaml").write_text(yaml.safe_dump(spec))
+        command = [sys.executable, "-c",
+                   "import resource, sys; from nnctl.cli import main; sys.argv = ['nnctl', '-q', 'train', 'big.yaml', '--json'];\n"
+                   "try:\n    main()\nfinally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"]
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK")]
+        return {"file_gb": (folder / "big.npy").stat().st_size / 2**30 if (folder / "big.npy").exists() else gigabytes,
+                "rows": rows, "peak_rss_mb": int(peak[-1].split()[1]) / 1024 if peak else None,
+                "seconds": seconds, "exit_code": done.returncode}
+
+
+# --- the report -------------------------------------------------------------------------------------
+def benchmark(quick: bool, repeats: int, with_memory: bool) -> dict:
+    sizes = QUICK_SIZES if quick else SIZES
+    report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "workloads": {}}
+    for workload, (n, epochs) in sizes.items():
+        rows = {}
+        for impl in IMPLEMENTATIONS:
+            missing = available(impl)
+            rows[impl] = {"skipped": missing} if missing else run_worker(impl, workload, n, epochs, repeats)
+        report["workloads"][workload] = {"n": n, "epochs": epochs, "results": rows}
+    report["startup"] = startup()
+    if with_memory:
+        report["memory"] = memory()
+    return report
+
+
+def _ratio(a, b):
+    return a / b if a and b else float("nan")
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=120)
+    for workload, entry in report["workloads"].items():
+        rows = entry["results"]
+        nnctl = rows.get("nnctl", {})
+        gemm = rows.get("gemm", {})
+        unit = "steps/s" if workload == "two_tower" else "samples/s"
+        key = "steps_per_s" if workload == "two_tower" else "samples_per_s"
+        table = Table(title=f"{workload}: {entry['n']:,} samples x {entry['epochs']} epoch(s), float32", title_justify="left")
+        for column in ("implementation", unit, "nnctl / this", "of GEMM bound", "peak RSS MB", "final loss"):
+            table.add_column(column, justify="left" if column == "implementation" else "right")
+        for impl, result in rows.items():
+            if "skipped" in result or "error" in result:
+                table.add_row(impl, result.get("skipped") or result.get("error"), "", "", "", "")
+                continue
+            speed = result[key]
+            table.add_row(impl, f"{speed:,.0f}", f"{_ratio(nnctl.get(key), speed):.2f}x" if impl != "nnctl" else "1.00x",
+                          f"{_ratio(result['samples_per_s'], gemm.get('samples_per_s')):.2f}",
+                          f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
+        console.print(table)
+    s = report["startup"]
+    console.print(f"start-up: nnctl summary {s['nnctl_summary_s'] * 1000:.0f} ms, python -c 'import numpy' "
+                  f"{s['import_numpy_s'] * 1000:.0f} ms: ratio {s['ratio']:.2f} (target <= 1.5)")
+    if "memory" in report:
+        m = report["memory"]
+        console.print(f"memory: nnctl train on a {m['file_gb']:.2f} GB float32 .npy ({m['rows']:,} rows, 1 epoch): "
+                      f"peak RSS {m['peak_rss_mb']:.0f} MB in {m['seconds']:.0f} s (target < 1024 MB; exit {m['exit_code']})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller data sets")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (the fastest is kept)")
+    parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 2 GB .npy")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=tuple(references.WORKLOADS), help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.workload, args.n, args.epochs, args.repeats)))
+        return
+    report = benchmark(args.quick, args.repeats, args.memory)
+    print(json.dumps(report, indent=2)) if args.json else print_report(report)
+
+
+if __name__ == "__main__":
+    main()
