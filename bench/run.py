@@ -151,15 +151,9 @@ def memory(gigabytes: float = 2.0) -> dict:
     with tempfile.TemporaryDirectory(dir=os.environ.get("NNCTL_BENCH_TMP")) as folder:
         folder = Path(folder)
         rows = int(gigabytes * 2**30 / (785 * 4))
-        data = np.lib.format.open_memmap(folder / "big.npy", mode="w+", dtype=np.float32, shape=(rows, 785))
-        rng = np.random.default_rng(0)
-        teacher = rng.standard_normal((784, 10)).astype(np.float32)
-        for start in range(0, rows, 50000):
-            x = rng.random((min(50000, rows - start), 784), dtype=np.float32)
-            data[start:start + len(x), :784] = x
-            data[start:start + len(x), 784] = (x @ teacher).argmax(axis=1)
-        data.flush()
-        del data
+        # Written by a child: a child's peak RSS counts its parent's at fork, so this process
+        # must never map the file itself.
+        subprocess.run([sys.executable, __file__, "--make-npy", str(folder / "big.npy"), str(rows)], check=True)
         spec = _spec_for(references.WORKLOADS["mlp"], 1e-3, 512)
         spec["data"] = {"path": "big.npy", "inputs": {"x": "0:784"}, "targets": "784"}
         spec["train"]["epochs"] = 1
@@ -176,6 +170,18 @@ def memory(gigabytes: float = 2.0) -> dict:
         return {"file_gb": (folder / "big.npy").stat().st_size / 2**30 if (folder / "big.npy").exists() else gigabytes,
                 "rows": rows, "peak_rss_mb": int(peak[-1].split()[1]) / 1024 if peak else None,
                 "seconds": seconds, "exit_code": done.returncode}
+
+
+def make_npy(path: str, rows: int) -> None:
+    """A float32 (rows, 785) file: 784 uniform features and a teacher's class label."""
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, 785))
+    rng = np.random.default_rng(0)
+    teacher = rng.standard_normal((784, 10)).astype(np.float32)
+    for start in range(0, rows, 50000):
+        x = rng.random((min(50000, rows - start), 784), dtype=np.float32)
+        data[start:start + len(x), :784] = x
+        data[start:start + len(x), 784] = (x @ teacher).argmax(axis=1)
+    data.flush()
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -240,7 +246,11 @@ def main(argv=None):
     parser.add_argument("--workload", choices=tuple(references.WORKLOADS), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--make-npy", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.make_npy:
+        make_npy(args.make_npy[0], int(args.make_npy[1]))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.workload, args.n, args.epochs, args.repeats)))
         return
