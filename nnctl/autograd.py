@@ -24,7 +24,7 @@ class Tensor:
     def __init__(self, value, requires_grad=False, parents=(), op=None):
         self.value = value
         self.requires_grad = requires_grad
-        self.parents = parents  # ((parent, vjp_closure), ...)
+        self.parents = parents  # [(parent, vjp_closure), ...]
         self.grad = None
         self.retain_grad = False
         self.op = op
@@ -60,10 +60,6 @@ class Tensor:
         return PRIMITIVES["matmul"](self, other)
 
 
-def value_of(x):
-    return x.value if isinstance(x, Tensor) else x
-
-
 class Primitive:
     """An op: `forward(xp, *values, **params)` and per-argument VJPs.
 
@@ -82,14 +78,14 @@ class Primitive:
         PRIMITIVES[name] = self
 
     def __call__(self, *args, **params):
-        values = tuple(value_of(a) for a in args)
+        values = [a.value if type(a) is Tensor else a for a in args]
         xp = namespace_of(values[0])
         ans = self.forward(xp, *values, **params)
-        parents = tuple(
+        parents = [
             (arg, self._closure(i, xp, ans, values, params))
             for i, arg in enumerate(args)
-            if isinstance(arg, Tensor) and arg.requires_grad
-        )
+            if type(arg) is Tensor and arg.requires_grad
+        ]
         if not parents:
             return Tensor(ans, op=self.name)
         return Tensor(ans, requires_grad=True, parents=parents, op=self.name)
@@ -115,21 +111,23 @@ def unbroadcast(xp, grad, shape):
 
 
 def topological_order(root: Tensor) -> list[Tensor]:
-    """Every node `root` depends on that needs a gradient, parents before children."""
-    order, visited = [], set()
-    stack = [(root, False)]
+    """Every node `root` depends on that needs a gradient, parents before children.
+
+    An iterative depth-first post-order (tensors hash by identity), so graph depth is bounded
+    by memory, not by Python's recursion limit.
+    """
+    order, visited = [], {root}
+    stack = [(root, iter(root.parents))]
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
+        node, parents = stack[-1]
+        for parent, _ in parents:
+            if parent not in visited:
+                visited.add(parent)
+                stack.append((parent, iter(parent.parents)))
+                break
+        else:
+            stack.pop()
             order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent, _ in node.parents:
-            if id(parent) not in visited:
-                stack.append((parent, False))
     return order
 
 
@@ -143,9 +141,9 @@ def backward(root: Tensor, grad=None) -> None:
         return
     if grad is None:
         grad = namespace_of(root.value).ones_like(root.value)
-    pending = {id(root): grad}
+    pending = {root: grad}
     for node in reversed(topological_order(root)):
-        g = pending.pop(id(node), None)
+        g = pending.pop(node, None)
         if g is None:
             continue
         if not node.parents or node.retain_grad:
@@ -158,8 +156,7 @@ def backward(root: Tensor, grad=None) -> None:
             assert parent_grad.shape == parent.value.shape, (
                 f"VJP of {node.op} gave shape {parent_grad.shape} for a value of shape {parent.value.shape}"
             )
-            key = id(parent)
-            if key in pending:
-                pending[key] = pending[key] + parent_grad
+            if parent in pending:
+                pending[parent] = pending[parent] + parent_grad
             else:
-                pending[key] = parent_grad
+                pending[parent] = parent_grad

@@ -75,7 +75,8 @@ reduce_sum = Primitive(
 )
 reduce_mean = Primitive(
     "mean",
-    lambda xp, a, axis=None, keepdims=False: a.mean(axis=axis, keepdims=keepdims),
+    # sum / count is what ndarray.mean computes, without its Python-level wrapper.
+    lambda xp, a, axis=None, keepdims=False: a.sum(axis=axis, keepdims=keepdims) / _reduced_count(a.shape, axis),
     [
         lambda xp, g, ans, a, axis=None, keepdims=False: _expand_reduced(
             xp, g / _reduced_count(a.shape, axis), a.shape, axis, keepdims
