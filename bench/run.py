@@ -188,15 +188,23 @@ def make_npy(path: str, rows: int) -> None:
 
 
 # --- the report -------------------------------------------------------------------------------------
-def benchmark(quick: bool, repeats: int, with_memory: bool) -> dict:
+def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
-    report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "workloads": {}}
+    report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "rounds": rounds, "workloads": {}}
+    missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
-        rows = {}
-        for impl in IMPLEMENTATIONS:
-            missing = available(impl)
-            rows[impl] = {"skipped": missing} if missing else run_worker(impl, workload, n, epochs, repeats)
-        report["workloads"][workload] = {"n": n, "epochs": epochs, "results": rows}
+        rows = {impl: {"skipped": why} for impl, why in missing.items() if why}
+        # Rounds interleave the implementations, so a slow spell of a shared machine hits all of
+        # them alike; each keeps its fastest round.
+        for _ in range(rounds):
+            for impl in IMPLEMENTATIONS:
+                if missing[impl]:
+                    continue
+                result = run_worker(impl, workload, n, epochs, repeats)
+                best = rows.get(impl)
+                if best is None or "error" in best or ("error" not in result and result["seconds"] < best["seconds"]):
+                    rows[impl] = result
+        report["workloads"][workload] = {"n": n, "epochs": epochs, "results": {impl: rows[impl] for impl in IMPLEMENTATIONS}}
     report["startup"] = startup()
     if with_memory:
         report["memory"] = memory()
@@ -218,7 +226,7 @@ def print_report(report: dict) -> None:
         gemm = rows.get("gemm", {})
         unit = "steps/s" if workload == "two_tower" else "samples/s"
         key = "steps_per_s" if workload == "two_tower" else "samples_per_s"
-        table = Table(title=f"{workload}: {entry['n']:,} samples x {entry['epochs']} epoch(s), float32", title_justify="left")
+        table = Table(title=f"{workload}: {entry['n']:,} samples x {entry['epochs']} epoch(s), float32, best of {report['rounds']} rounds", title_justify="left")
         for column in ("implementation", unit, "nnctl / this", "of GEMM bound", "peak RSS MB", "final loss"):
             table.add_column(column, justify="left" if column == "implementation" else "right")
         for impl, result in rows.items():
@@ -242,7 +250,8 @@ def print_report(report: dict) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller data sets")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (the fastest is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs in each worker (the fastest is kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of workers (the fastest is kept)")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 2 GB .npy")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
@@ -257,7 +266,7 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, args.workload, args.n, args.epochs, args.repeats)))
         return
-    report = benchmark(args.quick, args.repeats, args.memory)
+    report = benchmark(args.quick, args.repeats, args.rounds, args.memory)
     print(json.dumps(report, indent=2)) if args.json else print_report(report)
 
 
