@@ -66,6 +66,8 @@ class Model:
         self.nodes = self._order_and_build(spec)
         self.shapes = {**self.input_shapes, **{n.name: n.layer.output_shape for n in self.nodes}}
         self.weight_specs = [(f"{n.name}/{w.name}", w) for n in self.nodes for w in n.layer.weights]
+        # Per node, (param name, weights-file key) pairs: built once, not on every forward pass.
+        self._weight_keys = [[(w.name, f"{n.name}/{w.name}") for w in n.layer.weights] for n in self.nodes]
 
     # --- compile-time checks ---------------------------------------------------------------------
     def _order_and_build(self, spec) -> list[Node]:
@@ -183,8 +185,8 @@ class Model:
     def forward(self, weights: dict, feeds: dict, ctx) -> Tensor:
         """The output tensor for input arrays/tensors `feeds`; `weights` maps keys to tensors."""
         values = {name: ctx.tap(name, feeds[name]) for name in self.input_shapes}
-        for node in self.nodes:
-            own = {w.name: weights[f"{node.name}/{w.name}"] for w in node.layer.weights}
+        for node, keys in zip(self.nodes, self._weight_keys):
+            own = {name: weights[key] for name, key in keys}
             out = node.layer.call([values[ref] for ref in node.inputs], own, ctx)
             values[node.name] = ctx.tap(node.name, out)
         return values[self.output]

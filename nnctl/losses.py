@@ -47,7 +47,7 @@ class Loss:
 
 class MeanSquaredError(Loss):
     def per_sample(self, output, targets):
-        return ops.reduce_mean(ops.square(ops.subtract(output, targets)), axis=-1)
+        return ops.squared_error(output, targets)
 
 
 class HalfSquaredError(Loss):

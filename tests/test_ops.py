@@ -136,6 +136,8 @@ TABLE: list[Row] = [
     row("log_sigmoid", "2d", normal(3, 4, scale=3)),
     row("sparse_softmax_cross_entropy", "5x4", normal(5, 4, scale=2), labels(5, 4), diff=(0,)),
     row("sparse_softmax_cross_entropy", "1x3", normal(1, 3), labels(1, 3), diff=(0,)),
+    row("squared_error", "rows", normal(3, 4), normal(3, 4)),
+    row("squared_error", "one unit", normal(5, 1), normal(5, 1)),
     row("huber", "delta=1", normal(3, 4, scale=2, avoid=(-1.0, 1.0)), delta=1.0),
     row("huber", "delta=0.3", normal(3, 4, avoid=(-0.3, 0.3)), delta=0.3),
 ]
