@@ -22,6 +22,7 @@ class Loss:
     # What the targets are: "values" (same shape as the output), "labels" (integer class per
     # sample), "one_hot" (a probability row per sample), "binary" (0/1 per output unit).
     targets = "values"
+    gives_probabilities = False  # whether `probabilities` are class or event probabilities
 
     def __init__(self, config: dict):
         self.config = config
@@ -38,11 +39,6 @@ class Loss:
     def probabilities(self, xp, output):
         """What `predict` shows for a raw output (probabilities for logits)."""
         return output
-
-    @property
-    def gives_probabilities(self) -> bool:
-        """Whether `probabilities` are class or event probabilities (cross-entropies)."""
-        return isinstance(self, CrossEntropy)
 
 
 class MeanSquaredError(Loss):
@@ -71,6 +67,7 @@ class Huber(Loss):
 
 class CrossEntropy(Loss):
     options = {"from_logits": _FROM_LOGITS, **Loss.options}
+    gives_probabilities = True
 
 
 class BinaryCrossentropy(CrossEntropy):
