@@ -4,6 +4,7 @@
     python bench/run.py --quick         # a smaller, faster run
     python bench/run.py --memory        # also: peak RSS training on a 2 GB .npy data set
     python bench/run.py --json          # the same numbers for scripts
+    python bench/run.py --write-mnist-like   # data/mnist_like.npz for specs/mnist_mlp.yaml
 
 Every implementation trains the same network on the same data, from the same initial weights,
 in the same batch order (`references.make_workload`), under one timing driver
@@ -259,7 +260,14 @@ def main(argv=None):
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--make-npy", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
+    parser.add_argument("--write-mnist-like", action="store_true",
+                        help="write the benchmark's MLP data set to data/mnist_like.npz (for specs/mnist_mlp.yaml)")
     args = parser.parse_args(argv)
+    if args.write_mnist_like:
+        x, y, _, _ = references.make_workload("mlp", SIZES["mlp"][0], 1, seed=0)
+        np.savez(HERE.parent / "data" / "mnist_like.npz", x=x, y=y)
+        print(f"wrote {HERE.parent / 'data' / 'mnist_like.npz'}: x {x.shape} float32, y {y.shape} int64")
+        return
     if args.make_npy:
         make_npy(args.make_npy[0], int(args.make_npy[1]))
         return
