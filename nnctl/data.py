@@ -1,7 +1,7 @@
 """Data: CSV (header row), .npy (2-D, columns by index) and .npz (arrays by name) -> checked arrays.
 
 Every problem names the file and the place: CSV line and column, array name, and the value.
-Large .npy files are memory-mapped and batches are gathered row by row, so a data set is never
+Large .npy files stay on disk (RowFile) and batches are read row by row, so a data set is never
 copied whole.
 """
 from __future__ import annotations
@@ -68,10 +68,10 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, los
 
 def _shape_input(file, name, array, shape, dtype):
     per_sample = array.shape[1:]
-    mapped = isinstance(array, RowFile)  # batches convert their rows; never copy the file
+    on_disk = isinstance(array, RowFile)  # batches convert their rows; never copy the file
     if per_sample == tuple(shape):
-        return array if array.dtype == dtype or mapped else array.astype(dtype)
-    if array.ndim == 2 and array.shape[1] == math.prod(shape) and not mapped:
+        return array if array.dtype == dtype or on_disk else array.astype(dtype)
+    if array.ndim == 2 and array.shape[1] == math.prod(shape) and not on_disk:
         return array.reshape((len(array),) + tuple(shape)).astype(dtype, copy=False)
     raise DataError(
         Problem(f"input {name!r}: expected {math.prod(shape)} values per sample (shape {list(shape)}), received shape {list(per_sample)}", str(file))

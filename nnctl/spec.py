@@ -390,20 +390,10 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
         return None
     targets = _validate_columns(raw["targets"], ("data", "targets"), c)
     split = c.value(number(0, 1, high_open=True), raw.get("validation_split", 0.0), ("data", "validation_split"))
-    validation = None
-    if "validation" in raw:
-        if not isinstance(raw["validation"], str) or not raw["validation"]:
-            c.report(("data", "validation"), f"expected a file path, received {describe(raw['validation'])}")
-        else:
-            validation = base / raw["validation"]
-        if raw.get("validation_split"):
-            c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
-    test = None
-    if "test" in raw:
-        if not isinstance(raw["test"], str) or not raw["test"]:
-            c.report(("data", "test"), f"expected a file path, received {describe(raw['test'])}")
-        else:
-            test = base / raw["test"]
+    validation = _optional_path(raw, "validation", base, c)
+    if "validation" in raw and raw.get("validation_split"):
+        c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
+    test = _optional_path(raw, "test", base, c)
     return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test)
 
 
@@ -426,3 +416,13 @@ def _check_training_controls(train: dict, metrics: list, optimizer, data_spec, c
             c.report(("train", "lr_schedule", "min_lr"), f"expected a number <= the optimizer's learning_rate ({rate:g}), received {schedule[1]['min_lr']:g}")
     if optimizer and optimizer[1].get("clipnorm") is not None and optimizer[1].get("clipvalue") is not None:
         c.report(("optimizer", "clipvalue"), "expected at most one of clipnorm and clipvalue (as in Keras), received both")
+
+
+def _optional_path(raw: dict, key: str, base: Path, c: _Checker) -> Path | None:
+    """data.<key> as a path relative to the spec's folder, or None when absent or invalid."""
+    if key not in raw:
+        return None
+    if not isinstance(raw[key], str) or not raw[key]:
+        c.report(("data", key), f"expected a file path, received {describe(raw[key])}")
+        return None
+    return base / raw[key]

@@ -7,7 +7,7 @@ import json
 import numpy
 import pytest
 
-from tests.helpers import SPECS, TWO_TOWER, run, run_json, write_project
+from tests.helpers import TWO_TOWER, run, run_json, write_project
 
 
 @pytest.fixture

@@ -310,7 +310,7 @@ def test_seed_003_hand_backprop(make_session):
     a1, a2 = ctx.values["hidden"].value, output.value
     np.testing.assert_allclose(a1[0], A1, atol=1e-6)
 
-    w1, w2 = np.array(W1), np.array(W2)
+    w2 = np.array(W2)
     assert loss.value == pytest.approx(0.5 * ((a2 - y) ** 2).sum(), rel=1e-15)
     dl_da2 = a2 - y
     dl_dz2 = dl_da2 * a2 * (1 - a2)
