@@ -87,7 +87,7 @@ class NnctlTrainer:
         for inputs, targets, _ in self.batches(idx):
             loss, _, _ = self.session.gradients(inputs, targets, self.ctx)
             self.optimizer.step(params.flat, params.grad_flat)
-        return loss.value
+        return loss
 
     def sync(self):
         self.session.backend.scalar(self.session.params.flat[:1].sum())

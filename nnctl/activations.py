@@ -1,4 +1,9 @@
-"""Activation functions by name: used by activation layers and by `dense.activation`."""
+"""Activation functions by name: used by activation layers and by `dense.activation`.
+
+Each has an autograd form (`apply`, on tensors) and a compiled form for nnctl.plan (`kernel`):
+relu and linear run in place over preallocated buffers; the others call their primitive's
+forward and VJP directly, the same arithmetic as autograd without the graph.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,27 +12,63 @@ from nnctl import ops
 from nnctl.options import Option, integer, number
 
 
+def _primitive_kernel(primitive):
+    def kernel(xp, out, **options):
+        """(forward(x) -> a, vjp(g) -> dL/dx); `out` is unused: the primitive allocates."""
+        seen = [None, None]
+
+        def forward(x):
+            seen[0], seen[1] = x, primitive.forward(xp, x, **options)
+            return seen[1]
+
+        def vjp(g):
+            return primitive.vjps[0](xp, g, seen[1], seen[0], **options)
+
+        return forward, vjp
+
+    return kernel
+
+
+def _relu_kernel(xp, out):
+    """relu into `out` (which may be the input itself: dense's pre-activation buffer)."""
+    mask = xp.empty(out.shape, dtype=bool)
+    input_grad = xp.empty_like(out)
+
+    def forward(x):
+        return xp.maximum(x, 0, out=out)
+
+    def vjp(g):
+        # out > 0 exactly where the pre-activation was > 0, as ops.relu's VJP asks.
+        xp.greater(out, 0, out=mask)
+        return xp.multiply(g, mask, out=input_grad)
+
+    return forward, vjp
+
+
+def _identity_kernel(xp, out):
+    return (lambda x: x), (lambda g: g)
+
+
 @dataclass(frozen=True)
 class Activation:
     apply: object  # (Tensor, **options) -> Tensor
+    kernel: object  # (xp, out buffer, **options) -> (forward, vjp) for nnctl.plan
     options: dict = field(default_factory=dict)
     doc: str = ""
 
 
+def _from_primitive(primitive, doc, options=None) -> Activation:
+    return Activation(primitive, _primitive_kernel(primitive), options or {}, doc)
+
+
 ACTIVATIONS: dict[str, Activation] = {
-    "linear": Activation(lambda x: x, doc="identity"),
-    "relu": Activation(ops.relu, doc="max(x, 0)"),
-    "sigmoid": Activation(ops.sigmoid, doc="1 / (1 + exp(-x))"),
-    "tanh": Activation(ops.tanh, doc="tanh(x)"),
-    "softmax": Activation(
-        ops.softmax, {"axis": Option(integer(), -1, "axis to normalise over")}, doc="exp(x) / sum(exp(x))"
-    ),
-    "leaky_relu": Activation(
-        ops.leaky_relu, {"alpha": Option(number(low=0), 0.2, "slope for x < 0")}, doc="x if x > 0 else alpha * x"
-    ),
-    "elu": Activation(
-        ops.elu, {"alpha": Option(number(low=0), 1.0, "scale for x < 0")}, doc="x if x > 0 else alpha * (exp(x) - 1)"
-    ),
-    "gelu": Activation(ops.gelu, doc="x * Phi(x), tanh approximation"),
-    "softplus": Activation(ops.softplus, doc="log(1 + exp(x))"),
+    "linear": Activation(lambda x: x, _identity_kernel, doc="identity"),
+    "relu": Activation(ops.relu, _relu_kernel, doc="max(x, 0)"),
+    "sigmoid": _from_primitive(ops.sigmoid, "1 / (1 + exp(-x))"),
+    "tanh": _from_primitive(ops.tanh, "tanh(x)"),
+    "softmax": _from_primitive(ops.softmax, "exp(x) / sum(exp(x))", {"axis": Option(integer(), -1, "axis to normalise over")}),
+    "leaky_relu": _from_primitive(ops.leaky_relu, "x if x > 0 else alpha * x", {"alpha": Option(number(low=0), 0.2, "slope for x < 0")}),
+    "elu": _from_primitive(ops.elu, "x if x > 0 else alpha * (exp(x) - 1)", {"alpha": Option(number(low=0), 1.0, "scale for x < 0")}),
+    "gelu": _from_primitive(ops.gelu, "x * Phi(x), tanh approximation"),
+    "softplus": _from_primitive(ops.softplus, "log(1 + exp(x))"),
 }

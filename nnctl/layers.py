@@ -3,6 +3,10 @@
 A layer declares its options, infers its per-sample output shape from its inputs' shapes (before
 any data exists), declares its weights, and computes its output from primitives. Adding a layer
 type means one class here and one entry in `LAYERS`.
+
+`call` computes with autograd primitives (gradcheck, explain and inference use it); `kernel`
+optionally compiles the layer for nnctl.plan's training step: a forward and a backward closure
+over buffers allocated once per batch size. A layer without one trains through `call`.
 """
 from __future__ import annotations
 
@@ -47,10 +51,11 @@ class Layer:
         self.name = name
         self.type_name = type_name
         self.config = config
-        self.output_shape = None
+        self.input_shapes = self.output_shape = None
         self.weights: list[WeightSpec] = []
 
     def build(self, input_shapes: list[tuple]) -> tuple:
+        self.input_shapes = input_shapes
         self.output_shape = self.infer_shape(input_shapes)
         return self.output_shape
 
@@ -59,6 +64,16 @@ class Layer:
 
     def call(self, inputs, weights, ctx):
         raise NotImplementedError
+
+    def kernel(self, xp, batch: int, dtype, weights: dict, grads: dict, needs_grad: list):
+        """(forward, backward) for batches of `batch` samples, or None to train through `call`.
+
+        forward(*input_arrays) -> output array. backward(g) -> one gradient per input (None where
+        `needs_grad` is false) and writes dL/d(weight) into `grads[name]` (views into the flat
+        gradient buffer): each weight belongs to one layer, so it is assigned, not accumulated.
+        Neither may write into arrays it was given: an upstream gradient can be shared.
+        """
+        return None
 
     def penalty(self, weights):
         """The regularization term this layer adds to the loss (a scalar tensor), or None."""
@@ -113,6 +128,32 @@ class Dense(Layer):
         z = ctx.tap(f"{self.name}/preactivation", z)
         return ACTIVATIONS[name].apply(z, **options)
 
+    def kernel(self, xp, batch, dtype, weights, grads, needs_grad):
+        kernel, bias = weights["kernel"], weights.get("bias")
+        kernel_grad, bias_grad = grads["kernel"], grads.get("bias")
+        z = xp.empty((batch, self.config["units"]), dtype=dtype)
+        # dL/dx only when something upstream learns: never for the layer that reads the data.
+        input_grad = xp.empty((batch, kernel.shape[0]), dtype=dtype) if needs_grad[0] else None
+        name, options = self.config["activation"]
+        activate, activation_vjp = ACTIVATIONS[name].kernel(xp, z, **options)
+        seen = [None]
+
+        def forward(x):
+            seen[0] = x
+            xp.matmul(x, kernel, out=z)
+            if bias is not None:
+                xp.add(z, bias, out=z)
+            return activate(z)
+
+        def backward(g):
+            dz = activation_vjp(g)
+            xp.matmul(seen[0].T, dz, out=kernel_grad)
+            if bias_grad is not None:
+                dz.sum(axis=0, out=bias_grad)
+            return (None if input_grad is None else xp.matmul(dz, kernel.T, out=input_grad),)
+
+        return forward, backward
+
     def penalty(self, weights):
         return regularization(self.config.get("kernel_regularizer"), weights["kernel"])
 
@@ -136,8 +177,31 @@ class Concatenate(Layer):
         return tuple(sum(s[axis] for s in input_shapes) if i == axis else n for i, n in enumerate(first))
 
     def call(self, inputs, weights, ctx):
+        return ops.concat(*inputs, axis=self._batch_axis())
+
+    def _batch_axis(self) -> int:
+        """The axis in (batch, *per-sample) arrays."""
         axis = self.config["axis"]
-        return ops.concat(*inputs, axis=axis if axis < 0 else axis + 1)
+        return axis if axis < 0 else axis + 1
+
+    def kernel(self, xp, batch, dtype, weights, grads, needs_grad):
+        axis = self._batch_axis()
+        out = xp.empty((batch, *self.output_shape), dtype=dtype)
+        pieces, start = [], 0
+        for shape, needed in zip(self.input_shapes, needs_grad):
+            width = shape[self.config["axis"]]  # a per-sample axis
+            index = [slice(None)] * out.ndim
+            index[axis] = slice(start, start + width)
+            pieces.append(tuple(index) if needed else None)
+            start += width
+
+        def forward(*parts):
+            return xp.concatenate(parts, axis=axis, out=out)
+
+        def backward(g):
+            return tuple(None if index is None else g[index] for index in pieces)
+
+        return forward, backward
 
 
 class Add(Layer):
@@ -155,6 +219,20 @@ class Add(Layer):
         for x in inputs[1:]:
             total = ops.add(total, x)
         return total
+
+    def kernel(self, xp, batch, dtype, weights, grads, needs_grad):
+        out = xp.empty((batch, *self.output_shape), dtype=dtype)
+
+        def forward(first, *rest):
+            xp.add(first, rest[0], out=out)
+            for x in rest[1:]:
+                out += x
+            return out
+
+        def backward(g):
+            return tuple(g if needed else None for needed in needs_grad)
+
+        return forward, backward
 
 
 class Dropout(Layer):
@@ -174,6 +252,11 @@ class Dropout(Layer):
 class ActivationLayer(Layer):
     def call(self, inputs, weights, ctx):
         return ACTIVATIONS[self.type_name].apply(inputs[0], **self.config)
+
+    def kernel(self, xp, batch, dtype, weights, grads, needs_grad):
+        # Its own output buffer: the input belongs to another layer, which may need it intact.
+        forward, vjp = ACTIVATIONS[self.type_name].kernel(xp, xp.empty((batch, *self.output_shape), dtype=dtype), **self.config)
+        return forward, (lambda g: (vjp(g) if needs_grad[0] else None,))
 
 
 _ACTIVATION_KERAS_NAMES = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "elu": "ELU", "softmax": "Softmax"}

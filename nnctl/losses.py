@@ -3,6 +3,9 @@
 A loss turns the model's output and the targets into one scalar tensor: per-sample values
 reduced over the batch by their mean (Keras' default) or sum (`reduction: sum`). Cross-entropies
 with `from_logits: true` are computed from log-sum-exp and log-sigmoid, finite for any logits.
+
+`kernel` optionally compiles a loss for nnctl.plan's training step: value and gradient with
+respect to the output in one pass over preallocated buffers. Others train through `__call__`.
 """
 from __future__ import annotations
 
@@ -36,6 +39,15 @@ class Loss:
     def per_sample(self, output, targets):
         raise NotImplementedError
 
+    def kernel(self, xp, shape: tuple, dtype):
+        """loss_and_grad(output, targets) -> (scalar loss, dL/d(output)) for outputs of `shape`,
+        or None to train through autograd. It must not write into `output`: metrics read it."""
+        return None
+
+    def _scale(self, count: int) -> float:
+        """d(reduced loss)/d(per-sample loss): 1/batch for a mean, 1 for a sum."""
+        return 1 / count if self.config["reduction"] == "mean" else 1.0
+
     def probabilities(self, xp, output):
         """What `predict` shows for a raw output (probabilities for logits)."""
         return output
@@ -44,6 +56,17 @@ class Loss:
 class MeanSquaredError(Loss):
     def per_sample(self, output, targets):
         return ops.squared_error(output, targets)
+
+    def kernel(self, xp, shape, dtype):
+        difference = xp.empty(shape, dtype=dtype)
+        scale = self._scale(shape[0]) / shape[-1]
+
+        def loss_and_grad(output, targets):
+            xp.subtract(output, targets, out=difference)
+            loss = xp.vdot(difference, difference) * scale
+            return loss, xp.multiply(difference, 2 * scale, out=difference)
+
+        return loss_and_grad
 
 
 class HalfSquaredError(Loss):
@@ -115,6 +138,26 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         if self.config["from_logits"]:
             return ops.sparse_softmax_cross_entropy(output, targets)
         return CategoricalCrossentropy.per_sample(self, output, _one_hot(output.value, targets))
+
+    def kernel(self, xp, shape, dtype):
+        if not self.config["from_logits"] or len(shape) != 2:
+            return None
+        grad = xp.empty(shape, dtype=dtype)
+        rows = xp.arange(shape[0])
+        scale = self._scale(shape[0])
+
+        def loss_and_grad(logits, labels):
+            xp.subtract(logits, logits.max(axis=-1, keepdims=True), out=grad)
+            # The label's shifted logit is read before exp(): log(exp(z)) would lose small ones.
+            picked = grad[rows, labels]
+            xp.exp(grad, out=grad)
+            sums = grad.sum(axis=-1, keepdims=True)
+            loss = (xp.log(sums[:, 0]) - picked).sum() * scale
+            xp.divide(grad, sums, out=grad)  # softmax - onehot, times the reduction's scale
+            grad[rows, labels] -= 1
+            return loss, xp.multiply(grad, scale, out=grad)
+
+        return loss_and_grad
 
 
 def _one_hot(like, labels):

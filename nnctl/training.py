@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy
 
 from nnctl import ops
-from nnctl.autograd import backward
 from nnctl.controls import Controls
 from nnctl.data import Batches, load_dataset, split
 from nnctl.errors import SpecError, TrainingDiverged
@@ -22,6 +21,7 @@ from nnctl.graph import STREAM_DROPOUT, STREAM_SHUFFLE, STREAM_SPLIT, ForwardCon
 from nnctl.losses import LOSSES
 from nnctl.metrics import METRICS
 from nnctl.optimizers import OPTIMIZERS
+from nnctl.plan import TrainStep
 
 
 class Session:
@@ -38,6 +38,7 @@ class Session:
         # Layers whose weights add a penalty to the loss (a kernel_regularizer with l1 or l2 > 0).
         self.regularized = [node for node in self.model.nodes
                             if any((node.layer.config.get("kernel_regularizer") or {}).values())]
+        self._steps = {}  # batch size -> nnctl.plan.TrainStep
 
     def penalty(self, weights):
         """The regularization penalty as a scalar tensor (Keras adds it to the loss), or None."""
@@ -55,19 +56,13 @@ class Session:
         return loss if penalty is None else ops.add(loss, penalty)
 
     def gradients(self, inputs, targets, ctx):
-        """One batch forward and backward: (loss, output, penalty or None) tensors.
-
-        The gradients land in `params.grad_flat`, ready for one optimizer step.
-        """
-        params = self.params
-        params.zero_grad()
-        output = self.model.forward(params.tensors, inputs, ctx)
-        loss = self.loss(output, targets)
-        penalty = self.penalty(params.tensors) if self.regularized else None
-        if penalty is not None:
-            loss = ops.add(loss, penalty)
-        backward(loss)
-        return loss, output, penalty
+        """One batch forward and backward through the compiled step (nnctl.plan), one per batch
+        size: (loss, output, penalty or None) arrays. The gradients land in `params.grad_flat`."""
+        batch = len(targets)
+        step = self._steps.get(batch)
+        if step is None:
+            step = self._steps[batch] = TrainStep(self, batch)
+        return step(inputs, targets, ctx)
 
     @property
     def output_units(self) -> int:
@@ -267,11 +262,11 @@ def fit(session: Session, train_set, val_set=None, progress: Progress | None = N
         started = time.perf_counter()
         for step, (inputs, targets, size) in enumerate(batches(order, skip=done), start=done + 1):
             loss, output, penalty = session.gradients(inputs, targets, ctx)
-            if check_each_step and not (math.isfinite(loss.value) and math.isfinite(params.grad_flat.sum())):
-                what = "loss" if not math.isfinite(loss.value) else "gradient"
+            if check_each_step and not (math.isfinite(loss) and math.isfinite(params.grad_flat.sum())):
+                what = "loss" if not math.isfinite(loss) else "gradient"
                 raise TrainingDiverged(f"the {what} became NaN or inf at epoch {epoch}, step {step}")
             optimizer.step(params.flat, params.grad_flat)
-            totals.add(loss.value, output.value, targets, size, penalty.value if penalty is not None else None)
+            totals.add(loss, output, targets, size, penalty)
             progress.on_step(epoch, step, read_logs)
             if stop_requested():
                 raise Interrupted(snapshot(epoch, step, order, totals))

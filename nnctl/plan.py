@@ -1,0 +1,110 @@
+"""The compiled training step: a model's graph lowered once to flat lists of closures.
+
+Autograd (nnctl.autograd) records a fresh graph on every call: right for gradcheck, explain and
+any function of tensors, but each training step then pays for Tensors, closures, a topological
+sort and fresh arrays, which on a small net cost more than its arithmetic. A model's graph is
+static once compiled from the spec, so `TrainStep` lowers it once per batch size: each layer
+becomes a forward and a backward closure over buffers allocated here (`Layer.kernel`), weight
+gradients are written straight into the flat gradient buffer (no zeroing, no accumulation),
+the loss gives its value and its gradient in one pass (`Loss.kernel`), and a step is two loops.
+
+A layer or loss without a kernel runs through autograd on its own (`_autograd_kernel`), so
+every spec compiles; tests/test_plan.py checks each layer, activation and loss against autograd.
+"""
+from __future__ import annotations
+
+from nnctl.autograd import Tensor, backward
+
+
+class TrainStep:
+    """Forward, loss and backward of one batch size; gradients land in `params.grad_flat`."""
+
+    def __init__(self, session, batch: int):
+        model, params, xp = session.model, session.params, session.backend.xp
+        self.session = session
+        self.ctx = None  # the ForwardContext of the current call (dropout reads it)
+        slots = {name: i for i, name in enumerate([*model.input_shapes, *(node.name for node in model.nodes)])}
+        self.input_slots = [(name, slots[name]) for name in model.input_shapes]
+        self.output_slot = slots[model.output]
+        self.n_slots = len(slots)
+        self.nodes = []  # (forward, backward, input slots, output slot, weight keys)
+        for node in model.nodes:
+            keys = {w.name: f"{node.name}/{w.name}" for w in node.layer.weights}
+            weights = {name: params.views[key] for name, key in keys.items()}
+            grads = {name: params.grad_views[key] for name, key in keys.items()}
+            needs_grad = [ref not in model.input_shapes for ref in node.inputs]
+            compiled = node.layer.kernel(xp, batch, session.dtype, weights, grads, needs_grad)
+            if compiled is None:
+                compiled = self._autograd_kernel(node.layer, weights, grads, needs_grad)
+            self.nodes.append((*compiled, [slots[ref] for ref in node.inputs], slots[node.name], list(grads.values())))
+        output_shape = (batch, *model.shapes[model.output])
+        self.loss_and_grad = session.loss.kernel(xp, output_shape, session.dtype) or self._autograd_loss(session.loss)
+
+    def __call__(self, inputs: dict, targets, ctx):
+        """(loss, output, penalty or None) as arrays; the loss includes the penalty, as in Keras."""
+        self.ctx = ctx
+        values = [None] * self.n_slots
+        for name, slot in self.input_slots:
+            values[slot] = inputs[name]
+        for forward, _, ins, out, _ in self.nodes:
+            values[out] = forward(*[values[i] for i in ins])
+        output = values[self.output_slot]
+        loss, grad = self.loss_and_grad(output, targets)
+
+        grads = [None] * self.n_slots
+        grads[self.output_slot] = grad
+        for _, node_backward, ins, out, weight_grads in reversed(self.nodes):
+            g = grads[out]
+            if g is None:  # nothing downstream depends on it: its weights get no gradient
+                for view in weight_grads:
+                    view.fill(0)
+                continue
+            for slot, input_grad in zip(ins, node_backward(g)):
+                if input_grad is not None:
+                    # Not in place: an input gradient may be a view of, or the same array as, another.
+                    grads[slot] = input_grad if grads[slot] is None else grads[slot] + input_grad
+        penalty = self._penalty() if self.session.regularized else None
+        return (loss if penalty is None else loss + penalty), output, penalty
+
+    def _penalty(self):
+        """The regularization penalty's value, its gradient added to the weights' gradients."""
+        params = self.session.params
+        weights = {key: Tensor(view, requires_grad=True) for key, view in params.views.items()}
+        penalty = self.session.penalty(weights)
+        backward(penalty)
+        for key, tensor in weights.items():
+            if tensor.grad is not None:
+                params.grad_views[key] += tensor.grad
+        return penalty.value
+
+    def _autograd_kernel(self, layer, weights, grads, needs_grad):
+        """A layer's `call` recorded and differentiated by autograd, one step at a time."""
+        recorded = []
+
+        def forward(*inputs):
+            tensors = [Tensor(x, requires_grad=needed) for x, needed in zip(inputs, needs_grad)]
+            own = {name: Tensor(view, requires_grad=True) for name, view in weights.items()}
+            recorded[:] = [tensors, own, layer.call(tensors, own, self.ctx)]
+            return recorded[2].value
+
+        def node_backward(g):
+            tensors, own, out = recorded
+            backward(out, g)
+            for name, tensor in own.items():
+                if tensor.grad is None:
+                    grads[name].fill(0)
+                else:
+                    grads[name][...] = tensor.grad
+            return tuple(t.grad if needed else None for t, needed in zip(tensors, needs_grad))
+
+        return forward, node_backward
+
+    @staticmethod
+    def _autograd_loss(loss_fn):
+        def loss_and_grad(output, targets):
+            watched = Tensor(output, requires_grad=True)
+            loss = loss_fn(watched, targets)
+            backward(loss)
+            return loss.value, watched.grad
+
+        return loss_and_grad
