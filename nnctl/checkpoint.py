@@ -21,7 +21,7 @@ from nnctl.optimizers import OPTIMIZERS
 from nnctl.training import TrainState
 from nnctl.weights import read_arrays
 
-FORMAT = 2  # 2: training controls (meta "controls", array "best_weights")
+FORMAT = 3  # 2: training controls (meta "controls", array "best_weights"); 3: Adam keeps decayed sums
 
 
 def spec_fingerprint(spec) -> str:

@@ -226,7 +226,7 @@ class Add(Layer):
         def forward(first, *rest):
             xp.add(first, rest[0], out=out)
             for x in rest[1:]:
-                out += x
+                xp.add(out, x, out=out)
             return out
 
         def backward(g):

@@ -9,6 +9,8 @@ respect to the output in one pass over preallocated buffers. Others train throug
 """
 from __future__ import annotations
 
+import math
+
 from nnctl import ops
 from nnctl.backend import namespace_of
 from nnctl.options import Option, boolean, number, one_of
@@ -45,7 +47,7 @@ class Loss:
         return None
 
     def _scale(self, count: int) -> float:
-        """d(reduced loss)/d(per-sample loss): 1/batch for a mean, 1 for a sum."""
+        """d(reduced loss)/d(per-sample loss) over `count` values: 1/count for a mean, 1 for a sum."""
         return 1 / count if self.config["reduction"] == "mean" else 1.0
 
     def probabilities(self, xp, output):
@@ -59,7 +61,8 @@ class MeanSquaredError(Loss):
 
     def kernel(self, xp, shape, dtype):
         difference = xp.empty(shape, dtype=dtype)
-        scale = self._scale(shape[0]) / shape[-1]
+        # Per-sample values are means over the last axis, one per (batch, *middle axes) index.
+        scale = self._scale(math.prod(shape[:-1])) / shape[-1]
 
         def loss_and_grad(output, targets):
             xp.subtract(output, targets, out=difference)

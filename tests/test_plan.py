@@ -1,0 +1,408 @@
+"""The compiled training step (nnctl.plan.TrainStep) against the autograd path, in float64.
+
+One table of specs (every activation as a dense activation and as a layer, every loss with both
+reductions and from_logits where it applies, and graph shapes: a deep chain, towers, values used
+twice, no bias, regularizers, dropout, two inputs), one harness: `Session.gradients` must give the
+loss, the output and every gradient view that `model.forward` + `objective` + `backward` give, at a
+full and a partial batch on one session, with its buffers reused call after call. The gradient
+buffer is filled with NaN before each compiled step: the step must write every gradient (it
+assigns, it does not accumulate, and nothing zeroes it in `fit`).
+
+Also: float32 stays float32, a layer that reads the data computes no input gradient, and a layer
+without a kernel (dropout) trains through the autograd fallback with the same random draws.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnctl.activations import ACTIVATIONS
+from nnctl.autograd import Tensor, backward
+from nnctl.graph import ForwardContext
+from nnctl.layers import LAYERS
+from nnctl.losses import LOSSES, CrossEntropy
+
+TOL = dict(rtol=1e-12, atol=1e-14)
+FULL, PARTIAL = 6, 3
+
+# Options for the activations that have them; softmax also normalised over the batch axis.
+ACTIVATION_VARIANTS = {
+    "softmax": [{}, {"axis": -1}, {"axis": 0}],
+    "leaky_relu": [{}, {"alpha": 0.1}],
+    "elu": [{}, {"alpha": 0.7}],
+}
+
+
+def _variants():
+    """(row suffix, activation config) for every activation and option variant."""
+    for name in ACTIVATIONS:
+        for options in ACTIVATION_VARIANTS.get(name, [{}]):
+            suffix = name + "".join(f"-{k}{v}" for k, v in options.items())
+            yield suffix, ({"type": name, **options} if options else name)
+
+
+def dense(units, activation="linear", **extra):
+    return {"type": "dense", "units": units, "activation": activation, **extra}
+
+
+def activation_layer(config, source):
+    return {**({"type": config} if isinstance(config, str) else config), "from": source}
+
+
+def mlp(*layers, inputs=None, loss="mse"):
+    return {"inputs": inputs or {"x": [3]}, "layers": list(layers), "loss": loss}
+
+
+# --- the table -----------------------------------------------------------------------------------
+ROWS = {}
+
+for suffix, config in _variants():
+    # Two hidden dense layers: the second's activation VJP feeds the first (which reads the data).
+    ROWS[f"dense-{suffix}"] = mlp(dense(5, config), dense(4, config), dense(2))
+    ROWS[f"layer-{suffix}"] = mlp(
+        {"name": "d", **dense(4)}, activation_layer(config, "d"), dense(2))
+    # On the data: no input gradient is asked of it.
+    ROWS[f"layer-on-input-{suffix}"] = mlp(activation_layer(config, "x"), dense(2))
+
+# (loss, options, output activation): non-logit cross-entropies read probabilities.
+LOSS_CONFIGS = [
+    ("mse", {}, "linear"),
+    ("mse", {}, "relu"),  # the loss reads dense's in-place relu buffer
+    ("mae", {}, "linear"),
+    ("huber", {"delta": 0.5}, "linear"),
+    ("half_squared_error", {}, "sigmoid"),
+    ("binary_crossentropy", {"from_logits": False}, "sigmoid"),
+    ("binary_crossentropy", {"from_logits": True}, "linear"),
+    ("categorical_crossentropy", {"from_logits": False}, "softmax"),
+    ("categorical_crossentropy", {"from_logits": True}, "linear"),
+    ("sparse_categorical_crossentropy", {"from_logits": False}, "softmax"),
+    ("sparse_categorical_crossentropy", {"from_logits": True}, "linear"),
+]
+for loss, options, activation in LOSS_CONFIGS:
+    for reduction in ("mean", "sum"):
+        name = "-".join([f"loss-{loss}", activation, *(f"logits{v}" for v in options.values()), reduction])
+        ROWS[name] = mlp(dense(4, "tanh"), dense(3, activation), loss={"type": loss, "reduction": reduction, **options})
+
+ROWS.update({
+    "deep-mlp": mlp(
+        dense(7, "relu"), dense(6, "tanh"), dense(6, "gelu"), dense(5, "elu"),
+        dense(5, "leaky_relu"), dense(4, "softplus"), dense(4, "sigmoid"), dense(2)),
+    "two-tower": mlp(
+        {"name": "dense1", "from": "x", **dense(1)},
+        {"name": "dense2", "from": "x", **dense(2)},
+        {"name": "concat", "type": "concat", "from": ["dense1", "dense2"]},
+        {"name": "dense3", "from": "concat", **dense(1)},
+        inputs={"x": [2]}),
+    "shared-dense-into-add": mlp(
+        {"name": "d", "from": "x", **dense(4, "tanh")},
+        {"name": "a", "from": "d", **dense(4, "sigmoid")},
+        {"name": "b", "from": "d", **dense(4, "relu")},
+        {"name": "s", "type": "add", "from": ["a", "b"]},
+        dense(2)),
+    "shared-dense-into-concat": mlp(
+        {"name": "d", "from": "x", **dense(4, "tanh")},
+        {"name": "a", "from": "d", **dense(3, "sigmoid")},
+        {"name": "b", "from": "d", **dense(2, "relu")},
+        {"name": "c", "type": "concat", "from": ["a", "b", "d"]},
+        dense(2)),
+    "shared-relu-buffer": mlp(  # dense's in-place relu output read by a relu layer and a dense
+        {"name": "d", "from": "x", **dense(4, "relu")},
+        {"name": "r", "type": "relu", "from": "d"},
+        {"name": "e", "from": "d", **dense(4, "tanh")},
+        {"name": "s", "type": "add", "from": ["r", "e"]},
+        dense(2)),
+    "add-self": mlp(
+        {"name": "d", **dense(3, "tanh")},
+        {"name": "s", "type": "add", "from": ["d", "d"]},
+        dense(2)),
+    "add-self-thrice": mlp(
+        {"name": "d", **dense(3, "elu")},
+        {"name": "e", "from": "x", **dense(3)},
+        {"name": "s", "type": "add", "from": ["d", "e", "d", "d"]},
+        dense(2)),
+    "add-with-input": mlp(
+        {"name": "d", **dense(3, "tanh")},
+        {"name": "s", "type": "add", "from": ["x", "d"]},
+        dense(2)),
+    "add-output": mlp(  # the loss gradient itself reaches both denses
+        {"name": "a", "from": "x", **dense(2)},
+        {"name": "b", "from": "x", **dense(2, "tanh")},
+        {"name": "s", "type": "add", "from": ["a", "b"]}),
+    "concat-self": mlp(
+        {"name": "d", **dense(3, "elu")},
+        {"name": "c", "type": "concat", "from": ["d", "d"]},
+        dense(2)),
+    "concat-with-input": mlp(
+        {"name": "d", **dense(3, "tanh")},
+        {"name": "c", "type": "concat", "from": ["x", "d", "x"]},
+        dense(2)),
+    "concat-output": mlp(  # the concat's gradient pieces are views of the loss gradient
+        {"name": "a", "from": "x", **dense(2, "relu")},
+        {"name": "b", "from": "x", **dense(1)},
+        {"name": "c", "type": "concat", "from": ["a", "b", "a"]}),
+    "no-bias": mlp(dense(4, "tanh", use_bias=False), dense(3, "relu", use_bias=False), dense(2, use_bias=False)),
+    "regularized": mlp(
+        dense(4, "tanh", kernel_regularizer={"l1": 0.01, "l2": 0.02}),
+        dense(4, "relu", kernel_regularizer={"l1": 0.05}),
+        dense(3, use_bias=False, kernel_regularizer={"l2": 0.1}),
+        dense(2)),
+    "regularized-sparse-logits": mlp(
+        dense(4, "tanh", kernel_regularizer={"l1": 0.03, "l2": 0.01}),
+        dense(3, kernel_regularizer={"l2": 0.2}),
+        loss={"type": "sparse_categorical_crossentropy", "from_logits": True}),
+    "dropout": mlp(
+        dense(8, "tanh"), {"type": "dropout", "rate": 0.5},
+        dense(5, "relu"), {"type": "dropout", "rate": 0.3}, dense(2)),
+    "dropout-on-input": mlp({"type": "dropout", "rate": 0.4}, dense(4, "tanh"), dense(2)),
+    "two-inputs": {
+        "inputs": {"a": [3], "b": [2]},
+        "layers": [
+            {"name": "da", "from": "a", **dense(4, "tanh")},
+            {"name": "db", "from": "b", **dense(4, "relu")},
+            {"name": "c", "type": "concat", "from": ["da", "b", "db", "a"]},
+            {"name": "out", "from": "c", **dense(2)},
+        ],
+        "loss": "mse",
+    },
+    # Per-sample arrays of rank 2 (no dense can read them: these have no weights).
+    "rank3-activations-concat": {
+        "inputs": {"x": [2, 3]},
+        "layers": [
+            {"name": "r", "type": "relu", "from": "x"},
+            {"name": "c", "type": "concat", "from": ["r", "x"], "axis": 0},
+            {"name": "s", "type": "softmax", "from": "c", "axis": 1},
+        ],
+        "loss": "mae",
+    },
+})
+
+ROWS["rank3-mse"] = {"inputs": {"x": [2, 3]}, "layers": [{"type": "tanh", "from": "x"}], "loss": "mse"}
+
+def test_table_covers_every_layer_activation_and_loss():
+    layers = [layer for spec in ROWS.values() for layer in spec["layers"]]
+    assert set(LAYERS) <= {layer["type"] for layer in layers}
+    dense_activations = {a if isinstance(a, str) else a["type"] for a in (l["activation"] for l in layers if l["type"] == "dense")}
+    assert set(ACTIVATIONS) <= dense_activations
+    # Each activation as a layer, both on another layer's output and on the data.
+    standalone = {(l["type"], l["from"] in spec["inputs"]) for spec in ROWS.values() for l in spec["layers"] if l["type"] in ACTIVATIONS}
+    assert {(name, on_data) for name in ACTIVATIONS for on_data in (False, True)} <= standalone
+    losses = {(s["loss"]["type"], s["loss"]["reduction"], s["loss"].get("from_logits"))
+              for s in ROWS.values() if isinstance(s["loss"], dict) and "reduction" in s["loss"]}
+    for name, cls in LOSSES.items():
+        logits = [False, True] if issubclass(cls, CrossEntropy) else [None]
+        for reduction in ("mean", "sum"):
+            for from_logits in logits:
+                assert (name, reduction, from_logits) in losses, (name, reduction, from_logits)
+
+
+# --- the harness ---------------------------------------------------------------------------------
+def _batch(session, size, seed):
+    """Seeded inputs and targets of the loss's kind, on the session's backend."""
+    backend, model = session.backend, session.model
+    rng = np.random.default_rng(seed)
+    inputs = {name: backend.asarray(rng.standard_normal((size, *shape)), dtype=session.dtype)
+              for name, shape in model.input_shapes.items()}
+    shape = (size, *model.shapes[model.output])
+    kind = session.loss.targets
+    if kind == "labels":
+        return inputs, backend.asarray(rng.integers(0, shape[-1], size).astype(np.int64))
+    if kind == "one_hot":
+        targets = np.eye(shape[-1])[rng.integers(0, shape[-1], size)]
+    elif kind == "binary":
+        targets = rng.integers(0, 2, shape).astype(np.float64)
+    else:
+        targets = rng.standard_normal(shape)
+    return inputs, backend.asarray(targets, dtype=session.dtype)
+
+
+def _ctx(session, seed, training=True):
+    return ForwardContext(session.backend, training=training, dropout_rng=np.random.default_rng(seed))
+
+
+def _host(session, array):
+    return np.array(session.backend.to_host(array), copy=True)
+
+
+def _reference(session, inputs, targets, seed, training=True):
+    """(loss, output, penalty or None, grads): autograd's forward, objective and backward."""
+    params = session.params
+    params.zero_grad()
+    output = session.model.forward(params.tensors, inputs, _ctx(session, seed, training))
+    loss = session.objective(output, targets, params.tensors)
+    backward(loss)
+    penalty = session.penalty(params.frozen()) if session.regularized else None
+    grads = {key: _host(session, view) for key, view in params.grad_views.items()}
+    return (_host(session, loss.value), _host(session, output.value),
+            None if penalty is None else _host(session, penalty.value), grads)
+
+
+def _compiled(session, inputs, targets, seed, training=True):
+    """The same four from `Session.gradients`, into a gradient buffer filled with NaN first."""
+    session.params.grad_flat.fill(np.nan)
+    loss, output, penalty = session.gradients(inputs, targets, _ctx(session, seed, training))
+    grads = {key: _host(session, view) for key, view in session.params.grad_views.items()}
+    return (_host(session, loss), _host(session, output),
+            None if penalty is None else _host(session, penalty), grads)
+
+
+def _assert_same(compiled, reference, tol=TOL):
+    loss, output, penalty, grads = compiled
+    ref_loss, ref_output, ref_penalty, ref_grads = reference
+    assert loss.shape == ()
+    assert np.isfinite(ref_loss)
+    np.testing.assert_allclose(loss, ref_loss, **tol, err_msg="loss")
+    assert output.shape == ref_output.shape and output.dtype == ref_output.dtype
+    np.testing.assert_allclose(output, ref_output, **tol, err_msg="output")
+    assert (penalty is None) == (ref_penalty is None)
+    if penalty is not None:
+        assert ref_penalty > 0
+        np.testing.assert_allclose(penalty, ref_penalty, **tol, err_msg="penalty")
+    assert grads.keys() == ref_grads.keys()
+    for key, ref in ref_grads.items():
+        assert np.isfinite(ref).all() and np.any(ref != 0), f"{key}: a degenerate reference gradient"
+        np.testing.assert_allclose(grads[key], ref, **tol, err_msg=key)
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_compiled_step_matches_autograd(make_session, backend, name):
+    session = make_session({"seed": 11, **ROWS[name]}, backend=backend)
+    first_data = _batch(session, FULL, 1)
+    kept = {k: _host(session, v) for k, v in first_data[0].items()}
+
+    first = _compiled(session, *first_data, seed=101)
+    twice = _compiled(session, *first_data, seed=101)  # the same step again, right away
+    _assert_same(first, _reference(session, *first_data, seed=101))
+
+    partial_data = _batch(session, PARTIAL, 2)
+    _assert_same(_compiled(session, *partial_data, seed=102), _reference(session, *partial_data, seed=102))
+
+    other_data = _batch(session, FULL, 3)
+    other = _compiled(session, *other_data, seed=103)
+    _assert_same(other, _reference(session, *other_data, seed=103))
+    assert not np.allclose(other[1], first[1])  # a new batch really is computed afresh
+
+    again = _compiled(session, *first_data, seed=101)  # after the partial step and another batch
+    assert sorted(session._steps) == [PARTIAL, FULL]  # one TrainStep per batch size, reused
+    for result in (twice, again):
+        np.testing.assert_array_equal(result[0], first[0])
+        np.testing.assert_array_equal(result[1], first[1])
+        for key in first[3]:
+            np.testing.assert_array_equal(result[3][key], first[3][key], err_msg=key)
+    for key, value in kept.items():  # the step does not write into the data
+        np.testing.assert_array_equal(_host(session, first_data[0][key]), value)
+
+
+# --- float32 ---------------------------------------------------------------------------------------
+FLOAT32_SPECS = {
+    "mse-relu-regularized": mlp(dense(5, "relu", kernel_regularizer={"l1": 0.01, "l2": 0.02}), dense(3)),
+    "sparse-logits-dropout": mlp(
+        dense(5, "tanh"), {"type": "dropout", "rate": 0.3}, dense(3),
+        loss={"type": "sparse_categorical_crossentropy", "from_logits": True}),
+    "bce-sigmoid-concat": mlp(
+        {"name": "a", "from": "x", **dense(2, "elu")}, {"name": "b", "from": "x", **dense(3, "gelu")},
+        {"name": "c", "type": "concat", "from": ["a", "b"]}, {"type": "softmax", "from": "c"},
+        dense(3, "sigmoid"), loss="binary_crossentropy"),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT32_SPECS))
+def test_float32_stays_float32(make_session, backend, name):
+    session = make_session({"seed": 4, **FLOAT32_SPECS[name]}, dtype="float32", backend=backend)
+    inputs, targets = _batch(session, FULL, 5)
+    assert all(x.dtype == np.float32 for x in inputs.values())
+    session.params.grad_flat.fill(np.nan)
+    loss, output, penalty = session.gradients(inputs, targets, _ctx(session, 9))
+    assert output.dtype == np.float32
+    assert np.asarray(_host(session, loss)).dtype == np.float32
+    assert penalty is None or _host(session, penalty).dtype == np.float32
+    assert session.params.grad_flat.dtype == np.float32
+    compiled = (_host(session, loss), _host(session, output), None if penalty is None else _host(session, penalty),
+                {key: _host(session, view) for key, view in session.params.grad_views.items()})
+    assert all(g.dtype == np.float32 for g in compiled[3].values())
+    _assert_same(compiled, _reference(session, inputs, targets, 9), tol=dict(rtol=2e-5, atol=1e-6))
+
+
+# --- kernels of layers that read the data ----------------------------------------------------------
+def _kernel_session(make_session, backend):
+    spec = mlp({"name": "d", "from": "x", **dense(4, "tanh")},
+               {"name": "r", "type": "elu", "from": "x"},
+               {"name": "c", "type": "concat", "from": ["x", "d"]},
+               {"name": "s", "type": "add", "from": ["r", "x"]},
+               {"name": "j", "type": "concat", "from": ["c", "s"]},
+               dense(2))
+    return make_session({"seed": 2, **spec}, backend=backend)
+
+
+def _autograd_input_grads(session, layer, arrays, g, needs_grad):
+    tensors = [Tensor(a, requires_grad=n) for a, n in zip(arrays, needs_grad)]
+    weights = {w.name: Tensor(session.params.views[f"{layer.name}/{w.name}"], requires_grad=True) for w in layer.weights}
+    out = layer.call(tensors, weights, ForwardContext(session.backend))
+    backward(out, g)
+    return out.value, [t.grad for t in tensors], {name: t.grad for name, t in weights.items()}
+
+
+@pytest.mark.parametrize("layer_name,needs_grad", [
+    ("d", [False]), ("d", [True]),
+    ("r", [False]), ("r", [True]),
+    ("c", [False, True]), ("c", [True, True]),
+    ("s", [True, False]), ("s", [False, False]),
+])
+def test_layer_kernel_input_gradients(make_session, backend, layer_name, needs_grad):
+    """Where `needs_grad` is false (an input of the model) the kernel returns None for it; where
+    true, autograd's input gradient. The weight gradients are written either way."""
+    session = _kernel_session(make_session, backend)
+    xp = backend.xp
+    node = next(n for n in session.model.nodes if n.name == layer_name)
+    layer = node.layer
+    weights = {w.name: session.params.views[f"{layer.name}/{w.name}"] for w in layer.weights}
+    grads = {w.name: xp.full(weights[w.name].shape, np.nan) for w in layer.weights}
+    forward, node_backward = layer.kernel(xp, FULL, "float64", weights, grads, needs_grad)
+    rng = np.random.default_rng(8)
+    arrays = [backend.asarray(rng.standard_normal((FULL, *session.model.shapes[ref]))) for ref in node.inputs]
+    g = backend.asarray(rng.standard_normal((FULL, *layer.output_shape)))
+    g_kept = _host(session, g)
+
+    out = forward(*arrays)
+    input_grads = node_backward(g)
+    ref_out, ref_input_grads, ref_weight_grads = _autograd_input_grads(session, layer, arrays, g, needs_grad)
+
+    np.testing.assert_allclose(_host(session, out), _host(session, ref_out), **TOL)
+    assert isinstance(input_grads, tuple) and len(input_grads) == len(needs_grad)
+    for got, ref, needed in zip(input_grads, ref_input_grads, needs_grad):
+        if needed:
+            np.testing.assert_allclose(_host(session, got), _host(session, ref), **TOL)
+        else:
+            assert got is None
+    for name, ref in ref_weight_grads.items():
+        np.testing.assert_allclose(_host(session, grads[name]), _host(session, ref), **TOL, err_msg=name)
+    np.testing.assert_array_equal(_host(session, g), g_kept)  # the upstream gradient is left intact
+
+
+def test_dense_reading_the_data_returns_no_input_gradient(make_session, backend):
+    session = _kernel_session(make_session, backend)
+    layer = session.model.nodes[0].layer
+    assert layer.name == "d"
+    weights = {"kernel": session.params.views["d/kernel"], "bias": session.params.views["d/bias"]}
+    grads = {"kernel": backend.xp.zeros((3, 4)), "bias": backend.xp.zeros(4)}
+    forward, node_backward = layer.kernel(backend.xp, FULL, "float64", weights, grads, needs_grad=[False])
+    forward(backend.asarray(np.ones((FULL, 3))))
+    assert node_backward(backend.asarray(np.ones((FULL, 4)))) == (None,)
+    assert np.any(_host(session, grads["kernel"]) != 0)
+
+
+# --- the autograd fallback -------------------------------------------------------------------------
+def test_dropout_has_no_kernel_and_trains_through_the_fallback(make_session, backend):
+    spec = mlp(dense(6, "tanh"), {"name": "drop", "type": "dropout", "rate": 0.5}, dense(2))
+    session = make_session({"seed": 3, **spec}, backend=backend)
+    dropout = next(n.layer for n in session.model.nodes if n.name == "drop")
+    assert dropout.kernel(backend.xp, FULL, "float64", {}, {}, [True]) is None
+    inputs, targets = _batch(session, FULL, 6)
+
+    compiled = _compiled(session, inputs, targets, seed=21)
+    _assert_same(compiled, _reference(session, inputs, targets, seed=21))
+    # The compiled step draws its mask from the context's generator: another seed, another mask.
+    assert not np.allclose(_reference(session, inputs, targets, seed=22)[1], compiled[1])
+    # In inference mode dropout is the identity, compiled or not.
+    inference = _compiled(session, inputs, targets, seed=21, training=False)
+    _assert_same(inference, _reference(session, inputs, targets, seed=21, training=False))
+    assert not np.allclose(inference[1], compiled[1])
