@@ -43,7 +43,7 @@ IMPLEMENTATIONS = ("nnctl", "numpy", "torch", "jax", "gemm")
 
 
 # --- nnctl as a reference-driver trainer -------------------------------------------------------
-def _spec_for(workload, lr, batch_size) -> dict:
+def _spec_for(workload, lr, batch_size, dtype="float32") -> dict:
     if workload.name == "mlp":
         layers = [{"type": "dense", "units": 256, "activation": "relu"},
                   {"type": "dense", "units": 128, "activation": "relu"},
@@ -56,7 +56,7 @@ def _spec_for(workload, lr, batch_size) -> dict:
                   {"name": "concat", "type": "concat", "from": ["dense1", "dense2"]},
                   {"name": "dense3", "type": "dense", "units": 1, "from": "concat"}]
         loss = "mse"
-    return {"name": f"bench_{workload.name}", "dtype": "float32", "inputs": {"x": [workload.n_features]},
+    return {"name": f"bench_{workload.name}", "dtype": dtype, "inputs": {"x": [workload.n_features]},
             "layers": layers, "loss": loss, "optimizer": {"type": "adam", "learning_rate": lr},
             "train": {"batch_size": batch_size}}
 
@@ -75,7 +75,7 @@ class NnctlTrainer:
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "spec.yaml"
-            path.write_text(yaml.safe_dump(_spec_for(wl, lr, batch_size)))
+            path.write_text(yaml.safe_dump(_spec_for(wl, lr, batch_size, x.dtype.name)))
             self.session = Session(load_spec(path), get_backend(os.environ.get("NNCTL_BENCH_BACKEND", "numpy")), weights=init)
         self.dataset = Dataset(Path("memory"), {"x": x}, y, np.arange(len(x)))
         self.batches = self.session.batches(self.dataset, batch_size)
@@ -138,11 +138,16 @@ def startup(runs: int = 15) -> dict:
     spec = HERE.parent / "specs" / "two_tower.yaml"
     commands = {"import numpy": [sys.executable, "-c", "import numpy"],
                 "nnctl summary": [sys.executable, "-m", "nnctl", "summary", str(spec)]}
+    # Bytecode caches written, as `pip install` does: with PYTHONDONTWRITEBYTECODE set (as on
+    # some machines) an edited checkout would recompile its modules on every run.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for command in commands.values():
+        subprocess.run(command, capture_output=True, check=True, env=env)
     times = {name: [] for name in commands}
     for _ in range(runs):
         for name, command in commands.items():
             start = time.perf_counter()
-            subprocess.run(command, capture_output=True, check=True)
+            subprocess.run(command, capture_output=True, check=True, env=env)
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"import_numpy_s": medians["import numpy"], "nnctl_summary_s": medians["nnctl summary"],
@@ -195,16 +200,23 @@ def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict
     missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
         rows = {impl: {"skipped": why} for impl, why in missing.items() if why}
+        runs = {impl: [] for impl in IMPLEMENTATIONS}
         # Rounds interleave the implementations, so a slow spell of a shared machine hits all of
-        # them alike; each keeps its fastest round.
+        # them alike; each implementation's row is its median round (by time).
         for _ in range(rounds):
             for impl in IMPLEMENTATIONS:
                 if missing[impl]:
                     continue
                 result = run_worker(impl, workload, n, epochs, repeats)
-                best = rows.get(impl)
-                if best is None or "error" in best or ("error" not in result and result["seconds"] < best["seconds"]):
+                if "error" in result:
                     rows[impl] = result
+                else:
+                    runs[impl].append(result)
+        for impl, results in runs.items():
+            if results and impl not in rows:
+                median = statistics.median_high(r["seconds"] for r in results)
+                rows[impl] = {**next(r for r in results if r["seconds"] == median),
+                              "rounds_seconds": [r["seconds"] for r in results]}
         report["workloads"][workload] = {"n": n, "epochs": epochs, "results": {impl: rows[impl] for impl in IMPLEMENTATIONS}}
     report["startup"] = startup()
     if with_memory:
@@ -227,7 +239,7 @@ def print_report(report: dict) -> None:
         gemm = rows.get("gemm", {})
         unit = "steps/s" if workload == "two_tower" else "samples/s"
         key = "steps_per_s" if workload == "two_tower" else "samples_per_s"
-        table = Table(title=f"{workload}: {entry['n']:,} samples x {entry['epochs']} epoch(s), float32, best of {report['rounds']} rounds", title_justify="left")
+        table = Table(title=f"{workload}: {entry['n']:,} samples x {entry['epochs']} epoch(s), float32, median of {report['rounds']} rounds", title_justify="left")
         for column in ("implementation", unit, "nnctl / this", "of GEMM bound", "peak RSS MB", "final loss"):
             table.add_column(column, justify="left" if column == "implementation" else "right")
         for impl, result in rows.items():
@@ -252,7 +264,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller data sets")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs in each worker (the fastest is kept)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of workers (the fastest is kept)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of workers (the median is kept)")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 2 GB .npy")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
