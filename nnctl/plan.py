@@ -27,7 +27,8 @@ class TrainStep:
         self.input_slots = [(name, slots[name]) for name in model.input_shapes]
         self.output_slot = slots[model.output]
         self.n_slots = len(slots)
-        self.nodes = []  # (forward, backward, input slots, output slot, weight keys)
+        self.names = [node.name for node in model.nodes]
+        self.nodes = []  # (forward, backward, input slots, output slot, weight gradient views)
         for node in model.nodes:
             keys = {w.name: f"{node.name}/{w.name}" for w in node.layer.weights}
             weights = {name: params.views[key] for name, key in keys.items()}
@@ -65,6 +66,13 @@ class TrainStep:
                     grads[slot] = input_grad if grads[slot] is None else grads[slot] + input_grad
         penalty = self._penalty() if self.session.regularized else None
         return (loss if penalty is None else loss + penalty), output, penalty
+
+    def wrap(self, wrapper) -> None:
+        """Replace every closure by wrapper(name, part, closure), part "forward" or "backward";
+        the loss (value and gradient in one call) is named "loss", part "forward". For `nnctl time`."""
+        self.nodes = [(wrapper(name, "forward", forward), wrapper(name, "backward", node_backward), *rest)
+                      for name, (forward, node_backward, *rest) in zip(self.names, self.nodes)]
+        self.loss_and_grad = wrapper("loss", "forward", self.loss_and_grad)
 
     def _penalty(self):
         """The regularization penalty's value, its gradient added to the weights' gradients."""
