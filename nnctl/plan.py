@@ -43,12 +43,7 @@ class TrainStep:
 
     def __call__(self, inputs: dict, targets, ctx):
         """(loss, output, penalty or None) as arrays; the loss includes the penalty, as in Keras."""
-        self.ctx = ctx
-        values = [None] * self.n_slots
-        for name, slot in self.input_slots:
-            values[slot] = inputs[name]
-        for forward, _, ins, out, _ in self.nodes:
-            values[out] = forward(*[values[i] for i in ins])
+        values = self._forward(inputs, ctx)
         output = values[self.output_slot]
         loss, grad = self.loss_and_grad(output, targets)
 
@@ -62,10 +57,27 @@ class TrainStep:
                 continue
             for slot, input_grad in zip(ins, node_backward(g)):
                 if input_grad is not None:
+                    assert input_grad.shape == values[slot].shape, (
+                        f"{self.names[out - len(self.input_slots)]}: gradient of shape {input_grad.shape} "
+                        f"for an input of shape {values[slot].shape}")
                     # Not in place: an input gradient may be a view of, or the same array as, another.
                     grads[slot] = input_grad if grads[slot] is None else grads[slot] + input_grad
         penalty = self._penalty() if self.session.regularized else None
         return (loss if penalty is None else loss + penalty), output, penalty
+
+    def forward(self, inputs: dict, ctx):
+        """The output for a batch, nothing else (evaluation, prediction). It lives in this step's
+        buffers: the next call overwrites it."""
+        return self._forward(inputs, ctx)[self.output_slot]
+
+    def _forward(self, inputs, ctx) -> list:
+        self.ctx = ctx
+        values = [None] * self.n_slots
+        for name, slot in self.input_slots:
+            values[slot] = inputs[name]
+        for forward, _, ins, out, _ in self.nodes:
+            values[out] = forward(*[values[i] for i in ins])
+        return values
 
     def wrap(self, wrapper) -> None:
         """Replace every closure by wrapper(name, part, closure), part "forward" or "backward";

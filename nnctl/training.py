@@ -56,13 +56,16 @@ class Session:
         return loss if penalty is None else ops.add(loss, penalty)
 
     def gradients(self, inputs, targets, ctx):
-        """One batch forward and backward through the compiled step (nnctl.plan), one per batch
-        size: (loss, output, penalty or None) arrays. The gradients land in `params.grad_flat`."""
-        batch = len(targets)
+        """One batch forward and backward through the compiled step (nnctl.plan):
+        (loss, output, penalty or None) arrays. The gradients land in `params.grad_flat`."""
+        return self._step(len(targets))(inputs, targets, ctx)
+
+    def _step(self, batch: int) -> TrainStep:
+        """The compiled step for `batch` samples, compiled on first use (one per batch size)."""
         step = self._steps.get(batch)
         if step is None:
             step = self._steps[batch] = TrainStep(self, batch)
-        return step(inputs, targets, ctx)
+        return step
 
     @property
     def output_units(self) -> int:
@@ -80,12 +83,11 @@ class Session:
         regularization penalty of the current weights (a constant over the batches)."""
         totals = _Totals(self)
         ctx = ForwardContext(self.backend)
-        weights = self.params.frozen()
         for inputs, targets, size in self.batches(dataset, batch_size)(None):
-            output = self.model.forward(weights, inputs, ctx)
-            totals.add(self.loss(output, targets).value, output.value, targets, size)
+            output = self._step(size).forward(inputs, ctx)
+            totals.add(self.loss(output, targets).value, output, targets, size)
         logs = totals.read()
-        penalty = self.penalty(weights) if self.regularized else None
+        penalty = self.penalty(self.params.frozen()) if self.regularized else None
         if penalty is not None and logs:
             logs["loss"] += self.backend.scalar(penalty.value)
         return logs
@@ -94,11 +96,11 @@ class Session:
         """Host arrays of the outputs, in chunks (probabilities for logits), and class indices or None."""
         xp = self.backend.xp
         ctx = ForwardContext(self.backend)
-        weights = self.params.frozen()
         chunks = []
-        for inputs, _, _ in self.batches(dataset, batch_size)(None):
-            output = self.model.forward(weights, inputs, ctx).value
-            chunks.append(self.backend.to_host(self.loss.probabilities(xp, output)))
+        for inputs, _, size in self.batches(dataset, batch_size)(None):
+            output = self._step(size).forward(inputs, ctx)
+            # A copy: on NumPy, to_host of the step's own buffer is that buffer.
+            chunks.append(numpy.array(self.backend.to_host(self.loss.probabilities(xp, output))))
         values = numpy.concatenate(chunks)
         classes = values.argmax(axis=-1) if self.loss.targets in ("labels", "one_hot") else None
         return values, classes

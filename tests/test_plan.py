@@ -406,3 +406,33 @@ def test_dropout_has_no_kernel_and_trains_through_the_fallback(make_session, bac
     inference = _compiled(session, inputs, targets, seed=21, training=False)
     _assert_same(inference, _reference(session, inputs, targets, seed=21, training=False))
     assert not np.allclose(inference[1], compiled[1])
+
+
+# --- inference: evaluate and predict run the compiled forward -------------------------------------
+@pytest.mark.parametrize("name", list(ROWS))
+def test_compiled_forward_matches_autograd_inference(make_session, backend, name):
+    session = make_session({"seed": 11, **ROWS[name]}, backend=backend)
+    inputs, _ = _batch(session, FULL, 4)
+    expected = session.model.forward(session.params.frozen(), inputs, _ctx(session, 7, training=False)).value
+    got = session._step(FULL).forward(inputs, _ctx(session, 7, training=False))
+    np.testing.assert_allclose(_host(session, got), _host(session, expected), **TOL)
+
+
+def test_predict_and_evaluate_over_several_batches(make_session, backend):
+    """Chunks from the step's reused buffers are copied (each batch keeps its own rows), and
+    evaluate's sample-weighted loss equals autograd's loss over the whole set."""
+    from pathlib import Path
+
+    from nnctl.data import Dataset
+
+    session = make_session({"seed": 3, **ROWS["two-tower"]}, backend=backend)
+    rng = np.random.default_rng(8)
+    n = 2 * FULL + PARTIAL
+    x, y = rng.standard_normal((n, 2)), rng.standard_normal((n, 1))
+    dataset = Dataset(Path("memory"), {"x": x}, y, np.arange(n))
+    expected = session.model.forward(session.params.frozen(), {"x": backend.asarray(x)}, _ctx(session, 0, training=False))
+    values, classes = session.predict(dataset, batch_size=FULL)
+    assert classes is None and values.shape == (n, 1)
+    np.testing.assert_allclose(values, _host(session, expected.value), **TOL)
+    logs = session.evaluate(dataset, batch_size=FULL)
+    np.testing.assert_allclose(logs["loss"], float(np.mean((_host(session, expected.value) - y) ** 2)), **TOL)
