@@ -4,9 +4,9 @@ A layer declares its options, infers its per-sample output shape from its inputs
 any data exists), declares its weights, and computes its output from primitives. Adding a layer
 type means one class here and one entry in `LAYERS`.
 
-`call` computes with autograd primitives (gradcheck, explain and inference use it); `kernel`
-optionally compiles the layer for nnctl.plan's training step: a forward and a backward closure
-over buffers allocated once per batch size. A layer without one trains through `call`.
+`call` computes with autograd primitives (gradcheck and explain use it); `kernel` optionally
+compiles the layer for nnctl.plan's step (training, evaluation, prediction): a forward and a
+backward closure over buffers allocated once per batch size. A layer without one runs `call`.
 """
 from __future__ import annotations
 
