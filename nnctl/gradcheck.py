@@ -48,20 +48,22 @@ class _Recorder(ForwardContext):
         return tensor
 
 
-def random_batch(session, size: int):
-    """Seeded inputs and targets of the right kind, for specs without data."""
-    rng = rng_for(session.spec.seed, STREAM_GRADCHECK)
-    inputs = {name: rng.standard_normal((size,) + shape) for name, shape in session.model.input_shapes.items()}
-    units = session.output_units
+def random_batch(session, size: int, rng=None):
+    """Seeded inputs and targets of the right kind and shape (host float64 arrays, int labels),
+    for specs without data; `rng` defaults to the spec seed's gradcheck stream."""
+    rng = rng or rng_for(session.spec.seed, STREAM_GRADCHECK)
+    model = session.model
+    inputs = {name: rng.standard_normal((size,) + shape) for name, shape in model.input_shapes.items()}
+    shape = (size, *model.shapes[model.output])
     kind = session.loss.targets
     if kind == "labels":
-        targets = rng.integers(0, units, size)
+        targets = rng.integers(0, shape[-1], shape[:-1])
     elif kind == "one_hot":
-        targets = numpy.eye(units)[rng.integers(0, units, size)]
+        targets = numpy.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
     elif kind == "binary":
-        targets = rng.integers(0, 2, (size, units)).astype(numpy.float64)
+        targets = rng.integers(0, 2, shape).astype(numpy.float64)
     else:
-        targets = rng.standard_normal((size, units))
+        targets = rng.standard_normal(shape)
     return inputs, targets
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from nnctl.activations import ACTIVATIONS
 from nnctl.autograd import Tensor, backward
+from nnctl.gradcheck import random_batch
 from nnctl.graph import ForwardContext
 from nnctl.layers import LAYERS
 from nnctl.losses import LOSSES, CrossEntropy
@@ -198,21 +199,16 @@ def test_table_covers_every_layer_activation_and_loss():
 # --- the harness ---------------------------------------------------------------------------------
 def _batch(session, size, seed):
     """Seeded inputs and targets of the loss's kind, on the session's backend."""
-    backend, model = session.backend, session.model
-    rng = np.random.default_rng(seed)
-    inputs = {name: backend.asarray(rng.standard_normal((size, *shape)), dtype=session.dtype)
-              for name, shape in model.input_shapes.items()}
-    shape = (size, *model.shapes[model.output])
-    kind = session.loss.targets
-    if kind == "labels":
-        return inputs, backend.asarray(rng.integers(0, shape[-1], size).astype(np.int64))
-    if kind == "one_hot":
-        targets = np.eye(shape[-1])[rng.integers(0, shape[-1], size)]
-    elif kind == "binary":
-        targets = rng.integers(0, 2, shape).astype(np.float64)
-    else:
-        targets = rng.standard_normal(shape)
-    return inputs, backend.asarray(targets, dtype=session.dtype)
+    inputs, targets = random_batch(session, size, np.random.default_rng(seed))
+    backend = session.backend
+    return ({name: backend.asarray(x, dtype=session.dtype) for name, x in inputs.items()},
+            backend.asarray(targets if targets.dtype.kind == "i" else targets.astype(session.dtype)))
+
+
+def test_random_batch_targets_take_the_output_shape(make_session):
+    session = make_session({"seed": 1, **ROWS["rank3-mse"]})
+    inputs, targets = random_batch(session, 4)
+    assert inputs["x"].shape == (4, 2, 3) and targets.shape == (4, 2, 3)
 
 
 def _ctx(session, seed, training=True):
