@@ -33,9 +33,11 @@ def _relu_kernel(xp, out):
     """relu into `out` (which may be the input itself: dense's pre-activation buffer)."""
     mask = xp.empty(out.shape, dtype=bool)
     input_grad = xp.empty_like(out)
+    # NumPy's maximum against a scalar 0 misses its SIMD loop: an array of zeros is 3-4x faster.
+    zeros = xp.zeros_like(out)
 
     def forward(x):
-        return xp.maximum(x, 0, out=out)
+        return xp.maximum(x, zeros, out=out)
 
     def vjp(g):
         # out > 0 exactly where the pre-activation was > 0, as ops.relu's VJP asks.

@@ -1,0 +1,23 @@
+"""The one compiled piece, nnctl._kernels (Adam's update as one loop). It is optional: without a
+C compiler the install still succeeds and nnctl runs the same update as NumPy passes, with
+bit-identical results. Everything else about the package is in pyproject.toml."""
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# No FMA contraction and no errno from sqrt: the loop must round exactly as NumPy's passes do,
+# and must vectorise.
+FLAGS = {"msvc": ["/O2", "/fp:precise"]}
+UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        for extension in self.extensions:
+            extension.extra_compile_args = FLAGS.get(self.compiler.compiler_type, UNIX_FLAGS)
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[Extension("nnctl._kernels", ["nnctl/_kernels.c"], optional=True)],
+    cmdclass={"build_ext": BuildExt},
+)
