@@ -64,6 +64,10 @@ class Optimizer:
         """One step on the flat buffers; `state` holds the slot buffers, `scratch` is free space."""
         raise NotImplementedError
 
+    def compiled(self, xp) -> bool:
+        """Whether `update` on `xp` runs as one compiled loop (nnctl._kernels) rather than passes."""
+        return False
+
     def state_dict(self) -> dict:
         """Host copies of the state buffers and the step count, for checkpoints."""
         host = {slot: to_host(value) for slot, value in self.state.items()}
@@ -138,7 +142,7 @@ class Adam(Optimizer):
         m_sum, v_sum = state["m_sum"], state["v_sum"]
         scale = math.sqrt(1 - b2) / math.sqrt(1 - b2**t)
         epsilon, step = c["epsilon"] / scale, -self.learning_rate / (1 - b1**t) * (1 - b1) / scale
-        if fused_adam is not None and xp.__name__ == "numpy":
+        if self.compiled(xp):
             fused_adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step)
             return
         m_sum *= b1
@@ -151,6 +155,9 @@ class Adam(Optimizer):
         xp.divide(m_sum, scratch, out=scratch)
         scratch *= step
         params += scratch
+
+    def compiled(self, xp):
+        return fused_adam is not None and xp.__name__ == "numpy"
 
 
 class AdamW(Adam):

@@ -399,7 +399,8 @@ def timing_view(data: dict):
                       end_section=row is data["layers"][-1])
     step = data["step_ms"]
     share = (lambda ms: f"{ms / step:.1%}" if step else "-")
-    table.add_row("optimizer update", "", "", f"{data['update_ms']:.4f}", share(data["update_ms"]))
+    update = f"optimizer update ({data['optimizer']}{', one compiled loop' if data['optimizer_compiled'] else ''})"
+    table.add_row(update, "", "", f"{data['update_ms']:.4f}", share(data["update_ms"]))
     table.add_row("step overhead", "", "", f"{data['other_ms']:.4f}", share(data["other_ms"]), end_section=True)
     table.add_row("[bold]whole step[/bold]", f"{data['forward_ms']:.4f}", f"{data['backward_ms']:.4f}", f"[bold]{step:.4f}[/bold]", "100.0%")
     rate = Text(f" {data['batch_size'] * 1000 / step:,.0f} samples/s at this batch size" if step else "")

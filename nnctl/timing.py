@@ -86,5 +86,6 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
         "layers": layers,
         "forward_ms": forward_ms, "backward_ms": step_s * ms - forward_ms,
         "update_ms": update_ms, "step_ms": step_ms,
+        "optimizer": session.spec.optimizer[0], "optimizer_compiled": optimizer.compiled(backend.xp),
         "other_ms": max(step_ms - accounted, 0.0),
     }

@@ -4,6 +4,7 @@ no TTY, shell completion). Table-driven where the cases differ only in data."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import re
 import shutil
@@ -332,8 +333,11 @@ def test_time_reports_every_layer(tmp_path):
         assert row["total_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"])
     assert sum(row["share"] for row in data["layers"]) <= 1.0
     assert data["step_ms"] == pytest.approx(data["forward_ms"] + data["backward_ms"] + data["update_ms"])
+    compiled = importlib.util.find_spec("nnctl._kernels") is not None
+    assert data["optimizer"] == "adam" and data["optimizer_compiled"] is compiled
     table = run("time", spec, "--iterations", 2).stdout
-    for text in ("Forward ms", "Backward ms", "Share", "dense1 (Dense)", "concat (Concatenate)", "loss (mse)", "whole step"):
+    update = "optimizer update (adam, one compiled loop)" if compiled else "optimizer update (adam)"
+    for text in ("Forward ms", "Backward ms", "Share", "dense1 (Dense)", "concat (Concatenate)", "loss (mse)", "whole step", update):
         assert text in table, text
 
 
