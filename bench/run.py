@@ -196,7 +196,10 @@ def make_npy(path: str, rows: int) -> None:
 # --- the report -------------------------------------------------------------------------------------
 def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
-    report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "rounds": rounds, "workloads": {}}
+    from nnctl.optimizers import fused_adam
+
+    report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "rounds": rounds,
+              "nnctl_adam": "one compiled loop" if fused_adam else "NumPy passes (nnctl._kernels not built)", "workloads": {}}
     missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
         rows = {impl: {"skipped": why} for impl, why in missing.items() if why}
@@ -251,6 +254,7 @@ def print_report(report: dict) -> None:
                           f"{_ratio(result['samples_per_s'], gemm.get('samples_per_s')):.2f}",
                           f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
         console.print(table)
+    console.print(f"nnctl's Adam update: {report['nnctl_adam']}")
     s = report["startup"]
     console.print(f"start-up: nnctl summary {s['nnctl_summary_s'] * 1000:.0f} ms, python -c 'import numpy' "
                   f"{s['import_numpy_s'] * 1000:.0f} ms: ratio {s['ratio']:.2f} (target <= 1.5)")
