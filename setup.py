@@ -1,4 +1,4 @@
-"""The one compiled piece, nnctl._kernels (Adam's update as one loop). It is optional: without a
+"""The one compiled piece, nnctl.core._loops (Adam's update as one loop). It is optional: without a
 C compiler the install still succeeds and nnctl runs the same update as NumPy passes, with
 bit-identical results. Everything else about the package is in pyproject.toml."""
 from setuptools import Extension, setup
@@ -18,6 +18,6 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("nnctl._kernels", ["nnctl/_kernels.c"], optional=True)],
+    ext_modules=[Extension("nnctl.core._loops", ["nnctl/core/_loops.c"], optional=True)],
     cmdclass={"build_ext": BuildExt},
 )

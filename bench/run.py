@@ -67,11 +67,11 @@ class NnctlTrainer:
     def __init__(self, wl, x, y, init, lr, batch_size):
         import yaml
 
-        from nnctl.backend import get_backend
-        from nnctl.data import Dataset
-        from nnctl.graph import ForwardContext
-        from nnctl.spec import load_spec
-        from nnctl.training import Session
+        from nnctl.core.backend import get_backend
+        from nnctl.data.dataset import Dataset
+        from nnctl.model.graph import ForwardContext
+        from nnctl.spec.load import load_spec
+        from nnctl.train.session import Session
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "spec.yaml"
@@ -170,7 +170,7 @@ def memory(gigabytes: float = 2.0) -> dict:
 
         (folder / "big.yaml").write_text(yaml.safe_dump(spec))
         command = [sys.executable, "-c",
-                   "import resource, sys; from nnctl.cli import main; sys.argv = ['nnctl', '-q', 'train', 'big.yaml', '--json'];\n"
+                   "import resource, sys; from nnctl.cli.commands import main; sys.argv = ['nnctl', '-q', 'train', 'big.yaml', '--json'];\n"
                    "try:\n    main()\nfinally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
@@ -196,10 +196,10 @@ def make_npy(path: str, rows: int) -> None:
 # --- the report -------------------------------------------------------------------------------------
 def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
-    from nnctl.optimizers import fused_adam
+    from nnctl.train.optimizers import fused_adam
 
     report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "rounds": rounds,
-              "nnctl_adam": "one compiled loop" if fused_adam else "NumPy passes (nnctl._kernels not built)", "workloads": {}}
+              "nnctl_adam": "one compiled loop" if fused_adam else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
     missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
         rows = {impl: {"skipped": why} for impl, why in missing.items() if why}

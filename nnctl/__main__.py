@@ -1,3 +1,3 @@
-from nnctl.cli import main
+from nnctl.cli.commands import main
 
 main()

@@ -6,10 +6,10 @@ import itertools
 import pytest
 import yaml
 
-from nnctl.backend import get_backend
+from nnctl.core.backend import get_backend
 from nnctl.errors import BackendError
-from nnctl.spec import load_spec
-from nnctl.training import Session
+from nnctl.spec.load import load_spec
+from nnctl.train.session import Session
 
 
 def _cupy_missing() -> str | None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nnctl.cli import cli
+from nnctl.cli.commands import cli
 from tests.helpers import SPECS, TWO_TOWER, run, run_json, write_project
 
 BRAILLE = re.compile("[\u2801-\u28ff]")
@@ -130,7 +130,7 @@ def test_evaluate_classifier_confusion_matrix_and_scores(classifier):
 
 
 def test_per_class_scores_follow_scikit_learn():
-    from nnctl.evaluation import per_class_scores
+    from nnctl.diagnostics.evaluation import per_class_scores
 
     rows, averages = per_class_scores([[5, 1, 0], [2, 3, 1], [0, 0, 0]])  # class 2: never true, never predicted
     precision, recall = [5 / 7, 3 / 4, 0.0], [5 / 6, 3 / 6, 0.0]
@@ -172,7 +172,7 @@ def test_summary_graph_dot_has_nodes_with_shapes_and_edges(tmp_path):
 
 
 def test_dot_quotes_odd_names():
-    from nnctl.graphviz import to_dot
+    from nnctl.cli.graphviz import to_dot
 
     summary = {"name": 'a"b', "layers": [
         {"name": 'in"put', "class": "InputLayer", "output_shape": [None, 2], "connected_to": []},
@@ -191,7 +191,7 @@ def test_summary_graph_picture_through_dot(tmp_path, suffix, magic):
 
 
 def test_summary_graph_picture_without_dot_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("nnctl.graphviz.shutil.which", lambda name: None)
+    monkeypatch.setattr("nnctl.cli.graphviz.shutil.which", lambda name: None)
     result = run("summary", SPECS / "two_tower.yaml", "--graph", tmp_path / "g.png")
     assert result.exit_code == 2 and not (tmp_path / "g.png").exists()
     assert "apt-get install graphviz" in result.stderr and "brew install graphviz" in result.stderr and ".dot" in result.stderr
@@ -223,8 +223,8 @@ def test_plot_draws_terminal_chart_without_out(history):
 
 @pytest.mark.parametrize("width", [50, 80, 160])
 def test_terminal_chart_fits_the_width(history, width):
-    from nnctl.plotting import curves, read_history
-    from nnctl.report import curves_view, render_text
+    from nnctl.cli.plotting import curves, read_history
+    from nnctl.cli.report import curves_view, render_text
 
     text = render_text(curves_view(curves(read_history(history))), width=width)
     assert max(len(line) for line in text.splitlines()) <= width
@@ -255,7 +255,7 @@ def test_plot_out_png_with_matplotlib(history, tmp_path):
 
 
 def test_plot_out_without_matplotlib_falls_back_to_terminal(history, tmp_path, monkeypatch):
-    monkeypatch.setattr("nnctl.plotting.matplotlib_available", lambda: False)
+    monkeypatch.setattr("nnctl.cli.plotting.matplotlib_available", lambda: False)
     out = tmp_path / "curves.png"
     result = run("plot", history, "--out", out)
     assert result.exit_code == 0 and not out.exists()
@@ -278,8 +278,8 @@ def test_plot_bad_input_exits_2(tmp_path, content, args, message):
 
 
 def test_loss_sparkline_and_train_shows_it(history, tmp_path):
-    from nnctl.plotting import read_history
-    from nnctl.report import loss_sparkline, render_text
+    from nnctl.cli.plotting import read_history
+    from nnctl.cli.report import loss_sparkline, render_text
 
     lines = render_text(loss_sparkline(read_history(history))).splitlines()
     assert lines[0].startswith("loss ") and lines[1].startswith("val_loss ")
@@ -333,7 +333,7 @@ def test_time_reports_every_layer(tmp_path):
         assert row["total_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"])
     assert sum(row["share"] for row in data["layers"]) <= 1.0
     assert data["step_ms"] == pytest.approx(data["forward_ms"] + data["backward_ms"] + data["update_ms"])
-    compiled = importlib.util.find_spec("nnctl._kernels") is not None
+    compiled = importlib.util.find_spec("nnctl.core._loops") is not None
     assert data["optimizer"] == "adam" and data["optimizer_compiled"] is compiled
     table = run("time", spec, "--iterations", 2).stdout
     update = "optimizer update (adam, one compiled loop)" if compiled else "optimizer update (adam)"
@@ -342,7 +342,7 @@ def test_time_reports_every_layer(tmp_path):
 
 
 def test_time_leaves_the_training_path_alone(make_session):
-    from nnctl.timing import time_step
+    from nnctl.diagnostics.timing import time_step
 
     spec = yaml.safe_load(TWO_TOWER)
     spec.pop("data")
@@ -424,13 +424,13 @@ def schema():
 
 
 def test_schema_lists_every_registry_name(schema):
-    from nnctl.activations import ACTIVATIONS
-    from nnctl.initializers import INITIALIZERS
-    from nnctl.layers import LAYERS
-    from nnctl.losses import LOSSES
-    from nnctl.metrics import METRICS
-    from nnctl.optimizers import OPTIMIZERS
-    from nnctl.spec import TOP_LEVEL_KEYS, TRAIN_OPTIONS
+    from nnctl.model.activations import ACTIVATIONS
+    from nnctl.model.initializers import INITIALIZERS
+    from nnctl.model.layers import LAYERS
+    from nnctl.train.losses import LOSSES
+    from nnctl.train.metrics import METRICS
+    from nnctl.train.optimizers import OPTIMIZERS
+    from nnctl.spec.load import TOP_LEVEL_KEYS, TRAIN_OPTIONS
 
     defs = schema["$defs"]
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"

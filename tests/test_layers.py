@@ -10,14 +10,14 @@ import math
 import numpy as np
 import pytest
 
-from nnctl import ops
-from nnctl.activations import ACTIVATIONS
-from nnctl.autograd import Tensor, backward
-from nnctl.gradcheck import gradcheck, random_batch
-from nnctl.graph import ForwardContext
-from nnctl.initializers import INITIALIZERS
-from nnctl.layers import LAYERS
-from nnctl.losses import LOSSES
+from nnctl.core import ops
+from nnctl.model.activations import ACTIVATIONS
+from nnctl.core.autograd import Tensor, backward
+from nnctl.diagnostics.gradcheck import gradcheck, random_batch
+from nnctl.model.graph import ForwardContext
+from nnctl.model.initializers import INITIALIZERS
+from nnctl.model.layers import LAYERS
+from nnctl.train.losses import LOSSES
 
 
 class Taps(ForwardContext):

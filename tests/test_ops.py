@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-import nnctl.ops as ops
-from nnctl.autograd import PRIMITIVES, Tensor, backward, topological_order
-from nnctl.losses import LOSSES
+import nnctl.core.ops as ops
+from nnctl.core.autograd import PRIMITIVES, Tensor, backward, topological_order
+from nnctl.train.losses import LOSSES
 
 EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-8

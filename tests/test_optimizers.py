@@ -1,4 +1,4 @@
-"""The compiled Adam loop (nnctl/_kernels.c) against the NumPy passes it replaces: bit for bit.
+"""The compiled Adam loop (nnctl/core/_loops.c) against the NumPy passes it replaces: bit for bit.
 
 Both are exact IEEE arithmetic in the same order, so weights and moments must be identical, not
 close; torch parity of the update itself is in test_torch_parity.py.
@@ -6,9 +6,9 @@ close; torch parity of the update itself is in test_torch_parity.py.
 import numpy as np
 import pytest
 
-from nnctl import optimizers
+from nnctl.train import optimizers
 
-kernels = pytest.importorskip("nnctl._kernels", reason="nnctl._kernels was not built (no C compiler at install)")
+kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
 
 ADAM = {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "clipnorm": None, "clipvalue": None}
 

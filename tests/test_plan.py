@@ -1,4 +1,4 @@
-"""The compiled training step (nnctl.plan.TrainStep) against the autograd path, in float64.
+"""The compiled training step (nnctl.train.step.TrainStep) against the autograd path, in float64.
 
 One table of specs (every activation as a dense activation and as a layer, every loss with both
 reductions and from_logits where it applies, and graph shapes: a deep chain, towers, values used
@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnctl.activations import ACTIVATIONS
-from nnctl.autograd import Tensor, backward
-from nnctl.gradcheck import random_batch
-from nnctl.graph import ForwardContext
-from nnctl.layers import LAYERS
-from nnctl.losses import LOSSES, CrossEntropy
+from nnctl.model.activations import ACTIVATIONS
+from nnctl.core.autograd import Tensor, backward
+from nnctl.diagnostics.gradcheck import random_batch
+from nnctl.model.graph import ForwardContext
+from nnctl.model.layers import LAYERS
+from nnctl.train.losses import LOSSES, CrossEntropy
 
 TOL = dict(rtol=1e-12, atol=1e-14)
 FULL, PARTIAL = 6, 3
@@ -419,7 +419,7 @@ def test_predict_and_evaluate_over_several_batches(make_session, backend):
     evaluate's sample-weighted loss equals autograd's loss over the whole set."""
     from pathlib import Path
 
-    from nnctl.data import Dataset
+    from nnctl.data.dataset import Dataset
 
     session = make_session({"seed": 3, **ROWS["two-tower"]}, backend=backend)
     rng = np.random.default_rng(8)

@@ -6,11 +6,11 @@ import json
 import numpy
 import pytest
 
-from nnctl.autograd import backward
-from nnctl.backend import get_backend
-from nnctl.gradcheck import _Recorder
-from nnctl.spec import load_spec
-from nnctl.training import Session, fit, load_spec_data, training_sets
+from nnctl.core.autograd import backward
+from nnctl.core.backend import get_backend
+from nnctl.diagnostics.gradcheck import _Recorder
+from nnctl.spec.load import load_spec
+from nnctl.train.session import Session, fit, load_spec_data, training_sets
 from tests.helpers import ROOT, SPECS, run_json
 
 

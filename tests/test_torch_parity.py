@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from nnctl.autograd import backward  # noqa: E402
-from nnctl.graph import ForwardContext  # noqa: E402
+from nnctl.core.autograd import backward  # noqa: E402
+from nnctl.model.graph import ForwardContext  # noqa: E402
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 BATCH = 6

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
-from nnctl.backend import get_backend
-from nnctl.checkpoint import load_checkpoint, save_checkpoint
-from nnctl.controls import SCHEDULES, Controls
+from nnctl.core.backend import get_backend
+from nnctl.train.checkpoint import load_checkpoint, save_checkpoint
+from nnctl.train.controls import SCHEDULES, Controls
 from nnctl.errors import SpecError
-from nnctl.gradcheck import gradcheck, random_batch
-from nnctl.optimizers import OPTIMIZERS
-from nnctl.report import render_text
-from nnctl.spec import load_spec
-from nnctl.training import Interrupted, Progress, Session, fit, load_test_set, training_sets
+from nnctl.diagnostics.gradcheck import gradcheck, random_batch
+from nnctl.train.optimizers import OPTIMIZERS
+from nnctl.cli.report import render_text
+from nnctl.spec.load import load_spec
+from nnctl.train.session import Interrupted, Progress, Session, fit, load_test_set, training_sets
 from tests.helpers import run, run_json
 
 torch = pytest.importorskip("torch")
@@ -319,7 +319,7 @@ def test_progress_sees_the_current_rate(project):
     session = session_of(project(linear_spec(train={"epochs": 3, "lr_schedule": {"type": "exponential", "gamma": 0.5}})))
     fit(session, *training_sets(session), progress=Recorder())
     assert seen == [(1, 0.1), (2, 0.05), (3, 0.025)]
-    from nnctl.report import LiveProgress, history_view
+    from nnctl.cli.report import LiveProgress, history_view
     from rich.console import Console
     import io
 
@@ -403,8 +403,8 @@ def test_penalty_value_and_gradient(make_session, regularizer):
 
     # The gradient of the objective is the loss's plus l1·sign(w) + 2·l2·w on the kernels only.
     inputs, targets = random_batch(session, 5)
-    from nnctl.autograd import backward
-    from nnctl.graph import ForwardContext
+    from nnctl.core.autograd import backward
+    from nnctl.model.graph import ForwardContext
 
     def grads(objective):
         session.params.zero_grad()
@@ -419,7 +419,7 @@ def test_penalty_value_and_gradient(make_session, regularizer):
     for key in ("h/bias", "out/bias"):
         np.testing.assert_array_equal(with_penalty[key], without[key])
 
-    # Central differences in float64 through nnctl.gradcheck: the penalty is part of its loss.
+    # Central differences in float64 through nnctl.diagnostics.gradcheck: the penalty is part of its loss.
     rows, loss, _ = gradcheck(session, inputs, targets)
     assert all(r.passed for r in rows), [r for r in rows if not r.passed]
     output = session.model.forward(session.params.frozen(), {"x": inputs["x"]}, ForwardContext(session.backend))

@@ -1,19 +1,19 @@
 """Per-layer timing of a training step, like `caffe time`: forward, backward and their share.
 
-It times what `nnctl train` runs: a compiled step (nnctl.plan.TrainStep) of its own, whose layer
+It times what `nnctl train` runs: a compiled step (nnctl.train.step.TrainStep) of its own, whose layer
 closures are wrapped with timers, then the optimizer update. The loss gives its value and its
 gradient in one call, so its time is all in the forward column. What the layers and the update
 do not account for is the step's own overhead (its loops, and a regularization penalty if any).
 On CuPy the device is synchronised around each timed region, so times are the kernels' own.
-No printing: `time_step` returns plain data that nnctl.report renders.
+No printing: `time_step` returns plain data that nnctl.cli.report renders.
 """
 from __future__ import annotations
 
 import time
 
-from nnctl.gradcheck import random_batch
-from nnctl.graph import STREAM_DROPOUT, ForwardContext, rng_for
-from nnctl.plan import TrainStep
+from nnctl.diagnostics.gradcheck import random_batch
+from nnctl.model.graph import STREAM_DROPOUT, ForwardContext, rng_for
+from nnctl.train.step import TrainStep
 
 LOSS = "loss"
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from nnctl.errors import MissingTool, Problem, UsageError
-from nnctl.fileio import atomic_write
+from nnctl.io.atomic import atomic_write
 
 DOT_SUFFIXES = (".dot", ".gv")
 PICTURE_SUFFIXES = (".svg", ".png", ".pdf")

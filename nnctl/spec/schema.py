@@ -3,22 +3,22 @@
 Layer types are a oneOf on `type`; losses, optimizers, initializers and activations are a name or
 a `{type: name, option: value}` mapping; every option carries its default and description. Editors
 (VS Code's YAML extension, JetBrains IDEs) use it for completion, hover help and checking as you type.
-nnctl itself validates specs with nnctl.spec (which also checks references and shapes); the schema
+nnctl itself validates specs with nnctl.spec.load (which also checks references and shapes); the schema
 only describes the format.
 """
 from __future__ import annotations
 
 import math
 
-from nnctl.activations import ACTIVATIONS
-from nnctl.backend import BACKENDS
-from nnctl.initializers import INITIALIZERS
-from nnctl.layers import LAYERS
-from nnctl.losses import LOSSES
-from nnctl.metrics import METRICS
-from nnctl.optimizers import OPTIMIZERS
+from nnctl.model.activations import ACTIVATIONS
+from nnctl.core.backend import BACKENDS
+from nnctl.model.initializers import INITIALIZERS
+from nnctl.model.layers import LAYERS
+from nnctl.train.losses import LOSSES
+from nnctl.train.metrics import METRICS
+from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.options import REQUIRED, Section, Typed
-from nnctl.spec import DATA_KEYS, DTYPES, TOP_LEVEL_KEYS, TRAIN_OPTIONS
+from nnctl.spec.load import DATA_KEYS, DTYPES, TOP_LEVEL_KEYS, TRAIN_OPTIONS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:nnctl:spec"

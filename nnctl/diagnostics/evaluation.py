@@ -2,7 +2,7 @@
 confusion matrix with per-class precision, recall, F1 and support (scikit-learn's definitions).
 
 No printing: `evaluate_file` returns plain data (lists and floats, ready for JSON) that
-nnctl.report renders.
+nnctl.cli.report renders.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 
 import numpy
 
-from nnctl.training import load_spec_data
+from nnctl.train.session import load_spec_data
 
 # Losses whose targets are classes: sparse labels, one-hot rows, or one 0/1 unit (two classes).
 CLASS_TARGETS = ("labels", "one_hot")

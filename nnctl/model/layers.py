@@ -5,7 +5,7 @@ any data exists), declares its weights, and computes its output from primitives.
 type means one class here and one entry in `LAYERS`.
 
 `call` computes with autograd primitives (gradcheck and explain use it); `kernel` optionally
-compiles the layer for nnctl.plan's step (training, evaluation, prediction): a forward and a
+compiles the layer for nnctl.train.step's step (training, evaluation, prediction): a forward and a
 backward closure over buffers allocated once per batch size. A layer without one runs `call`.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nnctl import ops
-from nnctl.activations import ACTIVATIONS
-from nnctl.initializers import INITIALIZERS
+from nnctl.core import ops
+from nnctl.model.activations import ACTIVATIONS
+from nnctl.model.initializers import INITIALIZERS
 from nnctl.options import Option, Section, Typed, boolean, integer, number
 
 # Keras' L1L2 regularizer: l1 * sum(|w|) + l2 * sum(w^2), added to the loss.

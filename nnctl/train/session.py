@@ -3,7 +3,7 @@
 `Session` is a spec compiled on a backend: model, weights in flat buffers, loss, metrics,
 optimizer. `fit` runs epochs of mini-batch steps (forward, backward, one optimizer step over the
 flat buffer) and reports through a `Progress` object that the CLI renders. Once per epoch it
-consults nnctl.controls: the epoch's learning rate, the best epoch, early stopping.
+consults nnctl.train.controls: the epoch's learning rate, the best epoch, early stopping.
 """
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from nnctl import ops
-from nnctl.controls import Controls
-from nnctl.data import Batches, load_dataset, split
+from nnctl.core import ops
+from nnctl.train.controls import Controls
+from nnctl.data.dataset import Batches, load_dataset, split
 from nnctl.errors import SpecError, TrainingDiverged
-from nnctl.graph import STREAM_DROPOUT, STREAM_SHUFFLE, STREAM_SPLIT, ForwardContext, Model, Parameters, rng_for
-from nnctl.losses import LOSSES
-from nnctl.metrics import METRICS
-from nnctl.optimizers import OPTIMIZERS
-from nnctl.plan import TrainStep
+from nnctl.model.graph import STREAM_DROPOUT, STREAM_SHUFFLE, STREAM_SPLIT, ForwardContext, Model, Parameters, rng_for
+from nnctl.train.losses import LOSSES
+from nnctl.train.metrics import METRICS
+from nnctl.train.optimizers import OPTIMIZERS
+from nnctl.train.step import TrainStep
 
 
 class Session:
@@ -38,7 +38,7 @@ class Session:
         # Layers whose weights add a penalty to the loss (a kernel_regularizer with l1 or l2 > 0).
         self.regularized = [node for node in self.model.nodes
                             if any((node.layer.config.get("kernel_regularizer") or {}).values())]
-        self._steps = {}  # batch size -> nnctl.plan.TrainStep
+        self._steps = {}  # batch size -> nnctl.train.step.TrainStep
 
     def penalty(self, weights):
         """The regularization penalty as a scalar tensor (Keras adds it to the loss), or None."""
@@ -56,7 +56,7 @@ class Session:
         return loss if penalty is None else ops.add(loss, penalty)
 
     def gradients(self, inputs, targets, ctx):
-        """One batch forward and backward through the compiled step (nnctl.plan):
+        """One batch forward and backward through the compiled step (nnctl.train.step):
         (loss, output, penalty or None) arrays. The gradients land in `params.grad_flat`."""
         return self._step(len(targets))(inputs, targets, ctx)
 
@@ -172,7 +172,7 @@ class Interrupted(Exception):
 
 @dataclass
 class TrainState:
-    """Everything needed to continue a run bit-exactly: see nnctl.checkpoint for its file form.
+    """Everything needed to continue a run bit-exactly: see nnctl.train.checkpoint for its file form.
 
     `step` is the number of steps done in `epoch`; 0 means `epoch` has not started. `order` is
     that epoch's sample order once it has started.
@@ -186,7 +186,7 @@ class TrainState:
     shuffle_rng: dict | None = None  # bit-generator states
     dropout_rng: dict | None = None
     optimizer: dict | None = None
-    controls: dict = field(default_factory=dict)  # nnctl.controls.Controls.state(): JSON-able
+    controls: dict = field(default_factory=dict)  # nnctl.train.controls.Controls.state(): JSON-able
     best_weights: object = None  # host copy of the flat weights of the best epoch, or None
 
 
@@ -194,7 +194,7 @@ class History(list):
     """`fit`'s result: one dict of logs per epoch, and how the run ended.
 
     `stopped_early`: None, or {epoch, reason, ...} when early stopping ended the run.
-    `best`: None, or {monitor, value, epoch}: the best epoch (see nnctl.controls.Controls).
+    `best`: None, or {monitor, value, epoch}: the best epoch (see nnctl.train.controls.Controls).
     `best_weights`: host arrays keyed like the weights file, of that epoch, or None.
     """
 

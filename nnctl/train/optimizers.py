@@ -5,7 +5,7 @@ lists where Keras' formulas differ). Every parameter lives in one flat buffer, s
 handful of whole-buffer, in-place operations whatever the number of layers.
 
 A step reads the rate from `optimizer.learning_rate`, which a schedule may set between steps
-(nnctl.controls sets it once per epoch); it starts as the `learning_rate` option. Gradient
+(nnctl.train.controls sets it once per epoch); it starts as the `learning_rate` option. Gradient
 clipping (`clipnorm`: the global norm of the whole flat gradient, torch's clip_grad_norm_ and
 Keras' global_clipnorm; `clipvalue`: each element) happens in `step`, before the update.
 """
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
-from nnctl.backend import namespace_of, to_host
+from nnctl.core.backend import namespace_of, to_host
 from nnctl.options import Option, boolean, number, optional
 
-try:  # Adam's update as one compiled loop (nnctl/_kernels.c), built by pip where a C compiler is
-    from nnctl._kernels import adam as fused_adam
+try:  # Adam's update as one compiled loop (nnctl/core/_loops.c), built by pip where a C compiler is
+    from nnctl.core._loops import adam as fused_adam
 except ImportError:  # the same update as NumPy passes, bit for bit
     fused_adam = None
 
@@ -65,7 +65,7 @@ class Optimizer:
         raise NotImplementedError
 
     def compiled(self, xp) -> bool:
-        """Whether `update` on `xp` runs as one compiled loop (nnctl._kernels) rather than passes."""
+        """Whether `update` on `xp` runs as one compiled loop (nnctl.core._loops) rather than passes."""
         return False
 
     def state_dict(self) -> dict:
@@ -129,7 +129,7 @@ class Adam(Optimizer):
         with c = sqrt(1 - beta_2) / sqrt(bc2), eps' = eps / c, step = lr / bc1 * (1 - beta_1) / c.
     Equal to torch's formula in exact arithmetic; float64 results agree to rounding.
 
-    On NumPy the passes run as one compiled loop when nnctl._kernels is built, with the same
+    On NumPy the passes run as one compiled loop when nnctl.core._loops is built, with the same
     roundings in the same order: bit-identical weights, a quarter of the time.
     """
 

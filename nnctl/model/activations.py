@@ -1,6 +1,6 @@
 """Activation functions by name: used by activation layers and by `dense.activation`.
 
-Each has an autograd form (`apply`, on tensors) and a compiled form for nnctl.plan (`kernel`):
+Each has an autograd form (`apply`, on tensors) and a compiled form for nnctl.train.step (`kernel`):
 relu and linear run in place over preallocated buffers; the others call their primitive's
 forward and VJP directly, the same arithmetic as autograd without the graph.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnctl import ops
+from nnctl.core import ops
 from nnctl.options import Option, integer, number
 
 
@@ -54,7 +54,7 @@ def _identity_kernel(xp, out):
 @dataclass(frozen=True)
 class Activation:
     apply: object  # (Tensor, **options) -> Tensor
-    kernel: object  # (xp, out buffer, **options) -> (forward, vjp) for nnctl.plan
+    kernel: object  # (xp, out buffer, **options) -> (forward, vjp) for nnctl.train.step
     options: dict = field(default_factory=dict)
     doc: str = ""
 

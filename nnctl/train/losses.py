@@ -4,15 +4,15 @@ A loss turns the model's output and the targets into one scalar tensor: per-samp
 reduced over the batch by their mean (Keras' default) or sum (`reduction: sum`). Cross-entropies
 with `from_logits: true` are computed from log-sum-exp and log-sigmoid, finite for any logits.
 
-`kernel` optionally compiles a loss for nnctl.plan's training step: value and gradient with
+`kernel` optionally compiles a loss for nnctl.train.step's training step: value and gradient with
 respect to the output in one pass over preallocated buffers. Others train through `__call__`.
 """
 from __future__ import annotations
 
 import math
 
-from nnctl import ops
-from nnctl.backend import namespace_of
+from nnctl.core import ops
+from nnctl.core.backend import namespace_of
 from nnctl.options import Option, boolean, number, one_of
 
 # Keras clips probabilities to [EPSILON, 1 - EPSILON] before taking their log.

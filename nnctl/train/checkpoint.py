@@ -16,10 +16,10 @@ import os
 import numpy
 
 from nnctl.errors import Problem, WeightsError
-from nnctl.fileio import atomic_write
-from nnctl.optimizers import OPTIMIZERS
-from nnctl.training import TrainState
-from nnctl.weights import read_arrays
+from nnctl.io.atomic import atomic_write
+from nnctl.train.optimizers import OPTIMIZERS
+from nnctl.train.session import TrainState
+from nnctl.io.weights import read_arrays
 
 FORMAT = 3  # 2: training controls (meta "controls", array "best_weights"); 3: Adam keeps decayed sums
 

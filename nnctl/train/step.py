@@ -1,6 +1,6 @@
 """The compiled training step: a model's graph lowered once to flat lists of closures.
 
-Autograd (nnctl.autograd) records a fresh graph on every call: right for gradcheck, explain and
+Autograd (nnctl.core.autograd) records a fresh graph on every call: right for gradcheck, explain and
 any function of tensors, but each training step then pays for Tensors, closures, a topological
 sort and fresh arrays, which on a small net cost more than its arithmetic. A model's graph is
 static once compiled from the spec, so `TrainStep` lowers it once per batch size: each layer
@@ -13,7 +13,7 @@ every spec compiles; tests/test_plan.py checks each layer, activation and loss a
 """
 from __future__ import annotations
 
-from nnctl.autograd import Tensor, backward
+from nnctl.core.autograd import Tensor, backward
 
 
 class TrainStep:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from nnctl.autograd import Primitive, unbroadcast
+from nnctl.core.autograd import Primitive, unbroadcast
 
 # --- arithmetic (broadcasting; gradients summed back by unbroadcast) -----------------------------
 add = Primitive(

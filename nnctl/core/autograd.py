@@ -5,13 +5,13 @@ closure computing that parent's vector-Jacobian product. `backward` sorts the gr
 topologically (iteratively: deep graphs never hit Python's recursion limit) and makes one reverse
 sweep, summing gradients where a value feeds several consumers.
 
-Primitives are registered in one table (`PRIMITIVES`, filled by nnctl.ops): a forward function
+Primitives are registered in one table (`PRIMITIVES`, filled by nnctl.core.ops): a forward function
 and one VJP per differentiable argument, in the style of HIPS autograd. Composite functions are
 written with primitives and need no VJP of their own.
 """
 from __future__ import annotations
 
-from nnctl.backend import namespace_of
+from nnctl.core.backend import namespace_of
 
 PRIMITIVES: dict[str, "Primitive"] = {}
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nnctl.autograd import Tensor
+from nnctl.core.autograd import Tensor
 from nnctl.errors import SpecError, WeightsError, did_you_mean
-from nnctl.activations import ACTIVATIONS
-from nnctl.initializers import INITIALIZERS
-from nnctl.layers import LAYERS, ShapeConflict
+from nnctl.model.activations import ACTIVATIONS
+from nnctl.model.initializers import INITIALIZERS
+from nnctl.model.layers import LAYERS, ShapeConflict
 
 # Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
 STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK = range(5)
@@ -31,7 +31,7 @@ def rng_for(seed: int, stream: int):
 @dataclass
 class Node:
     name: str
-    layer: object  # nnctl.layers.Layer
+    layer: object  # nnctl.model.layers.Layer
     inputs: list  # names
     index: int  # position in the spec's `layers`
 

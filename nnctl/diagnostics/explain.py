@@ -10,14 +10,14 @@ L = 0.5 * sum((a - y)^2) — the hand-derived formulas are evaluated too:
     hidden layer:  dL/da = dL/dz_next @ W_next^T     (summed over the layers it feeds)
     weights:       dL/dW = a_prev^T @ dL/dz,  dL/db = dL/dz
 
-No printing: `explain` returns plain data that nnctl.report renders.
+No printing: `explain` returns plain data that nnctl.cli.report renders.
 """
 from __future__ import annotations
 
 import numpy
 
-from nnctl.autograd import backward
-from nnctl.gradcheck import _Recorder
+from nnctl.core.autograd import backward
+from nnctl.diagnostics.gradcheck import _Recorder
 
 PREACTIVATION = "/preactivation"
 

@@ -11,7 +11,7 @@ import zlib
 import numpy
 
 from nnctl.errors import Problem, WeightsError
-from nnctl.fileio import atomic_write
+from nnctl.io.atomic import atomic_write
 
 
 def save_weights(path, weights: dict) -> None:

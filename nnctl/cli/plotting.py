@@ -2,7 +2,7 @@
 
 `save_figure` draws with matplotlib (the optional `[plot]` extra, imported only when called, and
 never through pyplot: no global backend is changed). Without it, `line_chart` lays the curves out
-on a braille canvas (2 x 4 dots per character cell) that nnctl.report renders in the terminal, and
+on a braille canvas (2 x 4 dots per character cell) that nnctl.cli.report renders in the terminal, and
 `sparkline` gives the one-line version shown at the end of `nnctl train`. No printing here.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from nnctl.errors import DataError, Problem, UsageError
-from nnctl.fileio import atomic_write
+from nnctl.io.atomic import atomic_write
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 INSTALL_HINT = "pip install 'nnctl[plot]' (or pip install matplotlib)"

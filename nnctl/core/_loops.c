@@ -1,4 +1,4 @@
-/* nnctl._kernels: Adam's update as one loop over the flat buffers (see nnctl/optimizers.py).
+/* nnctl.core._loops: Adam's update as one loop over the flat buffers (see nnctl/train/optimizers.py).
 
    NumPy runs an update as whole-buffer passes, one per operation: 10 passes over 5 buffers for
    Adam, a quarter of a training step on an MLP. This loop reads each element once. It performs
@@ -107,6 +107,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "nnctl._kernels", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "nnctl.core._loops", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__loops(void) { return PyModule_Create(&module); }

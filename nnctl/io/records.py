@@ -8,7 +8,7 @@ import platform
 import numpy
 
 from nnctl import __version__
-from nnctl.fileio import atomic_write
+from nnctl.io.atomic import atomic_write
 
 
 def history_columns(history: list[dict]) -> list[str]:

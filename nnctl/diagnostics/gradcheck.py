@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy
 
-from nnctl import ops
-from nnctl.autograd import Tensor, backward
-from nnctl.graph import STREAM_GRADCHECK, ForwardContext, rng_for
+from nnctl.core import ops
+from nnctl.core.autograd import Tensor, backward
+from nnctl.model.graph import STREAM_GRADCHECK, ForwardContext, rng_for
 
 
 @dataclass

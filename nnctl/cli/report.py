@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nnctl.layers import count_params
+from nnctl.model.layers import count_params
 
 
 def render_text(renderable, width: int = 120) -> str:
@@ -104,7 +104,7 @@ def _fmt_log(key, value) -> str:
 
 def history_view(history: list[dict], title: str = "Training history"):
     table = Table(title=title, title_justify="left")
-    from nnctl.runs import history_columns
+    from nnctl.io.records import history_columns
 
     keys = [k for k in history_columns(history) if k not in ("seconds",)]
     for key in keys:
@@ -265,7 +265,7 @@ class CurvesChart:
         self.data, self.height, self.max_width = data, height, max_width
 
     def __rich_console__(self, console, options):
-        from nnctl.plotting import TRAIN, VALIDATION, line_chart
+        from nnctl.cli.plotting import TRAIN, VALIDATION, line_chart
 
         epochs = self.data["epochs"]
         for index, (name, curve) in enumerate(self.data["curves"].items()):
@@ -302,7 +302,7 @@ def curves_view(data: dict, height: int = 8):
 
 def loss_sparkline(history: list[dict], width: int = 40):
     """One line per loss curve (train, and validation when logged): first value, sparkline, last value."""
-    from nnctl.plotting import sparkline
+    from nnctl.cli.plotting import sparkline
 
     lines = []
     curves = {key: [row[key] for row in history if isinstance(row.get(key), (int, float))] for key in ("loss", "val_loss")}

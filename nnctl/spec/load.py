@@ -2,22 +2,22 @@
 
 All problems in a spec are reported at once, each with FILE:LINE:COLUMN, the key path, what was
 expected and what was received, and a "did you mean" for a near miss. Graph-level checks
-(references, cycles, shapes) come next, in nnctl.graph.
+(references, cycles, shapes) come next, in nnctl.model.graph.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnctl.backend import BACKENDS
-from nnctl.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
+from nnctl.core.backend import BACKENDS
+from nnctl.train.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
 from nnctl.errors import Problem, SpecError, describe, did_you_mean
-from nnctl.layers import LAYERS
-from nnctl.losses import LOSSES
-from nnctl.metrics import METRICS
-from nnctl.optimizers import OPTIMIZERS
+from nnctl.model.layers import LAYERS
+from nnctl.train.losses import LOSSES
+from nnctl.train.metrics import METRICS
+from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.options import REQUIRED, Invalid, Option, Section, Typed, boolean, integer, number, one_of, text
-from nnctl.yamlmarks import Marks, load_yaml, path_text
+from nnctl.spec.yamlmarks import Marks, load_yaml, path_text
 
 DTYPES = ("float32", "float64")
 TOP_LEVEL_KEYS = (
@@ -223,7 +223,7 @@ def _validate(data: dict, path: Path, c: _Checker, overrides: dict) -> Spec | No
     if c.problems and isinstance(data.get("layers"), list) and len(layers) == len(data["layers"]) and isinstance(data.get("inputs"), dict) and len(inputs) == len(data["inputs"]):
         # Every layer and input was read: report unknown references and duplicate names now,
         # together with the other problems, rather than after they are fixed.
-        from nnctl.graph import reference_problems
+        from nnctl.model.graph import reference_problems
 
         c.problems.extend(reference_problems(inputs, layers, c.problem))
     outputs = _validate_outputs(data.get("outputs"), layers, inputs, c)

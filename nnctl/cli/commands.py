@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from nnctl import __version__
-from nnctl.backend import BACKENDS
+from nnctl.core.backend import BACKENDS
 from nnctl.errors import NnctlError, Problem, TrainingDiverged, WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -73,15 +73,15 @@ def _emit_json(data):
 
 
 def _session(spec_path, backend=None, seed=None, epochs=None, batch_size=None, weights=None, dtype=None):
-    from nnctl.backend import get_backend
-    from nnctl.graph import Model
-    from nnctl.spec import load_spec
-    from nnctl.training import Session
+    from nnctl.core.backend import get_backend
+    from nnctl.model.graph import Model
+    from nnctl.spec.load import load_spec
+    from nnctl.train.session import Session
 
     spec = load_spec(spec_path, {"backend": backend, "seed": seed, "epochs": epochs, "batch_size": batch_size})
     values = None
     if weights is not None:
-        from nnctl.weights import load_weights
+        from nnctl.io.weights import load_weights
 
         values = load_weights(weights, Model(spec).weight_shapes)
     try:
@@ -114,19 +114,19 @@ def cli(ctx, debug, quiet):
 @json_option
 def summary(spec, graph, as_json):
     """Print the layer table, parameter counts and weight names of SPEC."""
-    from nnctl.graph import Model
-    from nnctl.report import summary_data, summary_view
-    from nnctl.spec import load_spec
+    from nnctl.model.graph import Model
+    from nnctl.cli.report import summary_data, summary_view
+    from nnctl.spec.load import load_spec
 
     if graph is not None:
-        from nnctl.graphviz import check_suffix
+        from nnctl.cli.graphviz import check_suffix
 
         check_suffix(graph)
     # No Session: the summary needs shapes only, not weights or arrays (so no NumPy import).
     loaded = load_spec(spec)
     data = summary_data(Model(loaded), loaded.dtype)
     if graph is not None:
-        from nnctl.graphviz import to_dot, write_graph
+        from nnctl.cli.graphviz import to_dot, write_graph
 
         write_graph(to_dot(data), graph)
     if as_json:
@@ -149,11 +149,11 @@ def summary(spec, graph, as_json):
 @json_option
 def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as_json):
     """Train SPEC on its data and save the weights and history."""
-    from nnctl.checkpoint import load_checkpoint, save_checkpoint
-    from nnctl.report import LiveProgress, history_view, loss_sparkline, saved_view, training_end_view
-    from nnctl.runs import save_history, save_run_record
-    from nnctl.training import Interrupted, Progress, fit, load_test_set, training_sets
-    from nnctl.weights import save_weights
+    from nnctl.train.checkpoint import load_checkpoint, save_checkpoint
+    from nnctl.cli.report import LiveProgress, history_view, loss_sparkline, saved_view, training_end_view
+    from nnctl.io.records import save_history, save_run_record
+    from nnctl.train.session import Interrupted, Progress, fit, load_test_set, training_sets
+    from nnctl.io.weights import save_weights
 
     if resume and init_weights:
         raise click.UsageError("--resume continues a checkpoint; it cannot start from --init weights too")
@@ -263,9 +263,9 @@ def _graceful_stop():
 @json_option
 def predict(spec, weights, input_path, output, backend, as_json):
     """Run SPEC with WEIGHTS on the rows of INPUT."""
-    from nnctl.data import load_dataset
-    from nnctl.report import predictions_view
-    from nnctl.runs import save_predictions
+    from nnctl.data.dataset import load_dataset
+    from nnctl.cli.report import predictions_view
+    from nnctl.io.records import save_predictions
 
     if output is not None and output.suffix.lower() not in (".csv", ".npy"):
         raise click.BadParameter(f"expected a .csv or .npy file, received {output.name!r}", param_hint="--output")
@@ -300,9 +300,9 @@ def predict(spec, weights, input_path, output, backend, as_json):
 @json_option
 def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain, as_json):
     """Check SPEC's gradients against central finite differences in float64."""
-    from nnctl.gradcheck import gradcheck as run_check, random_batch
-    from nnctl.report import gradcheck_view
-    from nnctl.training import load_spec_data
+    from nnctl.diagnostics.gradcheck import gradcheck as run_check, random_batch
+    from nnctl.cli.report import gradcheck_view
+    from nnctl.train.session import load_spec_data
 
     session = _session(spec, backend="numpy", weights=weights, dtype="float64")
     if explain:
@@ -314,8 +314,8 @@ def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain,
     else:
         inputs, targets = random_batch(session, batch_size)
     if explain:
-        from nnctl.explain import explain as walkthrough
-        from nnctl.report import explain_view
+        from nnctl.diagnostics.explain import explain as walkthrough
+        from nnctl.cli.report import explain_view
 
         data = walkthrough(session, inputs, targets, eps=eps, rtol=rtol, atol=atol, max_elements=max_elements)
         _emit_json(data) if as_json else _print(explain_view(data))
@@ -341,8 +341,8 @@ def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain,
 def evaluate(spec, weights, data_path, backend, as_json):
     """Loss and metrics of WEIGHTS on every row of SPEC's data (or --data); a confusion matrix and
     per-class precision, recall and F1 for classifiers."""
-    from nnctl.evaluation import evaluate_file
-    from nnctl.report import evaluation_view
+    from nnctl.diagnostics.evaluation import evaluate_file
+    from nnctl.cli.report import evaluation_view
 
     data = evaluate_file(_session(spec, backend, weights=weights), data_path)
     _emit_json(data) if as_json else _print(evaluation_view(data))
@@ -357,8 +357,8 @@ def plot(history, out, as_json):
     """Loss and metric curves, train against validation, from a run's HISTORY (runs/<name>/history.csv).
 
     Without --out, or without matplotlib, the curves are drawn in the terminal."""
-    from nnctl.plotting import PlotUnavailable, check_picture_suffix, curves, read_history, save_figure
-    from nnctl.report import curves_view
+    from nnctl.cli.plotting import PlotUnavailable, check_picture_suffix, curves, read_history, save_figure
+    from nnctl.cli.report import curves_view
 
     if out is not None:
         check_picture_suffix(out)
@@ -386,8 +386,8 @@ def plot(history, out, as_json):
 @json_option
 def time_command(spec, batch_size, iterations, backend, as_json):
     """Per-layer forward and backward milliseconds of a training step on random inputs (like caffe time)."""
-    from nnctl.report import timing_view
-    from nnctl.timing import time_step
+    from nnctl.cli.report import timing_view
+    from nnctl.diagnostics.timing import time_step
 
     session = _session(spec, backend)
     data = time_step(session, batch_size or session.spec.train["batch_size"], iterations)
@@ -399,8 +399,8 @@ def time_command(spec, batch_size, iterations, backend, as_json):
 @json_option
 def config(spec, as_json):
     """SPEC as nnctl reads it, with every default filled in (YAML, or JSON with --json)."""
-    from nnctl.report import config_yaml
-    from nnctl.spec import load_spec
+    from nnctl.cli.report import config_yaml
+    from nnctl.spec.load import load_spec
 
     resolved = load_spec(spec).resolved()
     if as_json:
@@ -419,8 +419,8 @@ def config(spec, as_json):
 @json_option
 def init(csv_file, target, task, out, force, as_json):
     """Write a starter spec for DATA.csv: a small MLP from the other numeric columns to --target."""
-    from nnctl.report import init_view
-    from nnctl.starter import starter_spec, write_new
+    from nnctl.cli.report import init_view
+    from nnctl.cli.starter import starter_spec, write_new
 
     out = out or Path(csv_file.stem + ".yaml")
     text, facts = starter_spec(csv_file, target, task, out)
@@ -439,7 +439,7 @@ def schema(as_json):
     """The JSON Schema (draft 2020-12) of spec files, for editor completion and checking.
 
     Save it (nnctl schema > nnctl.schema.json) and point your editor at it; see the README."""
-    from nnctl.schema import spec_schema
+    from nnctl.spec.schema import spec_schema
 
     _emit_json(spec_schema())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from nnctl.errors import DataError, Problem, UsageError, did_you_mean
-from nnctl.fileio import atomic_write
+from nnctl.io.atomic import atomic_write
 
 TASKS = ("regression", "classification")
 HIDDEN_UNITS = (32, 32)
