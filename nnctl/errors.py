@@ -26,6 +26,12 @@ def describe(value) -> str:
     return repr(value)
 
 
+def number_text(value) -> str:
+    """A data value as the user would write it: 3, 1.5, nan (not np.float64(3.0))."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def did_you_mean(word, choices) -> str:
     """' (did you mean 'x'?)' for the nearest choice, or '' when nothing is close."""
     if not isinstance(word, str):

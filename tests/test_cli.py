@@ -174,7 +174,7 @@ def test_cupy_backend_without_gpu_says_what_is_missing(project):
 def test_device_resident_batches_match_host_batches(project):
     """The GPU path (data copied to the device once, gathered there) yields the host path's batches."""
     from nnctl.core.backend import get_backend
-    from nnctl.data.dataset import Batches
+    from nnctl.data.batches import Batches
     from nnctl.spec.load import load_spec
     from nnctl.train.session import Session, load_spec_data
 

@@ -15,7 +15,8 @@ import numpy
 
 from nnctl.core import ops
 from nnctl.train.controls import Controls
-from nnctl.data.dataset import Batches, load_dataset, split
+from nnctl.data.batches import Batches
+from nnctl.data.dataset import load_dataset, split
 from nnctl.errors import SpecError, TrainingDiverged
 from nnctl.model.graph import STREAM_DROPOUT, STREAM_SHUFFLE, STREAM_SPLIT, ForwardContext, Model, Parameters, rng_for
 from nnctl.train.losses import LOSSES
