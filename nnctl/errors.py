@@ -32,6 +32,12 @@ def number_text(value) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def shape_text(shape, batch: bool = True) -> str:
+    """A shape as Keras prints it: (None, 2) with the batch axis, (2, 1) or (3,) without."""
+    dims = (["None"] if batch else []) + ["None" if n is None else str(n) for n in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 def did_you_mean(word, choices) -> str:
     """' (did you mean 'x'?)' for the nearest choice, or '' when nothing is close."""
     if not isinstance(word, str):

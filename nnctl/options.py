@@ -1,12 +1,14 @@
 """Declared options: what each layer, loss, optimizer and initializer accepts.
 
 Each registry entry declares its options once, as `Option`s; spec validation, `nnctl config`
-defaults, the README reference and the JSON Schema all read these declarations.
+defaults and the JSON Schema (`nnctl schema`) read these declarations. The README's reference is
+written by hand; tests/test_commands.py checks that it names every registry entry.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Required:
@@ -105,6 +107,13 @@ class Option:
     check: Check
     default: object = REQUIRED
     doc: str = ""
+
+
+class Choice(NamedTuple):
+    """A resolved registry choice: the entry's name and its options with defaults filled in."""
+
+    name: str
+    options: dict
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ full and a partial batch on one session, with its buffers reused call after call
 buffer is filled with NaN before each compiled step: the step must write every gradient (it
 assigns, it does not accumulate, and nothing zeroes it in `fit`).
 
-Also: float32 stays float32, a layer that reads the data computes no input gradient, and a layer
-without a kernel (dropout) trains through the autograd fallback with the same random draws.
+Also: float32 stays float32, a layer that reads the data computes no input gradient, and dropout's
+compiled form draws the same masks as autograd from the forward context.
 """
 from __future__ import annotations
 
@@ -318,8 +318,8 @@ def test_float32_stays_float32(make_session, backend, name):
     _assert_same(compiled, _reference(session, inputs, targets, 9), tol=dict(rtol=2e-5, atol=1e-6))
 
 
-# --- kernels of layers that read the data ----------------------------------------------------------
-def _kernel_session(make_session, backend):
+# --- compiled layers that read the data ------------------------------------------------------------
+def _compiled_layer_session(make_session, backend):
     spec = mlp({"name": "d", "from": "x", **dense(4, "tanh")},
                {"name": "r", "type": "elu", "from": "x"},
                {"name": "c", "type": "concat", "from": ["x", "d"]},
@@ -343,22 +343,22 @@ def _autograd_input_grads(session, layer, arrays, g, needs_grad):
     ("c", [False, True]), ("c", [True, True]),
     ("s", [True, False]), ("s", [False, False]),
 ])
-def test_layer_kernel_input_gradients(make_session, backend, layer_name, needs_grad):
-    """Where `needs_grad` is false (an input of the model) the kernel returns None for it; where
+def test_compiled_layer_input_gradients(make_session, backend, layer_name, needs_grad):
+    """Where `needs_grad` is false (an input of the model) the compiled backward returns None for it; where
     true, autograd's input gradient. The weight gradients are written either way."""
-    session = _kernel_session(make_session, backend)
+    session = _compiled_layer_session(make_session, backend)
     xp = backend.xp
     node = next(n for n in session.model.nodes if n.name == layer_name)
     layer = node.layer
     weights = {w.name: session.params.views[f"{layer.name}/{w.name}"] for w in layer.weights}
     grads = {w.name: xp.full(weights[w.name].shape, np.nan) for w in layer.weights}
-    forward, node_backward = layer.kernel(xp, FULL, "float64", weights, grads, needs_grad)
+    forward, node_backward = layer.compile(xp, FULL, "float64", weights, grads, needs_grad)
     rng = np.random.default_rng(8)
     arrays = [backend.asarray(rng.standard_normal((FULL, *session.model.shapes[ref]))) for ref in node.inputs]
     g = backend.asarray(rng.standard_normal((FULL, *layer.output_shape)))
     g_kept = _host(session, g)
 
-    out = forward(*arrays)
+    out = forward(_ctx(session, 0), *arrays)
     input_grads = node_backward(g)
     ref_out, ref_input_grads, ref_weight_grads = _autograd_input_grads(session, layer, arrays, g, needs_grad)
 
@@ -375,23 +375,24 @@ def test_layer_kernel_input_gradients(make_session, backend, layer_name, needs_g
 
 
 def test_dense_reading_the_data_returns_no_input_gradient(make_session, backend):
-    session = _kernel_session(make_session, backend)
+    session = _compiled_layer_session(make_session, backend)
     layer = session.model.nodes[0].layer
     assert layer.name == "d"
     weights = {"kernel": session.params.views["d/kernel"], "bias": session.params.views["d/bias"]}
     grads = {"kernel": backend.xp.zeros((3, 4)), "bias": backend.xp.zeros(4)}
-    forward, node_backward = layer.kernel(backend.xp, FULL, "float64", weights, grads, needs_grad=[False])
-    forward(backend.asarray(np.ones((FULL, 3))))
+    forward, node_backward = layer.compile(backend.xp, FULL, "float64", weights, grads, needs_grad=[False])
+    forward(_ctx(session, 0), backend.asarray(np.ones((FULL, 3))))
     assert node_backward(backend.asarray(np.ones((FULL, 4)))) == (None,)
     assert np.any(_host(session, grads["kernel"]) != 0)
 
 
 # --- the autograd fallback -------------------------------------------------------------------------
-def test_dropout_has_no_kernel_and_trains_through_the_fallback(make_session, backend):
+def test_dropout_compiles_and_draws_the_masks_autograd_draws(make_session, backend):
+    """Dropout reads the forward context: its mask in training, the identity in inference."""
     spec = mlp(dense(6, "tanh"), {"name": "drop", "type": "dropout", "rate": 0.5}, dense(2))
     session = make_session({"seed": 3, **spec}, backend=backend)
     dropout = next(n.layer for n in session.model.nodes if n.name == "drop")
-    assert dropout.kernel(backend.xp, FULL, "float64", {}, {}, [True]) is None
+    assert dropout.compile(backend.xp, FULL, "float64", {}, {}, [True]) is not None
     inputs, targets = _batch(session, FULL, 6)
 
     compiled = _compiled(session, inputs, targets, seed=21)

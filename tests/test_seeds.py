@@ -10,7 +10,8 @@ from nnctl.core.autograd import backward
 from nnctl.core.backend import get_backend
 from nnctl.diagnostics.gradcheck import _Recorder
 from nnctl.spec.load import load_spec
-from nnctl.train.session import Session, fit, load_spec_data, training_sets
+from nnctl.train.fit import fit
+from nnctl.train.session import Session, load_spec_data, training_sets
 from tests.helpers import ROOT, SPECS, run_json
 
 

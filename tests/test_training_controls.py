@@ -25,7 +25,8 @@ from nnctl.diagnostics.gradcheck import gradcheck, random_batch
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.cli.report import render_text
 from nnctl.spec.load import load_spec
-from nnctl.train.session import Interrupted, Progress, Session, fit, load_test_set, training_sets
+from nnctl.train.fit import Interrupted, Progress, fit
+from nnctl.train.session import Session, load_test_set, training_sets
 from tests.helpers import run, run_json
 
 torch = pytest.importorskip("torch")

@@ -152,7 +152,8 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as
     from nnctl.train.checkpoint import load_checkpoint, save_checkpoint
     from nnctl.cli.report import LiveProgress, history_view, loss_sparkline, saved_view, training_end_view
     from nnctl.io.records import save_history, save_run_record
-    from nnctl.train.session import Interrupted, Progress, fit, load_test_set, training_sets
+    from nnctl.train.fit import Interrupted, Progress, fit
+    from nnctl.train.session import load_test_set, training_sets
     from nnctl.io.weights import save_weights
 
     if resume and init_weights:

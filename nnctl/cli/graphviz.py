@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nnctl.errors import MissingTool, Problem, UsageError
+from nnctl.errors import MissingTool, Problem, UsageError, shape_text
 from nnctl.io.atomic import atomic_write
 
 DOT_SUFFIXES = (".dot", ".gv")
@@ -21,7 +21,8 @@ INSTALL_HINT = "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS
 
 
 def _shape(shape) -> str:
-    return "(" + ", ".join("None" if n is None else str(n) for n in shape) + ")"
+    """A summary_data shape ([None, *per-sample]) as Keras prints it."""
+    return shape_text(shape[1:])
 
 
 def _quote(name: str) -> str:

@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nnctl.model.layers import count_params
+from nnctl.errors import shape_text
+from nnctl.model.layers.base import count_params
 
 
 def render_text(renderable, width: int = 120) -> str:
@@ -33,10 +34,6 @@ def human_bytes(count: int) -> str:
     return f"{size:.2f} GB"
 
 
-def _shape(shape) -> str:
-    return "(" + ", ".join(["None"] + [str(n) for n in shape]) + ")"
-
-
 # --- summary -------------------------------------------------------------------------------------
 def summary_data(model, dtype: str) -> dict:
     itemsize = 4 if dtype == "float32" else 8
@@ -51,16 +48,17 @@ def summary_data(model, dtype: str) -> dict:
             "connected_to": list(node.inputs),
         })
     total = sum(layer["params"] for layer in layers)
+    trainable = sum(count_params(node.layer, trainable=True) for node in model.nodes)
     return {
         "name": model.spec.name,
         "dtype": dtype,
         "layers": layers,
         "output": model.output,
         "total_params": total,
-        "trainable_params": total,
-        "non_trainable_params": 0,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
         "total_bytes": total * itemsize,
-        "weights": [{"name": key, "shape": list(w.shape)} for key, w in model.weight_specs],
+        "weights": [{"name": key, "shape": list(w.shape), "trainable": w.trainable} for key, w in model.weight_specs],
     }
 
 
@@ -71,7 +69,7 @@ def summary_view(data: dict):
     table.add_column("Param #", justify="right")
     table.add_column("Connected to")
     for i, layer in enumerate(data["layers"]):
-        shape = "(" + ", ".join("None" if n is None else str(n) for n in layer["output_shape"]) + ")"
+        shape = shape_text(layer["output_shape"][1:])
         connected = ", ".join(f"{escape(n)}[0][0]" for n in layer["connected_to"]) or "-"
         table.add_row(f"{escape(layer['name'])} ({layer['class']})", shape, f"{layer['params']:,}", connected,
                       end_section=(layer["class"] == "InputLayer" and i + 1 < len(data["layers"]) and data["layers"][i + 1]["class"] != "InputLayer"))
@@ -79,15 +77,21 @@ def summary_view(data: dict):
     totals = Text(
         f" Total params: {data['total_params']:,} ({human_bytes(data['total_bytes'])})\n"
         f" Trainable params: {data['trainable_params']:,} ({human_bytes(data['trainable_params'] * itemsize)})\n"
-        f" Non-trainable params: {data['non_trainable_params']:,} ({human_bytes(0)})"
+        f" Non-trainable params: {data['non_trainable_params']:,} ({human_bytes(data['non_trainable_params'] * itemsize)})"
     )
-    weights = Table(title="Trainable variables", title_justify="left")
-    weights.add_column("Name (weights-file key)", no_wrap=True)
-    weights.add_column("Shape")
-    weights.add_column("Count", justify="right")
-    for w in data["weights"]:
-        weights.add_row(escape(w["name"]), "(" + ", ".join(map(str, w["shape"])) + (",)" if len(w["shape"]) == 1 else ")"), f"{math.prod(w['shape']):,}")
-    return Group(table, totals, Text(""), weights)
+    parts = [table, totals]
+    for trainable, title in ((True, "Trainable variables"), (False, "Non-trainable variables")):
+        rows = [w for w in data["weights"] if w["trainable"] == trainable]
+        if not rows and not trainable:
+            continue
+        weights = Table(title=title, title_justify="left")
+        weights.add_column("Name (weights-file key)", no_wrap=True)
+        weights.add_column("Shape")
+        weights.add_column("Count", justify="right")
+        for w in rows:
+            weights.add_row(escape(w["name"]), shape_text(w["shape"], batch=False), f"{math.prod(w['shape']):,}")
+        parts += [Text(""), weights]
+    return Group(*parts)
 
 
 # --- training --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy
 
 from nnctl.data.readers import CSV_SUFFIXES, RowFile, read_csv, read_npy, read_npz
-from nnctl.data.targets import check_targets, sample_locator
+from nnctl.data.targets import VALUES, sample_locator
 from nnctl.errors import DataError, Problem
 
 
@@ -28,8 +28,9 @@ class Dataset:
         return Dataset(self.file, self.inputs, self.targets, rows)
 
 
-def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, loss=None, output_units=None, dtype="float32") -> Dataset:
-    """Read `file`, pick the model's inputs (and targets unless `target_columns` is None), check them."""
+def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kind=VALUES, output_units=None, dtype="float32") -> Dataset:
+    """Read `file`, pick the model's inputs (and targets unless `target_columns` is None), check them
+    (targets as the loss's `kind` of target, nnctl.data.targets)."""
     file = Path(file)
     if not file.exists():
         raise DataError(Problem("expected a data file, received a path that does not exist", str(file)))
@@ -53,7 +54,7 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, los
     if targets is not None:
         if len(targets) != n:
             raise DataError(Problem(f"expected {n} targets (one per sample), received {len(targets)}", str(file)))
-        targets = check_targets(file, targets, loss, output_units, dtype, locate or sample_locator(file, target_columns))
+        targets = kind.check(file, targets, output_units, dtype, locate or sample_locator(file, target_columns))
     return Dataset(file, inputs, targets, numpy.arange(n))
 
 

@@ -1,4 +1,9 @@
-"""Targets: the values a loss is trained against, checked against the loss's kind of target."""
+"""Kinds of target: what a loss is trained against, owned by the loss (`Loss.targets`).
+
+Each kind checks a data file's targets, draws random ones (gradcheck, `nnctl time`), counts
+correct predictions for `accuracy`, and says which classes targets and outputs name, for
+evaluation and prediction. Adding a kind of target means one class here.
+"""
 from __future__ import annotations
 
 import numpy
@@ -16,14 +21,71 @@ def sample_locator(file, target_columns):
     return locate
 
 
-def check_targets(file, targets, loss, units, dtype, locate):
-    kind = loss.targets if loss is not None else "values"
+class Targets:
+    """Values of the output's shape (regression); the base of the other kinds."""
 
-    def problem(i, message):
-        place, text = locate(i)
-        return DataError(Problem(f"targets: {message} (in {text})", **place))
+    name = "values"
+    shows_classes = False  # whether `nnctl predict` adds a class column
 
-    if kind == "labels":
+    def check(self, file, targets, units, dtype, locate):
+        """The targets as the step reads them, or a DataError naming the first bad sample."""
+        values = targets.reshape(len(targets), -1) if targets.ndim != 2 else targets
+        if units is not None and values.shape[1] != units:
+            plural = "column" if units == 1 else "columns"
+            raise DataError(Problem(f"targets: expected {units} {plural} (one per output unit), received {values.shape[1]}", str(file)))
+        bad = self._bad_rows(values)
+        if bad is not None and bad.size:
+            row = int(bad[0])
+            place, text = locate(row)
+            raise DataError(Problem(f"targets: expected {self._expected}, received [{', '.join(map(number_text, values[row]))}] (in {text})", **place))
+        return values.astype(dtype, copy=False)
+
+    _expected = ""
+
+    def _bad_rows(self, values):
+        return None
+
+    def random(self, rng, shape):
+        """Seeded targets of this kind for outputs of `shape` (batch first), as host arrays."""
+        return rng.standard_normal(shape)
+
+    def correct(self, xp, output, targets, from_logits: bool):
+        """The batch's count of correct predictions (summed per-sample fractions): Keras'
+        binary accuracy, at 0 for logits and 0.5 for probabilities."""
+        threshold = 0.0 if from_logits else 0.5
+        return ((output > threshold) == (targets > 0.5)).mean(axis=-1).sum()
+
+    def class_count(self, units: int) -> int | None:
+        """How many classes the targets name, or None when they are not classes."""
+        return None
+
+    def true_classes(self, targets):
+        """The class index of each sample's target (host arrays), when there are classes."""
+        return None
+
+    def predicted_classes(self, values):
+        """The class each row of predict's output (probabilities) stands for, when there are classes."""
+        return None
+
+
+class _Classes(Targets):
+    """Targets that name one of the output's units as the class: its argmax is the prediction."""
+
+    shows_classes = True
+
+    def class_count(self, units):
+        return units
+
+    def predicted_classes(self, values):
+        return values.argmax(axis=-1)
+
+
+class Labels(_Classes):
+    """One integer class index per sample (sparse categorical cross-entropy)."""
+
+    name = "labels"
+
+    def check(self, file, targets, units, dtype, locate):
         values = targets.reshape(len(targets), -1) if targets.ndim > 1 else targets[:, None]
         if values.shape[1] != 1:
             raise DataError(Problem(f"targets: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", str(file)))
@@ -31,21 +93,62 @@ def check_targets(file, targets, loss, units, dtype, locate):
         bad = numpy.flatnonzero((labels != numpy.round(labels)) | (labels < 0) | (labels >= units))
         if bad.size:
             row = int(bad[0])
-            raise problem(row, f"expected class indices in [0, {units}) for sparse categorical cross-entropy (the output has {units} units), received {number_text(labels[row])}")
+            place, text = locate(row)
+            raise DataError(Problem(f"targets: expected class indices in [0, {units}) for sparse categorical cross-entropy "
+                                    f"(the output has {units} units), received {number_text(labels[row])} (in {text})", **place))
         return labels.astype(numpy.int64)
-    values = targets.reshape(len(targets), -1) if targets.ndim != 2 else targets
-    if units is not None and values.shape[1] != units:
-        plural = "column" if units == 1 else "columns"
-        raise DataError(Problem(f"targets: expected {units} {plural} (one per output unit), received {values.shape[1]}", str(file)))
-    if kind == "binary":
-        bad = numpy.flatnonzero(((values < 0) | (values > 1)).any(axis=1))
-        if bad.size:
-            row = int(bad[0])
-            raise problem(row, f"expected values in [0, 1] for binary cross-entropy, received [{', '.join(map(number_text, values[row]))}]")
-    if kind == "one_hot":
-        bad = numpy.flatnonzero((values < 0).any(axis=1) | (numpy.abs(values.sum(axis=1) - 1) > 1e-3))
-        if bad.size:
-            row = int(bad[0])
-            raise problem(row, "expected one-hot or probability rows (non-negative, summing to 1) for categorical cross-entropy, "
-                               f"received [{', '.join(map(number_text, values[row]))}]")
-    return values.astype(dtype, copy=False)
+
+    def random(self, rng, shape):
+        return rng.integers(0, shape[-1], shape[:-1])
+
+    def correct(self, xp, output, targets, from_logits):
+        return (output.argmax(axis=-1) == targets).sum()
+
+    def true_classes(self, targets):
+        return targets.reshape(len(targets)).astype(numpy.int64)
+
+
+class OneHot(_Classes):
+    """A one-hot (or probability) row per sample (categorical cross-entropy)."""
+
+    name = "one_hot"
+    _expected = "one-hot or probability rows (non-negative, summing to 1) for categorical cross-entropy"
+
+    def _bad_rows(self, values):
+        return numpy.flatnonzero((values < 0).any(axis=1) | (numpy.abs(values.sum(axis=1) - 1) > 1e-3))
+
+    def random(self, rng, shape):
+        return numpy.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
+
+    def correct(self, xp, output, targets, from_logits):
+        return (output.argmax(axis=-1) == targets.argmax(axis=-1)).sum()
+
+    def true_classes(self, targets):
+        return targets.reshape(len(targets), -1).argmax(axis=1)
+
+
+class Binary(Targets):
+    """0/1 (or a probability) per output unit (binary cross-entropy)."""
+
+    name = "binary"
+    _expected = "values in [0, 1] for binary cross-entropy"
+
+    def _bad_rows(self, values):
+        return numpy.flatnonzero(((values < 0) | (values > 1)).any(axis=1))
+
+    def random(self, rng, shape):
+        return rng.integers(0, 2, shape).astype(numpy.float64)
+
+    def class_count(self, units):
+        # One unit is two classes; several units are independent yes/no questions, not classes.
+        return 2 if units == 1 else None
+
+    def true_classes(self, targets):
+        return (targets.reshape(len(targets)) > 0.5).astype(numpy.int64)
+
+    def predicted_classes(self, values):
+        # The one unit's probability of class 1 (predict gives probabilities for logits too).
+        return (values.reshape(len(values)) > 0.5).astype(numpy.int64)
+
+
+VALUES, LABELS, ONE_HOT, BINARY = Targets(), Labels(), OneHot(), Binary()

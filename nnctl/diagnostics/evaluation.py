@@ -12,36 +12,6 @@ import numpy
 
 from nnctl.train.session import load_spec_data
 
-# Losses whose targets are classes: sparse labels, one-hot rows, or one 0/1 unit (two classes).
-CLASS_TARGETS = ("labels", "one_hot")
-
-
-def is_classifier(session) -> bool:
-    kind = session.loss.targets
-    return kind in CLASS_TARGETS or (kind == "binary" and session.output_units == 1)
-
-
-def true_classes(session, dataset):
-    """Host class index per sample of `dataset`, or None when the loss has no class targets."""
-    targets = numpy.asarray(dataset.targets[dataset.rows])
-    kind = session.loss.targets
-    if kind == "labels":
-        return targets.reshape(len(targets)).astype(numpy.int64)
-    if kind == "one_hot":
-        return targets.reshape(len(targets), -1).argmax(axis=1)
-    if kind == "binary" and session.output_units == 1:
-        return (targets.reshape(len(targets)) > 0.5).astype(numpy.int64)
-    return None
-
-
-def predicted_classes(session, dataset):
-    values, classes = session.predict(dataset)
-    if classes is not None:
-        return classes
-    # One sigmoid unit (or one logit: predict gives its probability): class 1 when p > 0.5.
-    return (values.reshape(len(values)) > 0.5).astype(numpy.int64)
-
-
 def confusion_matrix(true, predicted, classes: int):
     """counts[i][j]: samples of true class i predicted as class j."""
     matrix = numpy.zeros((classes, classes), dtype=numpy.int64)
@@ -86,14 +56,15 @@ def evaluate_file(session, path=None) -> dict:
         "name": session.spec.name,
         "data": os.path.normpath(dataset.file),  # specs/../data/x.csv -> data/x.csv
         "samples": len(dataset),
-        "loss_name": session.spec.loss[0],
+        "loss_name": session.spec.loss.name,
         "metrics": session.evaluate(dataset, batch_size),
         "classification": None,
     }
-    if is_classifier(session):
-        true = true_classes(session, dataset)
-        predicted = predicted_classes(session, dataset)
-        classes = max(session.output_units, 2)
+    kind = session.loss.targets
+    classes = kind.class_count(session.output_units)
+    if classes is not None:
+        true = kind.true_classes(numpy.asarray(dataset.targets[dataset.rows]))
+        predicted = kind.predicted_classes(session.predict(dataset)[0])
         matrix = confusion_matrix(true, predicted, classes)
         rows, averages = per_class_scores(matrix)
         result["classification"] = {

@@ -24,7 +24,7 @@ PREACTIVATION = "/preactivation"
 
 def _is_sigmoid_dense(node) -> bool:
     layer = node.layer
-    return layer.type_name == "dense" and layer.config["activation"][0] == "sigmoid"
+    return layer.type_name == "dense" and layer.config["activation"].name == "sigmoid"
 
 
 def _forward_text(node, symbols) -> str:
@@ -72,7 +72,7 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
 
     # --- hand-derived gradients, walking back from the output ----------------------------------
     # The textbook formulas hold for the plain loss: not with a regularization penalty added.
-    textbook = session.spec.loss[0] == "half_squared_error" and not getattr(session, "regularized", None)
+    textbook = session.spec.loss.name == "half_squared_error" and not getattr(session, "regularized", None)
     value = {name: host(t.value).astype(numpy.float64) for name, t in recorder.nodes.items()}
     y = host(targets).astype(numpy.float64)
     dL_da, dL_dz, formula_text = {}, {}, {}
@@ -118,7 +118,7 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
             forward = _forward_text(layer_of[name[: -len(PREACTIVATION)]], symbols)
         else:
             node = layer_of[name]
-            activation = node.layer.config.get("activation", ("linear", {}))[0] if node.layer.type_name == "dense" else None
+            activation = node.layer.config["activation"].name if node.layer.type_name == "dense" else None
             if activation and activation != "linear":
                 forward = f"{activation}({symbols[name + PREACTIVATION]})"
             else:
@@ -165,7 +165,7 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
 
     return {
         "name": session.spec.name,
-        "loss_name": session.spec.loss[0],
+        "loss_name": session.spec.loss.name,
         "textbook": textbook,
         "loss": float(loss.value),
         "inputs": {k: host(v).reshape(-1).tolist() for k, v in inputs.items()},

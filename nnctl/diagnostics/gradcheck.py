@@ -13,7 +13,8 @@ import numpy
 
 from nnctl.core import ops
 from nnctl.core.autograd import Tensor, backward
-from nnctl.model.graph import STREAM_GRADCHECK, ForwardContext, rng_for
+from nnctl.core.random import STREAM_GRADCHECK, rng_for
+from nnctl.model.graph import ForwardContext
 
 
 @dataclass
@@ -54,17 +55,7 @@ def random_batch(session, size: int, rng=None):
     rng = rng or rng_for(session.spec.seed, STREAM_GRADCHECK)
     model = session.model
     inputs = {name: rng.standard_normal((size,) + shape) for name, shape in model.input_shapes.items()}
-    shape = (size, *model.shapes[model.output])
-    kind = session.loss.targets
-    if kind == "labels":
-        targets = rng.integers(0, shape[-1], shape[:-1])
-    elif kind == "one_hot":
-        targets = numpy.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
-    elif kind == "binary":
-        targets = rng.integers(0, 2, shape).astype(numpy.float64)
-    else:
-        targets = rng.standard_normal(shape)
-    return inputs, targets
+    return inputs, session.loss.targets.random(rng, (size, *model.shapes[model.output]))
 
 
 def _sample(rng, total: int, limit: int):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from nnctl.diagnostics.gradcheck import random_batch
-from nnctl.model.graph import STREAM_DROPOUT, ForwardContext, rng_for
+from nnctl.core.random import STREAM_DROPOUT, rng_for
+from nnctl.model.graph import ForwardContext
 from nnctl.train.step import TrainStep
 
 LOSS = "loss"
@@ -70,7 +71,7 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
     step_ms, update_ms = (step_s + update_s) * ms, update_s * ms
     forward_ms = sum(seconds["forward"].values()) * ms
     classes = {node.name: (node.layer.type_name, node.layer.keras_name) for node in model.nodes}
-    classes[LOSS] = (session.spec.loss[0], "Loss")
+    classes[LOSS] = (session.spec.loss.name, "Loss")
     layers = []
     for name in names:
         layer_forward, layer_backward = seconds["forward"][name] * ms, seconds["backward"][name] * ms
@@ -86,6 +87,6 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
         "layers": layers,
         "forward_ms": forward_ms, "backward_ms": step_s * ms - forward_ms,
         "update_ms": update_ms, "step_ms": step_ms,
-        "optimizer": session.spec.optimizer[0], "optimizer_compiled": optimizer.compiled(backend.xp),
+        "optimizer": session.spec.optimizer.name, "optimizer_compiled": optimizer.compiled(backend.xp),
         "other_ms": max(step_ms - accounted, 0.0),
     }

@@ -1,6 +1,6 @@
 """Activation functions by name: used by activation layers and by `dense.activation`.
 
-Each has an autograd form (`apply`, on tensors) and a compiled form for nnctl.train.step (`kernel`):
+Each has an autograd form (`apply`, on tensors) and a compiled form for the compiled step (`compile`):
 relu and linear run in place over preallocated buffers; the others call their primitive's
 forward and VJP directly, the same arithmetic as autograd without the graph.
 """
@@ -12,8 +12,8 @@ from nnctl.core import ops
 from nnctl.options import Option, integer, number
 
 
-def _primitive_kernel(primitive):
-    def kernel(xp, out, **options):
+def _compile_primitive(primitive):
+    def compile(xp, out, **options):
         """(forward(x) -> a, vjp(g) -> dL/dx); `out` is unused: the primitive allocates."""
         seen = [None, None]
 
@@ -26,10 +26,10 @@ def _primitive_kernel(primitive):
 
         return forward, vjp
 
-    return kernel
+    return compile
 
 
-def _relu_kernel(xp, out):
+def _compile_relu(xp, out):
     """relu into `out` (which may be the input itself: dense's pre-activation buffer)."""
     mask = xp.empty(out.shape, dtype=bool)
     input_grad = xp.empty_like(out)
@@ -47,25 +47,25 @@ def _relu_kernel(xp, out):
     return forward, vjp
 
 
-def _identity_kernel(xp, out):
+def _compile_identity(xp, out):
     return (lambda x: x), (lambda g: g)
 
 
 @dataclass(frozen=True)
 class Activation:
     apply: object  # (Tensor, **options) -> Tensor
-    kernel: object  # (xp, out buffer, **options) -> (forward, vjp) for nnctl.train.step
+    compile: object  # (xp, out buffer, **options) -> (forward(x), vjp(g)) for the compiled step
     options: dict = field(default_factory=dict)
     doc: str = ""
 
 
 def _from_primitive(primitive, doc, options=None) -> Activation:
-    return Activation(primitive, _primitive_kernel(primitive), options or {}, doc)
+    return Activation(primitive, _compile_primitive(primitive), options or {}, doc)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "linear": Activation(lambda x: x, _identity_kernel, doc="identity"),
-    "relu": Activation(ops.relu, _relu_kernel, doc="max(x, 0)"),
+    "linear": Activation(lambda x: x, _compile_identity, doc="identity"),
+    "relu": Activation(ops.relu, _compile_relu, doc="max(x, 0)"),
     "sigmoid": _from_primitive(ops.sigmoid, "1 / (1 + exp(-x))"),
     "tanh": _from_primitive(ops.tanh, "tanh(x)"),
     "softmax": _from_primitive(ops.softmax, "exp(x) / sum(exp(x))", {"axis": Option(integer(), -1, "axis to normalise over")}),

@@ -1,8 +1,8 @@
 """Graph: a validated spec -> layers in topological order with every shape inferred.
 
 No data is needed: unknown references, cycles, duplicate names, layers that never reach the
-output and shape conflicts are all found here, before a file is read. `Parameters` then holds
-every weight in one flat buffer (and every gradient in another) with a view per weight.
+output and shape conflicts are all found here, before a file is read. nnctl.model.parameters
+then holds the weights' values.
 """
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ import math
 from dataclasses import dataclass
 
 from nnctl.core.autograd import Tensor
-from nnctl.errors import SpecError, WeightsError, did_you_mean
+from nnctl.core.random import STREAM_INIT, rng_for
+from nnctl.errors import SpecError, did_you_mean
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.model.initializers import INITIALIZERS
-from nnctl.model.layers import LAYERS, ShapeConflict
+from nnctl.model.layers import LAYERS
+from nnctl.model.layers.base import ShapeConflict
+from nnctl.options import Choice
 
-# Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
-STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK = range(5)
 # Beyond this many values one weight cannot even be indexed by NumPy (8-byte elements).
 MAX_WEIGHT_VALUES = (2**63 - 1) // 8
-
-
-def rng_for(seed: int, stream: int):
-    """A PCG64 generator for one stream of the seed (NumPy's, whatever the backend)."""
-    import numpy  # here, not at the top: `nnctl summary` needs no arrays
-
-    return numpy.random.Generator(numpy.random.PCG64(numpy.random.SeedSequence(seed, spawn_key=(stream,))))
 
 
 @dataclass
@@ -65,7 +59,9 @@ class Model:
         self.output = spec.outputs
         self.nodes = self._order_and_build(spec)
         self.shapes = {**self.input_shapes, **{n.name: n.layer.output_shape for n in self.nodes}}
-        self.weight_specs = [(f"{n.name}/{w.name}", w) for n in self.nodes for w in n.layer.weights]
+        # Trainable weights first (layer order within each group): the optimizer steps one range.
+        every = [(f"{n.name}/{w.name}", w) for n in self.nodes for w in n.layer.weights]
+        self.weight_specs = [kw for kw in every if kw[1].trainable] + [kw for kw in every if not kw[1].trainable]
         # Per node, (param name, weights-file key) pairs: built once, not on every forward pass.
         self._weight_keys = [[(w.name, f"{n.name}/{w.name}") for w in n.layer.weights] for n in self.nodes]
 
@@ -153,14 +149,14 @@ class Model:
         return {key: w.shape for key, w in self.weight_specs}
 
     def initial_weights(self, seed: int) -> dict:
-        """Host float64 arrays from each weight's initializer, drawn in layer order."""
+        """Host float64 arrays from each weight's initializer, drawn in `weight_specs` order."""
         import numpy
 
         rng = rng_for(seed, STREAM_INIT)
         limit = float(numpy.finfo(self.spec.dtype).max)
         values = {}
         for key, w in self.weight_specs:
-            name, options = w.initializer
+            name, options = w.initializer.name, w.initializer.options
             node = next(n for n in self.nodes if key.startswith(n.name + "/"))
             where = ("layers", node.index, f"{w.name}_initializer")
             size = math.prod(w.shape)
@@ -196,8 +192,8 @@ def _activation_axis_problem(spec, layer_spec, output_shape):
     """A softmax axis must name an axis of the (batch, *per-sample) array it normalises."""
     if layer_spec.type in ACTIVATIONS:
         options, path = layer_spec.config, ("layers", layer_spec.index, "axis")
-    elif isinstance(layer_spec.config.get("activation"), tuple):
-        options, path = layer_spec.config["activation"][1], ("layers", layer_spec.index, "activation", "axis")
+    elif isinstance(layer_spec.config.get("activation"), Choice):
+        options, path = layer_spec.config["activation"].options, ("layers", layer_spec.index, "activation", "axis")
     else:
         return None
     axis = options.get("axis")
@@ -221,50 +217,3 @@ class ForwardContext:
 
     def tap(self, name, tensor):
         return tensor
-
-
-def _check_fits(key, value, dtype) -> None:
-    """Weights from a file must stay finite when cast to the run's dtype (1e300 is inf in float32)."""
-    import numpy
-
-    limit = float(numpy.finfo(dtype).max)
-    worst = float(abs(value).max()) if value.size else 0.0
-    if not worst <= limit:
-        raise WeightsError(f"array {key!r}: expected values that are finite in {numpy.dtype(dtype).name} (|x| <= {limit:.3g}), received values up to {worst:.3g}")
-
-
-class Parameters:
-    """Every weight in one flat buffer, every gradient in another; per-weight views and tensors."""
-
-    def __init__(self, model: Model, backend, dtype: str, values: dict):
-        self.backend = backend
-        xp = backend.xp
-        sizes = [math.prod(w.shape) for _, w in model.weight_specs]
-        self.flat = xp.zeros(sum(sizes), dtype=dtype)
-        self.grad_flat = xp.zeros(sum(sizes), dtype=dtype)
-        self.views, self.grad_views, self.tensors = {}, {}, {}
-        offset = 0
-        for (key, w), size in zip(model.weight_specs, sizes):
-            self.views[key] = self.flat[offset:offset + size].reshape(w.shape)
-            self.grad_views[key] = self.grad_flat[offset:offset + size].reshape(w.shape)
-            offset += size
-            _check_fits(key, values[key], dtype)
-            self.views[key][...] = backend.asarray(values[key], dtype=dtype)
-            tensor = Tensor(self.views[key], requires_grad=True)
-            tensor.grad = self.grad_views[key]
-            self.tensors[key] = tensor
-
-    def load(self, values: dict) -> None:
-        for key, view in self.views.items():
-            _check_fits(key, values[key], view.dtype)
-            view[...] = self.backend.asarray(values[key], dtype=view.dtype)
-
-    def zero_grad(self) -> None:
-        self.grad_flat.fill(0)
-
-    def to_host(self) -> dict:
-        return {key: self.backend.to_host(view).copy() for key, view in self.views.items()}
-
-    def frozen(self) -> dict:
-        """Tensors that need no gradient: for prediction, where no graph should be recorded."""
-        return {key: Tensor(view) for key, view in self.views.items()}

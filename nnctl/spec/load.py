@@ -16,7 +16,7 @@ from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES
 from nnctl.train.metrics import METRICS
 from nnctl.train.optimizers import OPTIMIZERS
-from nnctl.options import REQUIRED, Invalid, Option, Section, Typed, boolean, integer, number, one_of, text
+from nnctl.options import REQUIRED, Choice, Invalid, Option, Section, Typed, boolean, integer, number, one_of, text
 from nnctl.spec.yamlmarks import Marks, load_yaml, path_text
 
 DTYPES = ("float32", "float64")
@@ -64,9 +64,9 @@ class Spec:
     inputs: dict  # name -> per-sample shape tuple
     layers: list
     outputs: str
-    loss: tuple  # (name, options)
+    loss: Choice
     metrics: list
-    optimizer: tuple  # (name, options)
+    optimizer: Choice
     data: DataSpec | None
     train: dict
     marks: Marks = field(repr=False, default=None)
@@ -78,13 +78,12 @@ class Spec:
 
     def resolved(self) -> dict:
         """The spec as nnctl understands it, every default filled in (for `nnctl config`)."""
-        def typed(value):
-            name, options = value
-            return {"type": name, **options}
+        def typed(choice):
+            return {"type": choice.name, **choice.options}
 
         layers = []
         for layer in self.layers:
-            config = {k: typed(v) if isinstance(v, tuple) else v for k, v in layer.config.items()}
+            config = {k: typed(v) if isinstance(v, Choice) else v for k, v in layer.config.items()}
             layers.append({"name": layer.name, "type": layer.type, "from": list(layer.inputs), **config})
         data = None
         if self.data is not None:
@@ -100,7 +99,7 @@ class Spec:
             "name": self.name, "seed": self.seed, "dtype": self.dtype, "backend": self.backend,
             "inputs": {k: list(v) for k, v in self.inputs.items()}, "layers": layers, "outputs": self.outputs,
             "loss": typed(self.loss), "metrics": list(self.metrics), "optimizer": typed(self.optimizer),
-            "data": data, "train": {k: typed(v) if isinstance(v, tuple) else v for k, v in self.train.items()},
+            "data": data, "train": {k: typed(v) if isinstance(v, Choice) else v for k, v in self.train.items()},
         }
 
 
@@ -147,7 +146,7 @@ class _Checker:
                     self.report(path, f"expected key {name!r} ({option.doc or what}), received none")
                 resolved[name] = None if option.default is REQUIRED else option.default
                 if isinstance(option.check, Typed) and option.default is not REQUIRED:
-                    resolved[name] = (option.default, self.defaults(option.check.registry()[option.default].options))
+                    resolved[name] = Choice(option.default, self.defaults(option.check.registry()[option.default].options))
                 continue
             if isinstance(option.check, Typed):
                 resolved[name] = self.typed(mapping[name], option.check.registry(), path + (name,), option.check.what)
@@ -187,7 +186,7 @@ class _Checker:
                 f"expected {_article(what)} {what}: one of {', '.join(registry)}; received {describe(name)}{did_you_mean(name, registry)}",
             )
             return None
-        return name, self.options(mapping, registry[name].options, path, f"{what} {name!r}", skip=("type",))
+        return Choice(name, self.options(mapping, registry[name].options, path, f"{what} {name!r}", skip=("type",)))
 
 
 def load_spec(path, overrides: dict | None = None) -> Spec:
@@ -410,11 +409,11 @@ def _check_training_controls(train: dict, metrics: list, optimizer, data_spec, c
             c.report(path, f"expected validation data to monitor {monitor!r} (data.validation or data.validation_split), "
                            "received a data section without it; monitor 'loss' to watch the training loss")
     schedule = train.get("lr_schedule")
-    if schedule and optimizer and "min_lr" in schedule[1]:
-        rate = optimizer[1]["learning_rate"]
-        if rate is not None and schedule[1]["min_lr"] is not None and schedule[1]["min_lr"] > rate:
-            c.report(("train", "lr_schedule", "min_lr"), f"expected a number <= the optimizer's learning_rate ({rate:g}), received {schedule[1]['min_lr']:g}")
-    if optimizer and optimizer[1].get("clipnorm") is not None and optimizer[1].get("clipvalue") is not None:
+    if schedule and optimizer and "min_lr" in schedule.options:
+        rate, min_lr = optimizer.options["learning_rate"], schedule.options["min_lr"]
+        if rate is not None and min_lr is not None and min_lr > rate:
+            c.report(("train", "lr_schedule", "min_lr"), f"expected a number <= the optimizer's learning_rate ({rate:g}), received {min_lr:g}")
+    if optimizer and optimizer.options.get("clipnorm") is not None and optimizer.options.get("clipvalue") is not None:
         c.report(("optimizer", "clipvalue"), "expected at most one of clipnorm and clipvalue (as in Keras), received both")
 
 

@@ -18,7 +18,7 @@ import numpy
 from nnctl.errors import Problem, WeightsError
 from nnctl.io.atomic import atomic_write
 from nnctl.train.optimizers import OPTIMIZERS
-from nnctl.train.session import TrainState
+from nnctl.train.fit import TrainState
 from nnctl.io.weights import read_arrays
 
 FORMAT = 3  # 2: training controls (meta "controls", array "best_weights"); 3: Adam keeps decayed sums
@@ -141,7 +141,7 @@ def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
                 numpy.random.PCG64().state = meta[key]
             except (TypeError, ValueError, KeyError) as exc:
                 raise damaged(f"meta {key!r} is not a generator state ({exc})") from None
-    expected = OPTIMIZERS[spec.optimizer[0]].slots
+    expected = OPTIMIZERS[spec.optimizer.name].slots
     for slot in expected:
         value = optimizer.get(slot)
         if value is None or value.shape != (size,):

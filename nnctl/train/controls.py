@@ -35,8 +35,8 @@ def monitors(train: dict) -> list[tuple[tuple, str]]:
     if train.get("early_stopping"):
         found.append((("train", "early_stopping", "monitor"), train["early_stopping"]["monitor"]))
     schedule = train.get("lr_schedule")
-    if schedule and "monitor" in schedule[1]:
-        found.append((("train", "lr_schedule", "monitor"), schedule[1]["monitor"]))
+    if schedule and "monitor" in schedule.options:
+        found.append((("train", "lr_schedule", "monitor"), schedule.options["monitor"]))
     return found
 
 
@@ -254,8 +254,8 @@ class Controls:
             self.tracker = Tracker(es["monitor"], es["mode"], es["min_delta"])
         else:
             self.tracker = Tracker("val_loss") if has_validation else None
-        name, options = train["lr_schedule"]
-        self.schedule = SCHEDULES[name](options, base_lr, train["epochs"])
+        schedule = train["lr_schedule"]
+        self.schedule = SCHEDULES[schedule.name](schedule.options, base_lr, train["epochs"])
         self.wait = 0
         self.stopped_early = None
         # Best weights are kept for best.npz (with validation data) and for restore_best_weights.

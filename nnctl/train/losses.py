@@ -4,7 +4,7 @@ A loss turns the model's output and the targets into one scalar tensor: per-samp
 reduced over the batch by their mean (Keras' default) or sum (`reduction: sum`). Cross-entropies
 with `from_logits: true` are computed from log-sum-exp and log-sigmoid, finite for any logits.
 
-`kernel` optionally compiles a loss for nnctl.train.step's training step: value and gradient with
+`compile` optionally lowers a loss for the compiled step (nnctl.train.step): value and gradient with
 respect to the output in one pass over preallocated buffers. Others train through `__call__`.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 
 from nnctl.core import ops
 from nnctl.core.backend import namespace_of
+from nnctl.data.targets import BINARY, LABELS, ONE_HOT, VALUES
 from nnctl.options import Option, boolean, number, one_of
 
 # Keras clips probabilities to [EPSILON, 1 - EPSILON] before taking their log.
@@ -24,9 +25,7 @@ _FROM_LOGITS = Option(boolean, False, "the model outputs logits (no sigmoid/soft
 
 class Loss:
     options = {"reduction": _REDUCTION}
-    # What the targets are: "values" (same shape as the output), "labels" (integer class per
-    # sample), "one_hot" (a probability row per sample), "binary" (0/1 per output unit).
-    targets = "values"
+    targets = VALUES  # the kind of target it reads (nnctl.data.targets): checks, classes, accuracy
     gives_probabilities = False  # whether `probabilities` are class or event probabilities
 
     def __init__(self, config: dict):
@@ -41,7 +40,7 @@ class Loss:
     def per_sample(self, output, targets):
         raise NotImplementedError
 
-    def kernel(self, xp, shape: tuple, dtype):
+    def compile(self, xp, shape: tuple, dtype):
         """loss_and_grad(output, targets) -> (scalar loss, dL/d(output)) for outputs of `shape`,
         or None to train through autograd. It must not write into `output`: metrics read it."""
         return None
@@ -54,12 +53,16 @@ class Loss:
         """What `predict` shows for a raw output (probabilities for logits)."""
         return output
 
+    def accuracy(self, xp, output, targets):
+        """The batch's count of correct predictions, by the kind of target (Keras' `accuracy`)."""
+        return self.targets.correct(xp, output, targets, self.config.get("from_logits", False))
+
 
 class MeanSquaredError(Loss):
     def per_sample(self, output, targets):
         return ops.squared_error(output, targets)
 
-    def kernel(self, xp, shape, dtype):
+    def compile(self, xp, shape, dtype):
         difference = xp.empty(shape, dtype=dtype)
         # Per-sample values are means over the last axis, one per (batch, *middle axes) index.
         scale = self._scale(math.prod(shape[:-1])) / shape[-1]
@@ -97,7 +100,7 @@ class CrossEntropy(Loss):
 
 
 class BinaryCrossentropy(CrossEntropy):
-    targets = "binary"
+    targets = BINARY
 
     def per_sample(self, output, targets):
         if self.config["from_logits"]:
@@ -116,7 +119,7 @@ class BinaryCrossentropy(CrossEntropy):
 
 
 class CategoricalCrossentropy(CrossEntropy):
-    targets = "one_hot"
+    targets = ONE_HOT
 
     def per_sample(self, output, targets):
         if self.config["from_logits"]:
@@ -135,14 +138,14 @@ class CategoricalCrossentropy(CrossEntropy):
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
-    targets = "labels"
+    targets = LABELS
 
     def per_sample(self, output, targets):
         if self.config["from_logits"]:
             return ops.sparse_softmax_cross_entropy(output, targets)
         return CategoricalCrossentropy.per_sample(self, output, _one_hot(output.value, targets))
 
-    def kernel(self, xp, shape, dtype):
+    def compile(self, xp, shape, dtype):
         if not self.config["from_logits"] or len(shape) != 2:
             return None
         grad = xp.empty(shape, dtype=dtype)

@@ -4,12 +4,13 @@ Autograd (nnctl.core.autograd) records a fresh graph on every call: right for gr
 any function of tensors, but each training step then pays for Tensors, closures, a topological
 sort and fresh arrays, which on a small net cost more than its arithmetic. A model's graph is
 static once compiled from the spec, so `TrainStep` lowers it once per batch size: each layer
-becomes a forward and a backward closure over buffers allocated here (`Layer.kernel`), weight
+becomes a forward and a backward closure over buffers allocated here (`Layer.compile`), weight
 gradients are written straight into the flat gradient buffer (no zeroing, no accumulation),
-the loss gives its value and its gradient in one pass (`Loss.kernel`), and a step is two loops.
+the loss gives its value and its gradient in one pass (`Loss.compile`), and a step is two loops.
+Each forward closure gets the call's ForwardContext (training or inference, the dropout generator).
 
-A layer or loss without a kernel runs through autograd on its own (`_autograd_kernel`), so
-every spec compiles; tests/test_plan.py checks each layer, activation and loss against autograd.
+A layer or loss without a compiled form runs through autograd on its own (`_through_autograd`),
+so every spec compiles; tests/test_plan.py checks each layer, activation and loss against autograd.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ class TrainStep:
     def __init__(self, session, batch: int):
         model, params, xp = session.model, session.params, session.backend.xp
         self.session = session
-        self.ctx = None  # the ForwardContext of the current call (dropout reads it)
         slots = {name: i for i, name in enumerate([*model.input_shapes, *(node.name for node in model.nodes)])}
         self.input_slots = [(name, slots[name]) for name in model.input_shapes]
         self.output_slot = slots[model.output]
@@ -32,14 +32,14 @@ class TrainStep:
         for node in model.nodes:
             keys = {w.name: f"{node.name}/{w.name}" for w in node.layer.weights}
             weights = {name: params.views[key] for name, key in keys.items()}
-            grads = {name: params.grad_views[key] for name, key in keys.items()}
+            grads = {name: params.grad_views[key] for name, key in keys.items() if key in params.grad_views}
             needs_grad = [ref not in model.input_shapes for ref in node.inputs]
-            compiled = node.layer.kernel(xp, batch, session.dtype, weights, grads, needs_grad)
+            compiled = node.layer.compile(xp, batch, session.dtype, weights, grads, needs_grad)
             if compiled is None:
-                compiled = self._autograd_kernel(node.layer, weights, grads, needs_grad)
+                compiled = self._through_autograd(node.layer, weights, grads, needs_grad)
             self.nodes.append((*compiled, [slots[ref] for ref in node.inputs], slots[node.name], list(grads.values())))
         output_shape = (batch, *model.shapes[model.output])
-        self.loss_and_grad = session.loss.kernel(xp, output_shape, session.dtype) or self._autograd_loss(session.loss)
+        self.loss_and_grad = session.loss.compile(xp, output_shape, session.dtype) or self._loss_through_autograd(session.loss)
 
     def __call__(self, inputs: dict, targets, ctx):
         """(loss, output, penalty or None) as arrays; the loss includes the penalty, as in Keras."""
@@ -71,12 +71,11 @@ class TrainStep:
         return self._forward(inputs, ctx)[self.output_slot]
 
     def _forward(self, inputs, ctx) -> list:
-        self.ctx = ctx
         values = [None] * self.n_slots
         for name, slot in self.input_slots:
             values[slot] = inputs[name]
         for forward, _, ins, out, _ in self.nodes:
-            values[out] = forward(*[values[i] for i in ins])
+            values[out] = forward(ctx, *[values[i] for i in ins])
         return values
 
     def wrap(self, wrapper) -> None:
@@ -89,7 +88,7 @@ class TrainStep:
     def _penalty(self):
         """The regularization penalty's value, its gradient added to the weights' gradients."""
         params = self.session.params
-        weights = {key: Tensor(view, requires_grad=True) for key, view in params.views.items()}
+        weights = {key: Tensor(view, requires_grad=key in params.grad_views) for key, view in params.views.items()}
         penalty = self.session.penalty(weights)
         backward(penalty)
         for key, tensor in weights.items():
@@ -97,30 +96,31 @@ class TrainStep:
                 params.grad_views[key] += tensor.grad
         return penalty.value
 
-    def _autograd_kernel(self, layer, weights, grads, needs_grad):
+    @staticmethod
+    def _through_autograd(layer, weights, grads, needs_grad):
         """A layer's `call` recorded and differentiated by autograd, one step at a time."""
         recorded = []
 
-        def forward(*inputs):
+        def forward(ctx, *inputs):
             tensors = [Tensor(x, requires_grad=needed) for x, needed in zip(inputs, needs_grad)]
-            own = {name: Tensor(view, requires_grad=True) for name, view in weights.items()}
-            recorded[:] = [tensors, own, layer.call(tensors, own, self.ctx)]
+            own = {name: Tensor(view, requires_grad=name in grads) for name, view in weights.items()}
+            recorded[:] = [tensors, own, layer.call(tensors, own, ctx)]
             return recorded[2].value
 
         def node_backward(g):
             tensors, own, out = recorded
             backward(out, g)
-            for name, tensor in own.items():
-                if tensor.grad is None:
+            for name in grads:
+                if own[name].grad is None:
                     grads[name].fill(0)
                 else:
-                    grads[name][...] = tensor.grad
+                    grads[name][...] = own[name].grad
             return tuple(t.grad if needed else None for t, needed in zip(tensors, needs_grad))
 
         return forward, node_backward
 
     @staticmethod
-    def _autograd_loss(loss_fn):
+    def _loss_through_autograd(loss_fn):
         def loss_and_grad(output, targets):
             watched = Tensor(output, requires_grad=True)
             loss = loss_fn(watched, targets)

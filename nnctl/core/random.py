@@ -1,0 +1,15 @@
+"""Random streams: every random draw of a run comes from the spec's one seed, a stream per use.
+
+The streams are independent (NumPy SeedSequence spawn keys) and drawn on the host whatever the
+backend, so the same spec, seed and backend give the same weights, splits, batches and masks.
+"""
+from __future__ import annotations
+
+STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK = range(5)
+
+
+def rng_for(seed: int, stream: int):
+    """A PCG64 generator for one stream of the seed (NumPy's, whatever the backend)."""
+    import numpy  # here, not at the top: `nnctl summary` needs no arrays
+
+    return numpy.random.Generator(numpy.random.PCG64(numpy.random.SeedSequence(seed, spawn_key=(stream,))))
