@@ -1,8 +1,9 @@
-"""The one family of user-facing errors.
+"""The one family of errors nnctl reports, and the exit codes they end with.
 
 Everything the user gave us (a spec, a data file, a weights file, a flag) that is wrong raises an
-`NnctlError`; the CLI turns it into a message and exit code 2 in one place. Anything else that
-escapes is a bug in nnctl and is reported as such.
+`NnctlError` (exit code 2); a training run that diverges is one too (exit code 1). The CLI turns
+each into one message and its `exit_code` in one place. Anything else that escapes is a bug in
+nnctl and is reported as such. Messages say "expected ..., received ...".
 """
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ def shape_text(shape, batch: bool = True) -> str:
     """A shape as Keras prints it: (None, 2) with the batch axis, (2, 1) or (3,) without."""
     dims = (["None"] if batch else []) + ["None" if n is None else str(n) for n in shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, from its st_mode: 'a directory', 'a FIFO', ..."""
+    import stat
+
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
 
 
 def did_you_mean(word, choices) -> str:
@@ -72,10 +82,13 @@ class Problem:
         return ": ".join(parts + [self.message])
 
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
 class NnctlError(Exception):
     """Bad input from the user. Carries one or more problems; exit code 2."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
     kind = "error"
 
     def __init__(self, problems):
@@ -97,6 +110,12 @@ class WeightsError(NnctlError):
     kind = "weights error"
 
 
+class CheckpointError(NnctlError):
+    """A checkpoint that cannot be resumed: missing, damaged, or of another spec or data."""
+
+    kind = "checkpoint error"
+
+
 class BackendError(NnctlError):
     kind = "backend error"
 
@@ -113,7 +132,8 @@ class MissingTool(NnctlError):
     kind = "missing tool"
 
 
-class TrainingDiverged(Exception):
-    """The loss or a gradient became NaN or inf: exit code 1, not a user error."""
+class TrainingDiverged(NnctlError):
+    """The loss or a gradient became NaN or inf: exit code 1, a failed run rather than bad input."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
+    kind = "training diverged"

@@ -9,14 +9,14 @@ import pytest
 from nnctl.core.autograd import backward
 from nnctl.core.backend import get_backend
 from nnctl.diagnostics.gradcheck import _Recorder
-from nnctl.spec.load import load_spec
+from nnctl.spec.load import Override, load_spec
 from nnctl.train.fit import fit
 from nnctl.train.session import Session, load_spec_data, training_sets
 from tests.helpers import ROOT, SPECS, run_json
 
 
 def session_for(name: str, **overrides) -> Session:
-    return Session(load_spec(SPECS / f"{name}.yaml", overrides), get_backend("numpy"))
+    return Session(load_spec(SPECS / f"{name}.yaml", _overrides(overrides)), get_backend("numpy"))
 
 
 def train(name: str, **overrides):
@@ -101,3 +101,8 @@ def test_product_net_beats_linear_net():
 def test_digits_mlp_reaches_95_percent_validation_accuracy():
     _, history = train("digits")
     assert history[-1]["val_accuracy"] >= 0.95
+
+
+def _overrides(values: dict) -> list:
+    """Overrides as the CLI's flags give them: train keys under train, the rest at the top."""
+    return [Override.at(("train." if key in ("epochs", "batch_size", "shuffle", "validation_freq") else "") + key, value, "test") for key, value in values.items() if value is not None]

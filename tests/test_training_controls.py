@@ -24,7 +24,7 @@ from nnctl.errors import SpecError
 from nnctl.diagnostics.gradcheck import gradcheck, random_batch
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.cli.report import render_text
-from nnctl.spec.load import load_spec
+from nnctl.spec.load import Override, load_spec
 from nnctl.train.fit import Interrupted, Progress, fit
 from nnctl.train.session import Session, load_test_set, training_sets
 from tests.helpers import run, run_json
@@ -69,7 +69,7 @@ def project(tmp_path):
 
 
 def session_of(path, **overrides):
-    return Session(load_spec(path, overrides), get_backend("numpy"))
+    return Session(load_spec(path, _overrides(overrides)), get_backend("numpy"))
 
 
 def train(path, **overrides):
@@ -558,7 +558,7 @@ def test_mid_epoch_interruption_resumes_bit_exactly_with_controls(tmp_path):
     save_checkpoint(checkpoint, session.spec, session.params.to_host(), stop.value.state)
 
     resumed = session_of(path)
-    weights, state = load_checkpoint(checkpoint, resumed.spec, resumed.model.weight_shapes)
+    weights, state = load_checkpoint(checkpoint, resumed.spec, resumed.model)
     resumed.params.load(weights)
     history = fit(resumed, *training_sets(resumed), state=state)
     assert resumed.params.flat.tobytes() == reference.params.flat.tobytes()
@@ -571,3 +571,8 @@ def test_test_set_loader(project):
     session = session_of(project(linear_spec(data={"test": "test.csv"})))
     assert len(load_test_set(session)) == 4
     assert load_test_set(session_of(project(linear_spec(), "plain.yaml"))) is None
+
+
+def _overrides(values: dict) -> list:
+    """Overrides as the CLI's flags give them: train keys under train, the rest at the top."""
+    return [Override.at(("train." if key in ("epochs", "batch_size", "shuffle", "validation_freq") else "") + key, value, "test") for key, value in values.items() if value is not None]

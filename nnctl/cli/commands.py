@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -15,9 +16,8 @@ import click
 
 from nnctl import __version__
 from nnctl.core.backend import BACKENDS
-from nnctl.errors import NnctlError, Problem, TrainingDiverged, WeightsError
+from nnctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NnctlError, Problem, UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class NnctlGroup(click.Group):
@@ -29,10 +29,7 @@ class NnctlGroup(click.Group):
             if len(exc.problems) > 1:
                 for problem in exc.problems:
                     click.echo(f"  {problem}", err=True)
-            ctx.exit(EXIT_BAD_INPUT)
-        except TrainingDiverged as exc:
-            click.echo(f"Error: training diverged: {exc}", err=True)
-            ctx.exit(EXIT_FAILED)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Stopped.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
@@ -72,26 +69,38 @@ def _emit_json(data):
     click.echo(json.dumps(data, indent=2, allow_nan=True))
 
 
-def _session(spec_path, backend=None, seed=None, epochs=None, batch_size=None, weights=None, dtype=None):
-    from nnctl.core.backend import get_backend
-    from nnctl.model.graph import Model
-    from nnctl.spec.load import load_spec
-    from nnctl.train.session import Session
+# Flags that override spec keys: their values are read as YAML scalars and checked with the
+# spec's own options, so `--epochs 0` and `epochs: 0` get the same message.
+OVERRIDES = {"backend": ("backend",), "seed": ("seed",), "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size")}
 
-    spec = load_spec(spec_path, {"backend": backend, "seed": seed, "epochs": epochs, "batch_size": batch_size})
-    values = None
-    if weights is not None:
-        from nnctl.io.weights import load_weights
 
-        values = load_weights(weights, Model(spec).weight_shapes)
-    try:
-        return Session(spec, get_backend(spec.backend), weights=values, dtype=dtype)
-    except WeightsError as exc:  # values that overflow the run's dtype: say which file they came from
-        raise WeightsError([p if p.file else Problem(p.message, str(weights)) for p in exc.problems]) from None
+def _load_spec(spec_path, **flags):
+    import yaml
+
+    from nnctl.spec.load import Override, load_spec
+
+    overrides = [Override(OVERRIDES[name], yaml.safe_load(value), "--" + name.replace("_", "-"))
+                 for name, value in flags.items() if value is not None]
+    return load_spec(spec_path, overrides)
+
+
+def _session(spec_path, weights=None, dtype=None, **flags):
+    from nnctl.train.session import open_session
+
+    return open_session(_load_spec(spec_path, **flags), weights, dtype)
 
 
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+
+
+def _override_option(flag, help_text):
+    return click.option(flag, metavar="VALUE", help=help_text)
+
+
+epochs_option = _override_option("--epochs", "Override train.epochs.")
+batch_size_option = _override_option("--batch-size", "Override train.batch_size.")
+backend_option = _override_option("--backend", f"Override the spec's backend ({', '.join(BACKENDS)}).")
 
 
 @click.group(cls=NnctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,102 +148,41 @@ def summary(spec, graph, as_json):
 
 @cli.command()
 @spec_argument
-@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
-@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed.")
-@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@epochs_option
+@batch_size_option
+@_override_option("--seed", "Override the spec's seed.")
+@backend_option
 @click.option("--init", "init_weights", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights (.npz).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to save weights [runs/<name>/weights.npz].")
 @click.option("--resume", is_flag=True, help="Continue from runs/<name>/checkpoint.npz.")
+@click.option("--restart", is_flag=True, help="Discard an unfinished run's checkpoint and start over.")
 @json_option
-def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, as_json):
+def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, restart, as_json):
     """Train SPEC on its data and save the weights and history."""
-    from nnctl.train.checkpoint import load_checkpoint, save_checkpoint
-    from nnctl.cli.report import LiveProgress, history_view, loss_sparkline, saved_view, training_end_view
-    from nnctl.io.records import save_history, save_run_record
-    from nnctl.train.fit import Interrupted, Progress, fit
-    from nnctl.train.session import load_test_set, training_sets
-    from nnctl.io.weights import save_weights
+    from nnctl.cli.report import LiveProgress, training_data, training_view
+    from nnctl.train.fit import Progress
+    from nnctl.train.run import RunInterrupted, train_run
 
-    if resume and init_weights:
-        raise click.UsageError("--resume continues a checkpoint; it cannot start from --init weights too")
-    session = _session(spec, backend, seed, epochs, batch_size, init_weights)
-    run_dir = Path("runs") / session.spec.name
-    checkpoint_path = run_dir / "checkpoint.npz"
-    state = None
-    if resume:
-        weights, state = load_checkpoint(checkpoint_path, session.spec, session.model.weight_shapes)
-        session.params.load(weights)
-        stopped = state.controls.get("stopped_early")
-        if stopped:
-            raise click.UsageError(f"nothing to resume: the run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); "
-                                   "train without --resume to start over")
-        if state.epoch > session.spec.train["epochs"]:
-            raise click.UsageError(f"nothing to resume: the checkpoint has all {state.epoch - 1} epochs done; pass --epochs N to train further")
-    train_set, val_set = training_sets(session)
-    test_set = load_test_set(session)  # read now: a bad test file fails before training, not after
-    out = out or run_dir / "weights.npz"
-    history_path = out.parent / "history.csv"
-    best_path = out.parent / "best.npz"
-    save_run_record(run_dir / "run.json", session.spec, sys.argv)
-    console = _console()
-    progress = Progress() if as_json or _quiet() else LiveProgress(console, session.spec.metrics)
-
-    def write_checkpoint(train_state):
-        save_checkpoint(checkpoint_path, session.spec, session.params.to_host(), train_state)
-
+    loaded = _load_spec(spec, epochs=epochs, batch_size=batch_size, seed=seed, backend=backend)
+    progress = Progress() if as_json or _quiet() else LiveProgress(_console(), loaded.metrics)
     try:
         with _graceful_stop() as stop_requested:
-            history = fit(session, train_set, val_set, progress, state=state, stop_requested=stop_requested, on_epoch_end=write_checkpoint)
-    except Interrupted as stop:
-        progress.close()
-        write_checkpoint(stop.state)
-        click.echo(f"Interrupted at epoch {stop.state.epoch}, step {stop.state.step}; checkpoint saved to {checkpoint_path}.\n"
-                   f"Resume with: nnctl train {spec} --resume", err=True)
+            result = train_run(loaded, out=out, init=init_weights, resume=resume, restart=restart,
+                               progress=progress, stop_requested=stop_requested, argv=sys.argv)
+    except RunInterrupted as stop:
+        again = ["nnctl", "train", str(spec)]
+        for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed), ("--backend", backend), ("--out", out)):
+            again += [flag, str(value)] if value is not None else []
+        click.echo(f"Interrupted at epoch {stop.epoch}, step {stop.step}; checkpoint saved to {stop.checkpoint}.\n"
+                   f"Resume with: {shlex.join([*again, '--resume'])}", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except TrainingDiverged as exc:
-        progress.close()
-        last_good = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written"
-        raise TrainingDiverged(f"{exc}; {last_good}; weights on disk were left as they were") from None
-    finally:
-        progress.close()
-    save_weights(out, session.params.to_host())
-    save_history(history_path, history)
-    best = None
-    if val_set is not None and history.best_weights is not None:
-        save_weights(best_path, history.best_weights)
-        best = {**history.best, "weights": str(best_path)}
-    test = session.evaluate(test_set, session.spec.train["batch_size"]) if test_set is not None else None
-    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "lr", "seconds", "samples_per_second")}
-    run_history = history[len(state.history):] if state else history
-    trained = sum(h["samples_per_second"] * h["seconds"] for h in run_history)
-    seconds = sum(h["seconds"] for h in run_history)
     if as_json:
-        _emit_json({
-            "name": session.spec.name, "epochs": len(history), "train_samples": len(train_set),
-            "validation_samples": len(val_set) if val_set is not None else 0, "final": final,
-            "samples_per_second": trained / seconds if seconds else None, "lr": history[-1]["lr"],
-            "stopped_early": history.stopped_early, "best": best,
-            "test": test, "test_samples": len(test_set) if test_set is not None else 0,
-            "weights": str(out), "history": str(history_path), "checkpoint": str(checkpoint_path),
-        })
+        _emit_json(training_data(result))
         return
-    show = (lambda renderable: None) if _quiet() else console.print  # --quiet: only the paths below
-    show(history_view(history))
-    show(loss_sparkline(history))
-    restored = session.spec.train["early_stopping"] and session.spec.train["early_stopping"]["restore_best_weights"]
-    end = training_end_view(history.stopped_early, history.best if restored else None)
-    if end is not None:
-        show(end)
-    if test is not None:
-        from rich.text import Text
-
-        show(history_view([test], title="Test set"))
-        show(Text(f"evaluated once after training on {test_set.file} ({len(test_set)} samples)"))
-    paths = {"weights": out}
-    if best is not None:
-        paths[f"best weights (epoch {best['epoch']}, {best['monitor']} {best['value']:.4g})"] = best_path
-    console.print(saved_view({**paths, "history": history_path, "checkpoint": checkpoint_path}))
+    view, paths = training_view(result)
+    if not _quiet():
+        _console().print(view)
+    _console().print(paths)
 
 
 @contextlib.contextmanager
@@ -260,24 +208,19 @@ def _graceful_stop():
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Trained weights (.npz).")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Rows to predict (.csv, .npy or .npz).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write predictions to a .csv or .npy file.")
-@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@backend_option
 @json_option
 def predict(spec, weights, input_path, output, backend, as_json):
     """Run SPEC with WEIGHTS on the rows of INPUT."""
-    from nnctl.data.dataset import load_dataset
     from nnctl.cli.report import predictions_view
+    from nnctl.io.outputs import refuse_inputs
     from nnctl.io.records import save_predictions
+    from nnctl.train.session import predict_file
 
     if output is not None and output.suffix.lower() not in (".csv", ".npy"):
-        raise click.BadParameter(f"expected a .csv or .npy file, received {output.name!r}", param_hint="--output")
-    session = _session(spec, backend, weights=weights)
-    column_map = session.spec.data.inputs if session.spec.data else None
-    if column_map is None:
-        raise click.UsageError("the spec has no data.inputs to say which columns of --input feed which input")
-    dataset = load_dataset(input_path, column_map, None, session.model.input_shapes, dtype=session.dtype)
-    values, classes = session.predict(dataset)
-    prefix = "prob" if session.loss.gives_probabilities else session.model.output
-    columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
+        raise UsageError(Problem(f"--output: expected a .csv or .npy file, received {output.name!r}", str(output)))
+    refuse_inputs(output, "--output", {"the spec": spec, "the --weights file": weights, "the --input file": input_path})
+    values, classes, columns = predict_file(_session(spec, weights, backend=backend), input_path)
     if output is not None:
         save_predictions(output, values, classes, columns)
     if as_json:
@@ -301,19 +244,11 @@ def predict(spec, weights, input_path, output, backend, as_json):
 @json_option
 def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain, as_json):
     """Check SPEC's gradients against central finite differences in float64."""
-    from nnctl.diagnostics.gradcheck import gradcheck as run_check, random_batch
     from nnctl.cli.report import gradcheck_view
-    from nnctl.train.session import load_spec_data
+    from nnctl.diagnostics.gradcheck import check_batch, gradcheck as run_check
 
-    session = _session(spec, backend="numpy", weights=weights, dtype="float64")
-    if explain:
-        batch_size = 1
-    if session.spec.data is not None:
-        dataset = load_spec_data(session)
-        batch = session.batches(dataset.subset(dataset.rows[:batch_size]), batch_size)
-        inputs, targets, _ = next(iter(batch(None)))
-    else:
-        inputs, targets = random_batch(session, batch_size)
+    session = _session(spec, weights, dtype="float64", backend="numpy")
+    inputs, targets = check_batch(session, 1 if explain else batch_size)
     if explain:
         from nnctl.diagnostics.explain import explain as walkthrough
         from nnctl.cli.report import explain_view
@@ -337,7 +272,7 @@ def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain,
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Trained weights (.npz).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Evaluate on this file (same columns as the spec's data) instead of the spec's data file.")
-@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@backend_option
 @json_option
 def evaluate(spec, weights, data_path, backend, as_json):
     """Loss and metrics of WEIGHTS on every row of SPEC's data (or --data); a confusion matrix and
@@ -345,7 +280,7 @@ def evaluate(spec, weights, data_path, backend, as_json):
     from nnctl.diagnostics.evaluation import evaluate_file
     from nnctl.cli.report import evaluation_view
 
-    data = evaluate_file(_session(spec, backend, weights=weights), data_path)
+    data = evaluate_file(_session(spec, weights, backend=backend), data_path)
     _emit_json(data) if as_json else _print(evaluation_view(data))
 
 
@@ -381,17 +316,17 @@ def plot(history, out, as_json):
 
 @cli.command("time")
 @spec_argument
-@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [train.batch_size].")
+@_override_option("--batch-size", "Samples per step [train.batch_size].")
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True, help="Timed steps (after 2 warm-up steps).")
-@click.option("--backend", type=click.Choice(BACKENDS), help="Override the spec's backend.")
+@backend_option
 @json_option
 def time_command(spec, batch_size, iterations, backend, as_json):
     """Per-layer forward and backward milliseconds of a training step on random inputs (like caffe time)."""
     from nnctl.cli.report import timing_view
     from nnctl.diagnostics.timing import time_step
 
-    session = _session(spec, backend)
-    data = time_step(session, batch_size or session.spec.train["batch_size"], iterations)
+    session = _session(spec, backend=backend, batch_size=batch_size)
+    data = time_step(session, session.spec.train["batch_size"], iterations)
     _emit_json(data) if as_json else _print(timing_view(data))
 
 

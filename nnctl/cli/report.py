@@ -138,6 +138,37 @@ def saved_view(paths: dict):
     return Text.from_markup("\n".join(lines))
 
 
+def training_data(result) -> dict:
+    """`nnctl train --json`: a RunResult (nnctl.train.run) as plain data."""
+    files = result.files
+    return {
+        "name": result.spec.name, "epochs": len(result.history), "train_samples": result.train_samples,
+        "validation_samples": result.validation_samples, "final": result.final,
+        "samples_per_second": result.samples_per_second, "lr": result.history[-1]["lr"] if result.history else None,
+        "stopped_early": result.history.stopped_early, "best": result.best,
+        "test": result.test, "test_samples": result.test_samples,
+        "weights": str(files.weights), "history": str(files.history), "checkpoint": str(files.checkpoint),
+    }
+
+
+def training_view(result):
+    """(the history table, curves and notes; the saved files) of a finished run: the second is
+    shown even under --quiet."""
+    history = result.history
+    parts = [history_view(history), loss_sparkline(history)]
+    end = training_end_view(history.stopped_early, history.best if result.restored_best else None)
+    if end is not None:
+        parts.append(end)
+    if result.test is not None:
+        parts += [history_view([result.test], title="Test set"),
+                  Text(f"evaluated once after training on {result.test_file} ({result.test_samples} samples)")]
+    paths = {"weights": result.files.weights}
+    if result.best is not None:
+        best = result.best
+        paths[f"best weights (epoch {best['epoch']}, {best['monitor']} {best['value']:.4g})"] = result.files.best
+    return Group(*parts), saved_view({**paths, "history": result.files.history, "checkpoint": result.files.checkpoint})
+
+
 class LiveProgress:
     """A rich progress bar on a terminal; one line per epoch otherwise (CI logs, pipes)."""
 

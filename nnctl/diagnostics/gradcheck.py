@@ -15,6 +15,7 @@ from nnctl.core import ops
 from nnctl.core.autograd import Tensor, backward
 from nnctl.core.random import STREAM_GRADCHECK, rng_for
 from nnctl.model.graph import ForwardContext
+from nnctl.train.session import load_spec_data
 
 
 @dataclass
@@ -56,6 +57,16 @@ def random_batch(session, size: int, rng=None):
     model = session.model
     inputs = {name: rng.standard_normal((size,) + shape) for name, shape in model.input_shapes.items()}
     return inputs, session.loss.targets.random(rng, (size, *model.shapes[model.output]))
+
+
+def check_batch(session, size: int):
+    """The batch gradcheck checks: the first `size` rows of the spec's data, or seeded random
+    inputs and targets when the spec has no data."""
+    if session.spec.data is None:
+        return random_batch(session, size)
+    dataset = load_spec_data(session)
+    inputs, targets, _ = next(iter(session.batches(dataset.subset(dataset.rows[:size]), size)(None)))
+    return inputs, targets
 
 
 def _sample(rng, total: int, limit: int):

@@ -48,13 +48,24 @@ def save_predictions(path, values, classes, columns) -> None:
             writer.writerow(cells)
 
 
-def save_run_record(path, spec, argv) -> None:
-    """run.json: the resolved spec, the command line, versions and seed, for reproducing a run."""
+def save_run_record(path, spec, argv, outcome: dict) -> None:
+    """run.json: the resolved spec, the command line, versions and seed, for reproducing a run, and
+    its `outcome` (epochs trained, the files it wrote), for telling whose files are whose."""
     record = {
         "command": list(argv), "seed": spec.seed, "backend": spec.backend, "spec_file": str(spec.file),
         "versions": {"nnctl": __version__, "numpy": numpy.__version__, "python": platform.python_version()},
-        "platform": platform.platform(), "resolved_spec": spec.resolved(),
+        "platform": platform.platform(), **outcome, "resolved_spec": spec.resolved(),
     }
     with atomic_write(path, "w") as handle:
         json.dump(record, handle, indent=2, default=str)
         handle.write("\n")
+
+
+def read_run_record(path) -> dict:
+    """run.json's contents, or {} when there is none (or it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

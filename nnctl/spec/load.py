@@ -6,20 +6,41 @@ expected and what was received, and a "did you mean" for a near miss. Graph-leve
 """
 from __future__ import annotations
 
+import copy
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnctl.core.backend import BACKENDS
 from nnctl.train.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
-from nnctl.errors import Problem, SpecError, describe, did_you_mean
+from nnctl.errors import Problem, SpecError, describe, did_you_mean, file_kind
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES
 from nnctl.train.metrics import METRICS
 from nnctl.train.optimizers import OPTIMIZERS
-from nnctl.options import REQUIRED, Choice, Invalid, Option, Section, Typed, boolean, integer, number, one_of, text
+from nnctl.options import REQUIRED, Check, Choice, Invalid, Option, Section, Typed, boolean, integer, number, one_of, text
 from nnctl.spec.yamlmarks import Marks, load_yaml, path_text
 
 DTYPES = ("float32", "float64")
+MAX_NAME = 100
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def _is_run_name(value) -> bool:
+    """A single, ordinary path component: the run folder runs/<name> stays inside runs/."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_NAME and value not in (".", "..")
+            and not _UNSAFE_NAME.search(value))
+
+
+RUN_NAME = Check(f"a name of 1 to {MAX_NAME} characters without '/', '\\', control characters, '.' or '..' (it names the run folder)",
+                 _is_run_name, {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": "^[^/\\\\\\x00-\\x1f\\x7f]+$", "not": {"enum": [".", ".."]}})
+
+
+def safe_name(stem: str) -> str:
+    """A spec file's stem made a run name: unsafe characters become '_', at most MAX_NAME long."""
+    name = _UNSAFE_NAME.sub("_", stem)[:MAX_NAME]
+    return name if _is_run_name(name) else "model"
 TOP_LEVEL_KEYS = (
     "name", "description", "seed", "dtype", "backend", "inputs", "layers", "outputs",
     "loss", "metrics", "optimizer", "data", "train",
@@ -112,8 +133,12 @@ class _Checker:
 
     def __init__(self, file: Path, marks: Marks):
         self.file, self.marks, self.problems = file, marks, []
+        self.sources = {}  # key path -> where an override came from ("--epochs")
 
     def problem(self, path: tuple, message: str, key: bool = False) -> Problem:
+        source = next((s for p, s in self.sources.items() if path[:len(p)] == p), None)
+        if source is not None:
+            return Problem(message, source, path=path_text(path) or None)
         line, column = self.marks.at(path, key=key)
         return Problem(message, str(self.file), line, column, path_text(path) or None)
 
@@ -189,30 +214,77 @@ class _Checker:
         return Choice(name, self.options(mapping, registry[name].options, path, f"{what} {name!r}", skip=("type",)))
 
 
-def load_spec(path, overrides: dict | None = None) -> Spec:
-    """Read and validate a spec file; raise SpecError with every problem found."""
-    path = Path(path)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(Problem("expected a spec file, received a path that does not exist", str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(Problem(f"expected a readable UTF-8 spec file, received {exc.__class__.__name__}: {exc}", str(path))) from None
-    data, marks = load_yaml(source, str(path))
+@dataclass(frozen=True)
+class Override:
+    """A value set from outside the spec (a CLI flag, a sweep's parameter) at a key path, checked
+    with the same options as the key in the file; problems name `source` ("--epochs")."""
+
+    path: tuple  # ("train", "epochs")
+    value: object
+    source: str
+
+    @classmethod
+    def at(cls, dotted: str, value, source: str) -> "Override":
+        """An override of the key path written with dots ("train.epochs")."""
+        return cls(tuple(dotted.split(".")), value, source)
+
+
+MAX_SPEC_BYTES = 4 << 20  # a spec is a few kB; a bigger file is not one
+
+
+def load_spec(source, overrides=(), file=None) -> Spec:
+    """Read and validate a spec; raise SpecError with every problem found.
+
+    `source` is a YAML file's path, or a mapping already parsed (a sweep's trial, a test), whose
+    relative data paths and default name come from `file` (default: a spec in the current folder).
+    `overrides` (Override, ...) replace keys before validation.
+    """
+    if isinstance(source, dict):
+        path, data, marks = Path(file or "spec.yaml"), copy.deepcopy(source), Marks(str(file or "spec"))
+    else:
+        path = Path(source)
+        data, marks = load_yaml(_read_spec_text(path), str(path))
     checker = _Checker(path, marks)
-    spec = _validate(data, path, checker, overrides or {})
+    for override in overrides:
+        _apply(data, override, checker)
+    spec = _validate(data, path, checker)
     if checker.problems:
         raise SpecError(sorted(checker.problems, key=lambda p: (p.line or 0, p.column or 0)))
     return spec
 
 
-def _validate(data: dict, path: Path, c: _Checker, overrides: dict) -> Spec | None:
+def _read_spec_text(path: Path) -> str:
+    try:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise SpecError(Problem(f"expected a spec file, received {file_kind(status.st_mode)}", str(path)))
+        if status.st_size > MAX_SPEC_BYTES:
+            raise SpecError(Problem(f"expected a spec file of at most {MAX_SPEC_BYTES >> 20} MB, received {status.st_size:,} bytes", str(path)))
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(Problem("expected a spec file, received a path that does not exist", str(path))) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(Problem(f"expected a readable UTF-8 spec file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+
+
+def _apply(data: dict, override: Override, c: _Checker) -> None:
+    """Set `override` in the raw data; its problems are reported at its source, not in the file."""
+    c.sources[override.path] = override.source
+    node = data
+    for key in override.path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[override.path[-1]] = override.value
+
+
+def _validate(data: dict, path: Path, c: _Checker) -> Spec | None:
     c.unknown_keys(data, TOP_LEVEL_KEYS, (), "top-level")
     for key in ("inputs", "layers", "loss"):
         if key not in data:
             c.report((), f"expected key {key!r} at the top level, received none")
 
-    name = c.value(text, data.get("name", path.stem), ("name",))
+    name = c.value(RUN_NAME, data["name"], ("name",)) if "name" in data else safe_name(path.stem)
     seed = c.value(integer(0), data.get("seed", 0), ("seed",))
     dtype = c.value(one_of(DTYPES), data.get("dtype", "float32"), ("dtype",))
     backend = c.value(one_of(BACKENDS), data.get("backend", "numpy"), ("backend",))
@@ -236,13 +308,6 @@ def _validate(data: dict, path: Path, c: _Checker, overrides: dict) -> Spec | No
         train_raw = {}
     train = c.options(train_raw, TRAIN_OPTIONS, ("train",), "train")
     _check_training_controls(train, metrics, optimizer, data_spec, c)
-    if overrides.get("seed") is not None:
-        seed = overrides["seed"]
-    if overrides.get("backend") is not None:
-        backend = overrides["backend"]
-    for key in ("epochs", "batch_size"):
-        if overrides.get(key) is not None:
-            train[key] = overrides[key]
     if c.problems:
         return None
     return Spec(

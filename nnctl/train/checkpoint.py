@@ -15,20 +15,27 @@ import os
 
 import numpy
 
-from nnctl.errors import Problem, WeightsError
+from nnctl.errors import Problem, CheckpointError
 from nnctl.io.atomic import atomic_write
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.fit import TrainState
 from nnctl.io.weights import read_arrays
+from nnctl.errors import WeightsError
 
 FORMAT = 3  # 2: training controls (meta "controls", array "best_weights"); 3: Adam keeps decayed sums
 
 
 def spec_fingerprint(spec) -> str:
-    """What must not change between a checkpoint and its resume: all but epochs and backend."""
+    """What must not change between a checkpoint and its resume: all but epochs and backend.
+
+    Data files count by their contents (`data_fingerprint`), not by how their paths are spelled:
+    `nnctl train $PWD/specs/x.yaml --resume` continues `nnctl train specs/x.yaml`.
+    """
     resolved = spec.resolved()
     resolved["train"] = {k: v for k, v in resolved["train"].items() if k != "epochs"}
     resolved.pop("backend", None)
+    if resolved["data"] is not None:
+        resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in ("path", "validation", "test")}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -61,7 +68,8 @@ def data_fingerprint(spec) -> str | None:
 def save_checkpoint(path, spec, weights: dict, state: TrainState) -> None:
     optimizer = dict(state.optimizer or {})
     meta = {
-        "format": FORMAT, "spec": spec_fingerprint(spec), "data": data_fingerprint(spec), "seed": spec.seed, "epoch": state.epoch, "step": state.step,
+        "format": FORMAT, "spec": spec_fingerprint(spec), "data": data_fingerprint(spec), "seed": spec.seed,
+        "epochs": spec.train["epochs"], "epoch": state.epoch, "step": state.step,
         "iterations": int(optimizer.pop("iterations", 0)), "history": state.history,
         "shuffle_rng": state.shuffle_rng, "dropout_rng": state.dropout_rng, "count": int(state.totals.get("count", 0)),
         "controls": state.controls or {},
@@ -78,54 +86,76 @@ def save_checkpoint(path, spec, weights: dict, state: TrainState) -> None:
         numpy.savez(handle, **arrays)
 
 
-def load_checkpoint(path, spec, weight_shapes: dict):
-    """(weights, TrainState) from `path`, refused if the spec changed or the file is damaged."""
-    arrays = read_arrays(path, what="checkpoint (train without --resume first to make one)")
+def checkpoint_progress(path) -> dict | None:
+    """{epoch, epochs, seed, finished} of the checkpoint at `path`, or None when there is none
+    (or it cannot be read: a damaged file holds no run to continue)."""
+    try:
+        arrays = read_arrays(path, what="checkpoint")
+        meta = json.loads(str(arrays["meta"]))
+        epoch, planned = int(meta["epoch"]), meta.get("epochs")
+    except (WeightsError, KeyError, ValueError, TypeError):
+        return None
+    stopped = bool((meta.get("controls") or {}).get("stopped_early"))
+    # A checkpoint without its planned epochs predates them: it cannot say it is unfinished.
+    finished = stopped or not isinstance(planned, int) or epoch > planned
+    return {"epoch": epoch, "epochs": planned, "seed": meta.get("seed"), "finished": finished}
+
+
+def load_checkpoint(path, spec, model):
+    """(weights, TrainState) from `path` for `model` (nnctl.model.graph.Model), refused if the spec
+    changed or the file is damaged."""
+    weight_shapes = model.weight_shapes
+    size = sum(math.prod(s) for s in weight_shapes.values())
+    trainable_size = sum(math.prod(w.shape) for _, w in model.weight_specs if w.trainable)
+    try:
+        arrays = read_arrays(path, what="checkpoint (train without --resume first to make one)")
+    except WeightsError as exc:
+        raise CheckpointError(exc.problems) from None
     try:
         meta = json.loads(str(arrays["meta"]))
     except (KeyError, ValueError):
-        raise WeightsError(Problem("expected an nnctl checkpoint with a 'meta' record, received a file without one", str(path))) from None
+        raise CheckpointError(Problem("expected an nnctl checkpoint with a 'meta' record, received a file without one", str(path))) from None
     if not isinstance(meta, dict):
-        raise WeightsError(Problem(f"expected an nnctl checkpoint's 'meta' record (a JSON object), received {type(meta).__name__}", str(path)))
+        raise CheckpointError(Problem(f"expected an nnctl checkpoint's 'meta' record (a JSON object), received {type(meta).__name__}", str(path)))
     if meta.get("format") != FORMAT:
-        raise WeightsError(Problem(f"expected checkpoint format {FORMAT}, received {meta.get('format')!r}", str(path)))
+        raise CheckpointError(Problem(f"expected checkpoint format {FORMAT}, received {meta.get('format')!r}", str(path)))
     if meta.get("spec") != spec_fingerprint(spec):
-        raise WeightsError(Problem(
+        raise CheckpointError(Problem(
             f"expected the spec the checkpoint was made with, received a changed spec ({spec.file}); "
             "only train.epochs and the backend may change on --resume. Train without --resume to start over", str(path)))
     saved_data, current_data = meta.get("data"), data_fingerprint(spec)
     if saved_data is not None and current_data is not None and saved_data != current_data:
         files = " or ".join(str(p) for p in (spec.data.path, spec.data.validation) if p is not None)
-        raise WeightsError(Problem(
+        raise CheckpointError(Problem(
             f"expected the data the checkpoint was made with, received changed data ({files}); "
             "train without --resume to start over on it", str(path)))
     weights = {}
     for key, shape in weight_shapes.items():
         value = arrays.get(f"weights/{key}")
         if value is None or value.shape != tuple(shape):
-            raise WeightsError(Problem(f"expected array 'weights/{key}' of shape {tuple(shape)} in the checkpoint, received {None if value is None else value.shape}", str(path)))
+            raise CheckpointError(Problem(f"expected array 'weights/{key}' of shape {tuple(shape)} in the checkpoint, received {None if value is None else value.shape}", str(path)))
         weights[key] = value
     optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
     totals = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("totals/")}
-    _check_state(path, spec, meta, optimizer, totals, arrays.get("order"), sum(math.prod(s) for s in weight_shapes.values()))
+    _check_state(path, spec, meta, optimizer, totals, arrays.get("order"), trainable_size)
     optimizer["iterations"] = meta["iterations"]
     if totals:
         totals["count"] = meta["count"]
     controls, best = meta.get("controls", {}), arrays.get("best_weights")
-    size = sum(math.prod(s) for s in weight_shapes.values())
     if not isinstance(controls, dict):
-        raise WeightsError(Problem("expected an intact nnctl checkpoint, received a damaged one: meta 'controls' is not a JSON object", str(path)))
+        raise CheckpointError(Problem("expected an intact nnctl checkpoint, received a damaged one: meta 'controls' is not a JSON object", str(path)))
     if best is not None and best.shape != (size,):
-        raise WeightsError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: 'best_weights' should have shape {(size,)}, has {best.shape}", str(path)))
+        raise CheckpointError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: 'best_weights' should have shape {(size,)}, has {best.shape}", str(path)))
     state = TrainState(meta["epoch"], meta["step"], arrays.get("order"), totals, meta["history"],
                        meta["shuffle_rng"], meta["dropout_rng"], optimizer, controls, best)
     return weights, state
 
 
 def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
-    """A damaged or hand-edited checkpoint is refused here, not half-way into training."""
+    """A damaged or hand-edited checkpoint is refused here, not half-way into training; `size` is
+    the number of trainable values (the optimizer's slots)."""
     def damaged(what):
-        return WeightsError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: {what}", str(path)))
+        return CheckpointError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: {what}", str(path)))
 
     def is_int(value, minimum):
         return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy
 
 from nnctl.core import ops
+from nnctl.core.backend import get_backend
 from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data.batches import Batches
 from nnctl.data.dataset import load_dataset, split
-from nnctl.errors import SpecError
+from nnctl.io.weights import load_weights
+from nnctl.errors import Problem, SpecError, UsageError, WeightsError
 from nnctl.model.graph import ForwardContext, Model
 from nnctl.model.parameters import Parameters
 from nnctl.train.losses import LOSSES
@@ -101,6 +103,16 @@ class Session:
         return values, classes
 
 
+def open_session(spec, weights=None, dtype: str | None = None, backend: str | None = None) -> Session:
+    """`spec` on its backend (or `backend`), with the weights of the .npz file `weights`, or the
+    initializers' when None."""
+    values = load_weights(weights, Model(spec).weight_shapes) if weights is not None else None
+    try:
+        return Session(spec, get_backend(backend or spec.backend), weights=values, dtype=dtype)
+    except WeightsError as exc:  # values that overflow the run's dtype: say which file they came from
+        raise WeightsError([p if p.file else Problem(p.message, str(weights)) for p in exc.problems]) from None
+
+
 class Totals:
     """Sample-weighted sums of loss (and penalty) and metrics, kept on the device until read."""
 
@@ -171,3 +183,16 @@ def training_sets(session):
     if spec.data.validation is not None:
         return dataset, load_spec_data(session, spec.data.validation)
     return split(dataset, spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT))
+
+
+def predict_file(session, path):
+    """(outputs, class indices or None, column names) for every row of the file at `path`, read
+    with the spec's data.inputs (targets not needed); probabilities for cross-entropies."""
+    spec = session.spec
+    if spec.data is None:
+        raise UsageError("--input: expected a spec with data.inputs to say which columns feed which input, received a spec without a data section")
+    dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype)
+    values, classes = session.predict(dataset)
+    prefix = "prob" if session.loss.gives_probabilities else session.model.output
+    columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
+    return values, classes, columns
