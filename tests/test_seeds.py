@@ -8,7 +8,7 @@ import pytest
 
 from nnctl.core.autograd import backward
 from nnctl.core.backend import get_backend
-from nnctl.diagnostics.gradcheck import _Recorder
+from nnctl.diagnostics.numeric import Recorder
 from nnctl.spec.load import Override, load_spec
 from nnctl.train.fit import fit
 from nnctl.train.session import Session, load_spec_data, training_sets
@@ -48,7 +48,7 @@ def _fnn_forward():
     session = session_for("fnn_sigmoid")
     x = numpy.array([[1.0, 2.0]])
     y = numpy.array([[0.3, 0.5, 0.2]])
-    ctx = _Recorder(session.backend)
+    ctx = Recorder(session.backend)
     loss = session.loss(session.model.forward(session.params.tensors, {"x": x}, ctx), y)
     backward(loss)
     return session, ctx.nodes, x, y

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from nnctl import __version__
+from nnctl.cli.starter import TASKS
 from nnctl.core.backend import BACKENDS
 from nnctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NnctlError, Problem, UsageError
 
@@ -348,7 +349,7 @@ def config(spec, as_json):
 @cli.command()
 @click.argument("csv_file", metavar="DATA.csv", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", required=True, help="The column to predict.")
-@click.option("--task", type=click.Choice(["regression", "classification"]),
+@click.option("--task", type=click.Choice(TASKS),
               help="Default: classification when the target holds at most 20 integer labels 0, 1, 2, ..., else regression.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the spec [<DATA>.yaml in the current folder].")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
@@ -370,7 +371,7 @@ def init(csv_file, target, task, out, force, as_json):
 
 
 @cli.command()
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="The output is JSON either way; accepted as by every command, for scripts.")
 def schema(as_json):
     """The JSON Schema (draft 2020-12) of spec files, for editor completion and checking.
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy
 
-from nnctl.core.autograd import backward
-from nnctl.diagnostics.gradcheck import _Recorder
+from nnctl.diagnostics.numeric import Probe
 
 PREACTIVATION = "/preactivation"
 
@@ -40,23 +39,15 @@ def _forward_text(node, symbols) -> str:
 def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-4, atol: float = 1e-6, max_elements: int = 1000) -> dict:
     """The walkthrough for the one sample in `inputs`/`targets` (batch axis of length 1), in float64."""
     backend, model, params = session.backend, session.model, session.params
-    inputs = {k: backend.asarray(v, dtype="float64") for k, v in inputs.items()}
-    targets = backend.asarray(targets)
     host = backend.to_host
+    probe = Probe(session, inputs, targets)
+    inputs, targets = probe.inputs, probe.targets
 
-    def loss_at(nudge=None) -> float:
-        weights = params.frozen()
-        return float(session.objective(model.forward(weights, inputs, _Recorder(backend, nudge)), targets, weights).value)
-
-    recorder = _Recorder(backend)
-    params.zero_grad()
-    loss = session.objective(model.forward(params.tensors, inputs, recorder), targets, params.tensors)
-    backward(loss)
-
-    def numeric(count, loss_with) -> numpy.ndarray:
+    def numeric(count, derivative) -> numpy.ndarray:
+        """The first `max_elements` central differences; NaN for the elements not checked."""
         out = numpy.full(count, numpy.nan)
         for i in range(min(count, max_elements)):
-            out[i] = (loss_with(i, eps) - loss_with(i, -eps)) / (2 * eps)
+            out[i] = derivative(i)
         return out
 
     # --- symbols: a0 for a single input, z_k / a_k / W_k / b_k for the k-th layer --------------
@@ -73,7 +64,7 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
     # --- hand-derived gradients, walking back from the output ----------------------------------
     # The textbook formulas hold for the plain loss: not with a regularization penalty added.
     textbook = session.spec.loss.name == "half_squared_error" and not getattr(session, "regularized", None)
-    value = {name: host(t.value).astype(numpy.float64) for name, t in recorder.nodes.items()}
+    value = {name: host(t.value).astype(numpy.float64) for name, t in probe.nodes.items()}
     y = host(targets).astype(numpy.float64)
     dL_da, dL_dz, formula_text = {}, {}, {}
     if textbook:
@@ -105,10 +96,9 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
         return float(abs_err.max(initial=0)), formula_err, ok
 
     nodes = []
-    for name, tensor in recorder.nodes.items():
-        grad = tensor.grad if tensor.grad is not None else backend.xp.zeros_like(tensor.value)
-        auto = host(grad).astype(numpy.float64).reshape(-1)
-        fd = numeric(auto.size, lambda i, d, name=name: loss_at((name, i, d)))
+    for name in probe.nodes:
+        auto = host(probe.node_gradient(name)).astype(numpy.float64).reshape(-1)
+        fd = numeric(auto.size, lambda i, name=name: probe.node_derivative(name, i, eps))
         hand = formula.get(name)
         hand = None if hand is None else numpy.asarray(hand, dtype=numpy.float64).reshape(-1)
         max_err, formula_err, ok = compare(auto, fd, hand)
@@ -131,21 +121,12 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
         })
 
     weights = []
-    for key, view in params.views.items():
+    for key, grad in params.grad_views.items():
+        view = params.views[key]
         layer_name, weight_name = key.rsplit("/", 1)
         k = symbols[layer_name][1:]
-        flat = view.reshape(-1)
-
-        def nudged(i, d, flat=flat):
-            original = float(flat[i])
-            flat[i] = original + d
-            try:
-                return loss_at()
-            finally:
-                flat[i] = original
-
-        auto = host(params.grad_views[key]).astype(numpy.float64).reshape(-1)
-        fd = numeric(auto.size, nudged)
+        auto = host(grad).astype(numpy.float64).reshape(-1)
+        fd = numeric(auto.size, lambda i, key=key: probe.weight_derivative(key, i, eps))
         hand, text = None, None
         if layer_name in dL_dz:
             source = layer_of[layer_name].inputs[0]
@@ -167,7 +148,7 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
         "name": session.spec.name,
         "loss_name": session.spec.loss.name,
         "textbook": textbook,
-        "loss": float(loss.value),
+        "loss": probe.loss,
         "inputs": {k: host(v).reshape(-1).tolist() for k, v in inputs.items()},
         "targets": y.reshape(-1).tolist(),
         "eps": eps, "rtol": rtol, "atol": atol,

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 
 import numpy
 
-from nnctl.core import ops
-from nnctl.core.autograd import Tensor, backward
 from nnctl.core.random import STREAM_GRADCHECK, rng_for
-from nnctl.model.graph import ForwardContext
+from nnctl.diagnostics.numeric import Probe
 from nnctl.train.session import load_spec_data
 
 
@@ -28,26 +26,6 @@ class GradRow:
     max_abs_error: float
     max_rel_error: float
     passed: bool
-
-
-class _Recorder(ForwardContext):
-    """Records every tapped node (with retained gradient) and can nudge one element of one node."""
-
-    def __init__(self, backend, nudge=None):
-        super().__init__(backend)
-        self.nodes = {}
-        self.nudge = nudge  # (node name, flat index, delta)
-
-    def tap(self, name, tensor):
-        if not isinstance(tensor, Tensor):
-            tensor = Tensor(tensor, requires_grad=True)
-        if self.nudge is not None and self.nudge[0] == name:
-            delta = self.backend.xp.zeros_like(tensor.value)
-            delta.reshape(-1)[self.nudge[1]] = self.nudge[2]
-            tensor = ops.add(tensor, delta)
-        tensor.retain_grad = True
-        self.nodes[name] = tensor
-        return tensor
 
 
 def random_batch(session, size: int, rng=None):
@@ -74,24 +52,9 @@ def _sample(rng, total: int, limit: int):
 
 
 def gradcheck(session, inputs: dict, targets, eps=1e-6, rtol=1e-4, atol=1e-6, max_elements=1000):
-    """Compare gradients for every weight and node; returns (rows, loss value, recorder)."""
-    backend, model = session.backend, session.model
-    xp = backend.xp
-    inputs = {k: backend.asarray(v, dtype="float64") for k, v in inputs.items()}
-    targets = backend.asarray(targets)
-    params = session.params
-
-    def loss_at(nudge=None):
-        ctx = _Recorder(backend, nudge)
-        weights = params.frozen()
-        value = session.objective(model.forward(weights, inputs, ctx), targets, weights).value
-        return float(value)
-
-    recorder = _Recorder(backend)
-    params.zero_grad()
-    loss = session.objective(model.forward(params.tensors, inputs, recorder), targets, params.tensors)
-    backward(loss)
-
+    """Compare gradients for every trainable weight and every node; returns (rows, loss value, probe)."""
+    backend, params = session.backend, session.params
+    probe = Probe(session, inputs, targets)
     rng = rng_for(session.spec.seed, STREAM_GRADCHECK + 1)
     rows = []
 
@@ -106,24 +69,8 @@ def gradcheck(session, inputs: dict, targets, eps=1e-6, rtol=1e-4, atol=1e-6, ma
         passed = bool(numpy.all(abs_err <= atol + rtol * numpy.abs(numeric)))
         rows.append(GradRow(name, kind, tuple(shape), len(picked), total, float(abs_err.max(initial=0)), float(rel_err.max(initial=0)), passed))
 
-    for key, view in params.views.items():
-        flat = view.reshape(-1)
-
-        def numeric_weight(i, flat=flat):
-            original = float(flat[i])
-            flat[i] = original + eps
-            up = loss_at()
-            flat[i] = original - eps
-            down = loss_at()
-            flat[i] = original
-            return (up - down) / (2 * eps)
-
-        compare(key, "weight", params.grad_views[key], numeric_weight, view.shape)
-
-    for name, node in recorder.nodes.items():
-        def numeric_node(i, name=name):
-            return (loss_at((name, i, eps)) - loss_at((name, i, -eps))) / (2 * eps)
-
-        grad = node.grad if node.grad is not None else xp.zeros_like(node.value)
-        compare(name, "node", grad, numeric_node, node.value.shape)
-    return rows, float(loss.value), recorder
+    for key, grad in params.grad_views.items():
+        compare(key, "weight", grad, lambda i, key=key: probe.weight_derivative(key, i, eps), grad.shape)
+    for name, node in probe.nodes.items():
+        compare(name, "node", probe.node_gradient(name), lambda i, name=name: probe.node_derivative(name, i, eps), node.value.shape)
+    return rows, probe.loss, probe
