@@ -6,6 +6,7 @@ then holds the weights' values.
 """
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -102,16 +103,20 @@ class Model:
         """Layers ordered so each comes after its inputs (Kahn's algorithm); name any loop."""
         by_name = {layer.name: layer for layer in spec.layers}
         waiting = {layer.name: {r for r in layer.inputs if r in by_name} for layer in spec.layers}
+        consumers = {name: [] for name in by_name}  # in spec order: ties keep the spec's order
+        for layer in spec.layers:
+            for ref in waiting[layer.name]:
+                consumers[ref].append(layer.name)
         order = []
-        ready = [layer.name for layer in spec.layers if not waiting[layer.name]]
+        ready = collections.deque(layer.name for layer in spec.layers if not waiting[layer.name])
         while ready:
-            name = ready.pop(0)
+            name = ready.popleft()
             order.append(by_name[name])
-            for other, deps in waiting.items():
-                if name in deps:
-                    deps.discard(name)
-                    if not deps and other not in [l.name for l in order] and other not in ready:
-                        ready.append(other)
+            for other in consumers[name]:
+                deps = waiting[other]
+                deps.discard(name)
+                if not deps:
+                    ready.append(other)
         if len(order) < len(spec.layers):
             stuck = {name for name, deps in waiting.items() if deps}
             start = min(stuck, key=lambda n: by_name[n].index)
@@ -155,9 +160,10 @@ class Model:
         rng = rng_for(seed, STREAM_INIT)
         limit = float(numpy.finfo(self.spec.dtype).max)
         values = {}
+        node_of = {f"{n.name}/{w.name}": n for n in self.nodes for w in n.layer.weights}
         for key, w in self.weight_specs:
             name, options = w.initializer.name, w.initializer.options
-            node = next(n for n in self.nodes if key.startswith(n.name + "/"))
+            node = node_of[key]
             where = ("layers", node.index, f"{w.name}_initializer")
             size = math.prod(w.shape)
             if size > MAX_WEIGHT_VALUES:
