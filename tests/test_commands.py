@@ -352,6 +352,16 @@ def test_time_leaves_the_training_path_alone(make_session):
 
 
 # --- config --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.name for p in SPECS.glob("*.yaml")))
+def test_config_output_is_a_spec_nnctl_reads(tmp_path, name):
+    """`nnctl config SPEC > c.yaml` gives a spec: summary reads it, and config of it is the same."""
+    text = run("config", SPECS / name).stdout
+    copy = tmp_path / name
+    copy.write_text(text)
+    assert run("summary", copy).exit_code == 0
+    assert run_json("config", copy) == yaml.safe_load(text)
+
+
 def test_config_fills_every_default(tmp_path):
     spec = write_project(tmp_path / "tt")
     text = run("config", spec).stdout

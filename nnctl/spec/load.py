@@ -455,7 +455,7 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
     targets = _validate_columns(raw["targets"], ("data", "targets"), c)
     split = c.value(number(0, 1, high_open=True), raw.get("validation_split", 0.0), ("data", "validation_split"))
     validation = _optional_path(raw, "validation", base, c)
-    if "validation" in raw and raw.get("validation_split"):
+    if raw.get("validation") is not None and raw.get("validation_split"):
         c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
     test = _optional_path(raw, "test", base, c)
     return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test)
@@ -483,8 +483,8 @@ def _check_training_controls(train: dict, metrics: list, optimizer, data_spec, c
 
 
 def _optional_path(raw: dict, key: str, base: Path, c: _Checker) -> Path | None:
-    """data.<key> as a path relative to the spec's folder, or None when absent or invalid."""
-    if key not in raw:
+    """data.<key> as a path relative to the spec's folder, or None when absent, null or invalid."""
+    if raw.get(key) is None:
         return None
     if not isinstance(raw[key], str) or not raw[key]:
         c.report(("data", key), f"expected a file path, received {describe(raw[key])}")
