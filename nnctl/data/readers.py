@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy
 
-from nnctl.errors import DataError, Problem, describe, did_you_mean, number_text
+from nnctl.errors import DataError, Problem, describe, did_you_mean
 from nnctl.io.arrays import Archive, NpyFile
 from nnctl.io.tables import CsvTable, NotNumbers, numbers
 
@@ -168,8 +168,9 @@ def _check_values(file, name, array, dtype):
             bad = numpy.argwhere(~(numpy.abs(chunk) <= limit))
             if bad.size:
                 where = tuple(int(i) for i in bad[0])
-                expected = "finite numbers" if not numpy.isfinite(chunk[where]) else f"numbers {_fits_text(dtype)}"
-                raise DataError(Problem(f"array {name!r}: expected {expected}, received {number_text(chunk[where])} at index {(where[0] + start,) + where[1:]}", str(file)))
+                expected = "finite numbers" if not numpy.isfinite(chunk[where]) else f"numbers that are {_fits_text(dtype)}"
+                # repr, not number_text: 1e39 is "1e+39", not its forty integer digits
+                raise DataError(Problem(f"array {name!r}: expected {expected}, received {float(chunk[where])!r} at index {(where[0] + start,) + where[1:]}", str(file)))
     elif array.dtype.kind not in "iub":
         raise DataError(Problem(f"array {name!r}: expected a numeric array, received dtype {array.dtype}", str(file)))
 
