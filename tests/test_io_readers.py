@@ -241,3 +241,20 @@ def test_init_refuses_a_fifo(tmp_path):
     result = run("init", tmp_path / "d.csv", "--target", "y", "--out", tmp_path / "d.yaml")
     assert result.exit_code == 2 and "expected a regular file, received a FIFO" in result.stderr
     assert not (tmp_path / "d.yaml").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b\n1,2\n" + "9" * 40, ":3: expected lines of at most 32 characters, received a longer one"),
+    ("a,b\n" + "1," + "2" * 29 + "\n", None),  # 32 characters with the line break: at the limit
+])
+def test_a_line_longer_than_the_limit_is_refused_unread(tmp_path, monkeypatch, text, message):
+    monkeypatch.setattr("nnctl.io.tables.MAX_LINE_CHARS", 32)
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with CsvTable(path, DataError, "a table") as table:
+        if message is None:
+            assert [cells for _, cells in table.rows()] == [["1", "2" * 29]]
+            return
+        with pytest.raises(DataError) as caught:
+            list(table.rows())
+    assert str(caught.value) == f"{path}{message}"

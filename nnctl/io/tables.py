@@ -14,6 +14,10 @@ import numpy
 from nnctl.errors import Problem
 from nnctl.io.paths import open_regular
 
+# A physical line longer than this is refused rather than read: a file without line breaks (a disk
+# image, a binary renamed .csv) would otherwise be read whole into one string before csv sees it.
+MAX_LINE_CHARS = 64 << 20
+
 
 def number(cell: str) -> float:
     """The cell as a float, or ValueError. Stricter than float(), which also takes '1_0' and
@@ -67,7 +71,7 @@ class CsvTable:
         self.file, self.error = str(path), error
         # utf-8-sig: a BOM (Excel writes one) is not part of the first column's name.
         self.handle = io.TextIOWrapper(open_regular(path, error, what), encoding="utf-8-sig", newline="")
-        self.reader = csv.reader(self.handle)
+        self.reader = csv.reader(self._lines())
         self.header, self.header_line = None, None
         self._iterator = self._rows()
         try:
@@ -78,6 +82,15 @@ class CsvTable:
         if first is not None:
             self.header_line, cells = first
             self.header = [name.strip() for name in cells]
+
+    def _lines(self):
+        while True:
+            text = self.handle.readline(MAX_LINE_CHARS)
+            if len(text) == MAX_LINE_CHARS and not text.endswith(("\n", "\r")):
+                raise self.error(Problem(f"expected lines of at most {MAX_LINE_CHARS:,} characters, received a longer one", self.file, self.reader.line_num + 1))
+            if not text:
+                return
+            yield text
 
     def _rows(self):
         """(line, cells) for every row with a non-blank cell."""
