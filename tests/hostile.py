@@ -29,7 +29,7 @@ def npy_bytes(array) -> bytes:
 def forged_zip(members, claims: dict | None = None, deflate=()) -> bytes:
     """A zip of `members` (name -> bytes, or (name, bytes) pairs: a name may repeat), those in
     `deflate` compressed, with the uncompressed size recorded for each name in `claims` replaced by
-    the claimed one (in the local and central headers)."""
+    the claimed one (in the local and central headers; for a stored member the compressed size too)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns of a repeated name: here it is the point
@@ -38,12 +38,15 @@ def forged_zip(members, claims: dict | None = None, deflate=()) -> bytes:
         infos = {info.filename: info.header_offset for info in archive.infolist()}
     data = bytearray(buffer.getvalue())
     for name, size in (claims or {}).items():
-        struct.pack_into("<I", data, infos[name] + 22, size)  # local header: uncompressed size
+        fields = (22,) if name in deflate else (18, 22)  # local header: compressed, uncompressed size
+        for field in fields:
+            struct.pack_into("<I", data, infos[name] + field, size)
         central = data.index(b"PK\x01\x02")  # the first central directory entry
         while True:
             length = struct.unpack_from("<H", data, central + 28)[0]
             if data[central + 46:central + 46 + length].decode() == name:
-                struct.pack_into("<I", data, central + 24, size)
+                for field in fields:
+                    struct.pack_into("<I", data, central + field + 2, size)
                 break
             central = data.index(b"PK\x01\x02", central + 46)
     return bytes(data)

@@ -67,9 +67,8 @@ def read_csv(file: Path, column_map: dict, target_columns, dtype="float64"):
             lines = [line for line, _ in chunk]
             column = {}
             for i in needed:
-                cells = [cells[i] for _, cells in chunk]
                 try:
-                    values = numbers(cells)
+                    values = numbers([row[i] for _, row in chunk])
                 except NotNumbers as bad:
                     line, row = chunk[bad.index]
                     raise DataError(Problem(f"column {header[i]!r}: expected a number, received {row[i]!r}", str(file), table.cell_line(line, row, i), i + 1)) from None

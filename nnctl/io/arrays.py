@@ -151,11 +151,14 @@ class Archive:
                 self.zip = zipfile.ZipFile(self.handle)
             except _CORRUPT as exc:
                 raise self._corrupt(exc) from None
-            self.members = {}
+            self.members, size = {}, os.fstat(self.handle.fileno()).st_size
             for info in self.zip.infolist():
                 name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 if name in self.members:
                     raise error(Problem(f"expected each array once, received {name!r} twice (a tampered archive)", self.file))
+                if info.header_offset + info.compress_size > size:
+                    raise error(Problem(f"array {name!r}: expected a member within the file's {_size_text(size)}, received one of "
+                                        f"{_size_text(info.compress_size)} at byte {info.header_offset}: a truncated or corrupt file", self.file))
                 self.members[name] = info
         except BaseException:
             self.handle.close()
