@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy
 import pytest
 
+from tests import hostile
 from tests.helpers import TWO_TOWER, TWO_TOWER_CSV, run, write_project
 
 SENTINEL_WEIGHTS = b"sentinel weights: must survive a failed run \x00\x01\x02"
@@ -365,6 +366,38 @@ def csv_rows(*rows, header="x1,x2,y"):
     return header + "\n" + "".join(row + "\n" for row in rows)
 
 
+def special_file(name, make, *args):
+    """`name` in the project replaced by what `make(path)` puts there (a FIFO, a link to a device),
+    then `args` run (default: train); good.npz holds the trained weights."""
+    def breaker(project):
+        shutil.copy(project.good_weights, project.folder / "good.npz")
+        make(project.folder / name)
+        return list(args) or ["train", "spec.yaml"]
+    return breaker
+
+
+def sparse_npy_data(shape, fortran):
+    def breaker(project):
+        for old, new in NPY_EDITS:
+            project.edit(old, new)
+        hostile.sparse_npy(project.folder / "data.npy", shape, fortran)
+        return ["train", "spec.yaml"]
+    return breaker
+
+
+def with_member(name, content, claim=None):
+    """The weights as a zip of .npy members plus member `name` (deflated), its size claimed as `claim`."""
+    def change(arrays):
+        members = {f"{key}.npy": hostile.npy_bytes(value) for key, value in arrays.items()}
+        members[f"{name}.npy"] = content
+        return hostile.forged_zip(members, {f"{name}.npy": claim} if claim else None, deflate=(f"{name}.npy",))
+    return change
+
+
+BOMB_HEADER = hostile.npy_header((1 << 28,))  # 2 GB of float64, claimed by a member of a few bytes
+HUGE_X = hostile.npy_header((10**12, 2))
+
+
 DATA = [
     ("missing data file", csv_data(None), ["data.csv", "expected a data file, received a path that does not exist"]),
     ("missing validation file", csv_data(TWO_TOWER_CSV, ("validation_split: 0.2", "validation: val.csv")),
@@ -438,6 +471,52 @@ DATA = [
     (".npy with inf", npy_data(lambda: numpy.hstack([X, Y * numpy.inf])), ["data.npy", "expected finite numbers, received -inf at index (0, 2)"]),
     (".npy that is an .npz", npy_data(lambda: _npz_bytes({"X": X})), ["data.npy", "expected a .npy array file, received an .npz file"]),
     (".npy pickled objects", npy_data(lambda: numpy.hstack([X, Y]).astype(object)), ["data.npy", "pickled object array, which nnctl never loads"]),
+    ("cell that overflows float32", csv_data(csv_rows("1,2,3", "4,1e39,6")),
+     ["data.csv:3:2:", "column 'x2': expected a number that is finite in float32 (|x| <= 3.4e+38), received '1e39'"]),
+    ("target that overflows float32", csv_data(csv_rows("1,2,3", "4,5,-3e38", "4,5,-4e38")),
+     ["data.csv:4:3:", "column 'y': expected a number that is finite in float32", "received '-4e38'"]),
+    ("predict: --input cell overflows float32", predict_input("in.csv", "x1,x2\n1,2\n3,1e39\n"),
+     ["in.csv:3:2:", "column 'x2': expected a number that is finite in float32", "received '1e39'"]),
+    (".npz value that overflows float32", npz_data(lambda: {"X": numpy.where(X > 0.9, 1e39, X), "Y": Y}),
+     ["data.npz", "array 'X': expected numbers that are finite in float32 (|x| <= 3.4e+38), received 1e+39 at index (19, 0)"]),
+    (".npy value that overflows float32", npy_data(lambda: numpy.hstack([X, numpy.where(Y > 1.5, 1e39, Y)])),
+     ["data.npy", "array 'data.npy': expected numbers that are finite in float32", "received 1e+39 at index (17, 2)"]),
+    ("cell after a quoted cell holding line breaks", csv_data('x1,x2,y\n"1\n\n",2,3\n4,5,6\n7,x,9\n'),
+     ["data.csv:6:2:", "column 'x2': expected a number, received 'x'"]),
+    ("bad cell in a row that spans lines", csv_data('x1,x2,y\n1,2,3\n"4\n",bad,6\n'),
+     ["data.csv:4:2:", "column 'x2': expected a number, received 'bad'"]),
+    ("label after a quoted cell holding line breaks", csv_data('x1,x2,y\n"1\n",2,0\n3,4,7\n', *LABELS_SPEC),
+     ["data.csv:4:3:", "expected class indices in [0, 3)", "received 7"]),
+    ("digits with an underscore", csv_data(csv_rows("1,2,3", "1_0,5,6")),
+     ["data.csv:3:1:", "column 'x1': expected a number, received '1_0'"]),
+    ("Arabic-Indic digits", csv_data(csv_rows("1,2,3", "4,\u0661,6")),
+     ["data.csv:3:2:", "column 'x2': expected a number, received '\u0661'"]),
+    ("full-width digits", csv_data(csv_rows("\uff17,2,3")),
+     ["data.csv:2:1:", "expected a number, received '\uff17'"]),
+    ("data file that is a FIFO", special_file("data.csv", hostile.fifo),
+     ["data.csv", "expected a regular file, received a FIFO"]),
+    ("data file that is /dev/zero", special_file("data.csv", lambda path: hostile.link(path, "/dev/zero")),
+     ["data.csv", "expected a regular file, received a character device"]),
+    ("data file that is a directory", special_file("data.csv", lambda path: (path.unlink(), path.mkdir())),
+     ["data.csv", "expected a data file, received a directory"]),
+    ("predict: --input is a FIFO", special_file("in.csv", hostile.fifo, "predict", "spec.yaml", "--weights", "good.npz", "--input", "in.csv"),
+     ["in.csv", "expected a regular file, received a FIFO"]),
+    (".npy header claims 10**12 rows", npy_data(lambda: hostile.npy_header((10**12, 3)) + bytes(24)),
+     ["data.npy", "expected a .npy header that fits the data, received shape (1000000000000, 3) of float64", "with 24 bytes of data"]),
+    (".npz member header claims 10**12 rows", npz_data(lambda: hostile.forged_zip({"X.npy": HUGE_X + bytes(32), "Y.npy": hostile.npy_bytes(Y)})),
+     ["data.npz", "array 'X': expected a .npy header that fits the data, received shape (1000000000000, 2) of float64"]),
+    (".npz member claims more than deflate makes (zip bomb)",
+     npz_data(lambda: hostile.forged_zip({"X.npy": BOMB_HEADER + bytes(64), "Y.npy": hostile.npy_bytes(Y)}, {"X.npy": len(BOMB_HEADER) + (8 << 28)}, deflate=("X.npy",))),
+     ["data.npz", "array 'X': expected at most 1032 times its", "received a claim of 2.0 GB (a zip bomb or a corrupt file)"]),
+    (".npz stored member claiming 2 GB in a small file",
+     npz_data(lambda: hostile.forged_zip({"X.npy": BOMB_HEADER + bytes(64), "Y.npy": hostile.npy_bytes(Y)}, {"X.npy": len(BOMB_HEADER) + (8 << 28)})),
+     ["data.npz", "array 'X': expected a member within the file's", "received one of 2.0 GB at byte 0: a truncated or corrupt file"]),
+    (".npz member smaller than its header says", npz_data(lambda: hostile.forged_zip({"X.npy": hostile.npy_bytes(X)[:200], "Y.npy": hostile.npy_bytes(Y)})),
+     ["data.npz", "array 'X': expected a .npy header that fits the data, received shape (20, 2) of float64 (320 bytes)"]),
+    (".npz array stored twice", npz_data(lambda: hostile.forged_zip([("X.npy", hostile.npy_bytes(X)), ("Y.npy", hostile.npy_bytes(Y)), ("X.npy", hostile.npy_bytes(-X))])),
+     ["data.npz", "expected each array once, received 'X' twice (a tampered archive)"]),
+    ("large Fortran-order .npy", sparse_npy_data((12_000_000, 3), fortran=True),
+     ["data.npy", "expected a C-order (row-major) .npy file for one this large (274 MB", "received a Fortran-order one", "numpy.ascontiguousarray"]),
 ]
 
 
@@ -466,6 +545,16 @@ WEIGHTS = [
     ("--init: shape mismatch", weights_file(with_array("dense3/kernel", numpy.zeros((1, 3), numpy.float32)), how="init"),
      ["bad.npz", "array 'dense3/kernel': expected shape (3, 1), received (1, 3)"]),
     ("--init: truncated file", weights_file(good_bytes(cut=0.7), how="init"), ["bad.npz", "truncated or corrupt"]),
+    ("zip bomb under an unexpected name (refused unread)", weights_file(with_member("bomb", BOMB_HEADER + bytes(64), len(BOMB_HEADER) + (8 << 28))),
+     ["bad.npz", "received unexpected array 'bomb'"]),
+    ("zip bomb under a weight's name", weights_file(with_member("dense1/bias", BOMB_HEADER + bytes(64), len(BOMB_HEADER) + (8 << 28))),
+     ["bad.npz", "array 'dense1/bias': expected at most 1032 times its", "(a zip bomb or a corrupt file)"]),
+    ("weight header claims 10**12 values", weights_file(with_member("dense1/bias", hostile.npy_header((10**12,), "<f4") + bytes(16))),
+     ["bad.npz", "array 'dense1/bias': expected a .npy header that fits the data, received shape (1000000000000,) of float32"]),
+    ("weights file that is a FIFO", special_file("bad.npz", hostile.fifo, "predict", "spec.yaml", "--weights", "bad.npz", "--input", "data.csv"),
+     ["bad.npz", "expected a regular file, received a FIFO"]),
+    ("weights file that is /dev/zero", special_file("bad.npz", lambda path: hostile.link(path, "/dev/zero"), "train", "spec.yaml", "--init", "bad.npz"),
+     ["bad.npz", "expected a regular file, received a character device"]),
 ]
 
 ROWS = [pytest.param(*row, id=f"spec: {row[0]}") for row in SPEC] + \

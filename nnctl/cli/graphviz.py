@@ -11,7 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nnctl.errors import MissingTool, Problem, UsageError, shape_text
+from nnctl.errors import MissingTool, Problem, shape_text
+from nnctl.io import paths
 from nnctl.io.atomic import atomic_write
 
 DOT_SUFFIXES = (".dot", ".gv")
@@ -69,8 +70,7 @@ def to_dot(summary: dict) -> str:
 
 
 def check_suffix(path: Path) -> None:
-    if path.suffix.lower() not in SUFFIXES:
-        raise UsageError(Problem(f"--graph: expected a file ending in {', '.join(SUFFIXES)}, received {path.name!r}", str(path)))
+    paths.check_suffix(path, SUFFIXES, "--graph")
 
 
 def write_graph(dot_text: str, path: Path) -> None:

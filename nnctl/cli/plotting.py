@@ -7,13 +7,14 @@ on a braille canvas (2 x 4 dots per character cell) that nnctl.cli.report render
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
 import math
 from pathlib import Path
 
-from nnctl.errors import DataError, Problem, UsageError
+from nnctl.errors import DataError, Problem
 from nnctl.io.atomic import atomic_write
+from nnctl.io.paths import check_suffix
+from nnctl.io.tables import CsvTable, number
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 INSTALL_HINT = "pip install 'nnctl[plot]' (or pip install matplotlib)"
@@ -28,32 +29,21 @@ class PlotUnavailable(Exception):
 # --- history ---------------------------------------------------------------------------------------
 def read_history(path) -> list[dict]:
     """The rows of a history.csv written by `nnctl train`, every value a float (epoch an int)."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise DataError(Problem("expected a history.csv written by nnctl train, received a path that does not exist", str(path))) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(Problem(f"expected a readable UTF-8 CSV file, received {exc.__class__.__name__}: {exc}", str(path))) from None
-    if not rows or "epoch" not in rows[0] or len(rows[0]) < 2:
-        raise DataError(Problem("expected a header with 'epoch' and at least one curve (e.g. epoch,loss,val_loss), received "
-                                + (repr(",".join(rows[0])) if rows else "an empty file"), str(path), 1))
-    header = [h.strip() for h in rows[0]]
-    history = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise DataError(Problem(f"expected {len(header)} fields like the header, received {len(row)}", str(path), line))
-        record = {}
-        for column, (name, cell) in enumerate(zip(header, row), start=1):
-            try:
-                value = float(cell) if cell.strip() else math.nan
-            except ValueError:
-                raise DataError(Problem(f"column {name!r}: expected a number, received {cell!r}", str(path), line, column)) from None
-            record[name] = int(value) if name == "epoch" and math.isfinite(value) else value
-        history.append(record)
+    with CsvTable(path, DataError, "a history.csv written by nnctl train") as table:
+        header = table.header
+        if header is None or "epoch" not in header or len(header) < 2:
+            raise DataError(Problem("expected a header with 'epoch' and at least one curve (e.g. epoch,loss,val_loss), received "
+                                    + (repr(",".join(header)) if header else "an empty file"), str(path), table.header_line or 1))
+        history = []
+        for line, row in table.rows():
+            record = {}
+            for column, (name, cell) in enumerate(zip(header, row), start=1):
+                try:
+                    value = number(cell) if cell.strip() else math.nan
+                except ValueError:
+                    raise DataError(Problem(f"column {name!r}: expected a number, received {cell!r}", str(path), table.cell_line(line, row, column - 1), column)) from None
+                record[name] = int(value) if name == "epoch" and math.isfinite(value) else value
+            history.append(record)
     if not history:
         raise DataError(Problem("expected at least one epoch row, received only the header", str(path)))
     return history
@@ -197,8 +187,7 @@ def matplotlib_available() -> bool:
 
 
 def check_picture_suffix(path: Path) -> None:
-    if Path(path).suffix.lower() not in PICTURE_SUFFIXES:
-        raise UsageError(Problem(f"--out: expected a file ending in {', '.join(PICTURE_SUFFIXES)}, received {Path(path).name!r}", str(path)))
+    check_suffix(path, PICTURE_SUFFIXES, "--out")
 
 
 def save_figure(data: dict, path, title: str = "") -> None:

@@ -7,7 +7,6 @@ and a description of what was chosen.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -17,6 +16,7 @@ import yaml
 
 from nnctl.errors import DataError, Problem, UsageError, did_you_mean
 from nnctl.io.atomic import atomic_write
+from nnctl.io.tables import CsvTable, number
 
 TASKS = ("regression", "classification")
 HIDDEN_UNITS = (32, 32)
@@ -26,27 +26,19 @@ EPOCHS = 20
 
 def _is_number(cell: str) -> bool:
     try:
-        return math.isfinite(float(cell))
+        return math.isfinite(number(cell))
     except ValueError:
         return False
 
 
 def read_columns(path: Path) -> tuple[list[str], dict]:
     """(header, {column: [cells]}) of a CSV file with a header row."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    except FileNotFoundError:
-        raise DataError(Problem("expected a CSV file with a header row, received a path that does not exist", str(path))) from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(Problem(f"expected a readable UTF-8 CSV file, received {exc.__class__.__name__}: {exc}", str(path))) from None
-    if len(rows) < 2:
-        raise DataError(Problem("expected a header row and at least one row of values, received " + ("an empty file" if not rows else "only a header"), str(path)))
-    header = [h.strip() for h in rows[0]]
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(Problem(f"expected {len(header)} fields like the header, received {len(row)}", str(path), line))
-    return header, {name: [row[i].strip() for row in rows[1:]] for i, name in enumerate(header)}
+    with CsvTable(path, DataError, "a CSV file with a header row") as table:
+        header = table.header
+        rows = list(table.rows()) if header is not None else []
+    if not rows:
+        raise DataError(Problem("expected a header row and at least one row of values, received " + ("an empty file" if header is None else "only a header"), str(path)))
+    return header, {name: [cells[i].strip() for _, cells in rows] for i, name in enumerate(header)}
 
 
 def _labels(cells) -> list[int] | None:

@@ -32,16 +32,14 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kin
     """Read `file`, pick the model's inputs (and targets unless `target_columns` is None), check them
     (targets as the loss's `kind` of target, nnctl.data.targets)."""
     file = Path(file)
-    if not file.exists():
-        raise DataError(Problem("expected a data file, received a path that does not exist", str(file)))
     suffix = file.suffix.lower()
     locate = None  # sample index -> Problem(...) keyword arguments and a text naming the place
     if suffix in CSV_SUFFIXES:
-        inputs, targets, locate = read_csv(file, column_map, target_columns)
+        inputs, targets, locate = read_csv(file, column_map, target_columns, dtype)
     elif suffix == ".npz":
-        inputs, targets = read_npz(file, column_map, target_columns)
+        inputs, targets = read_npz(file, column_map, target_columns, dtype)
     elif suffix == ".npy":
-        inputs, targets = read_npy(file, column_map, target_columns)
+        inputs, targets = read_npy(file, column_map, target_columns, dtype)
     else:
         raise DataError(Problem(f"expected a .csv, .npy or .npz file, received a {suffix or 'suffix-less'} file", str(file)))
     n = len(next(iter(inputs.values())))

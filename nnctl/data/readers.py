@@ -5,77 +5,105 @@ Large .npy files stay on disk (RowFile) and are read row by row, so a data set i
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy
 
-from nnctl.errors import DataError, Problem, describe, did_you_mean, number_text
+from nnctl.errors import DataError, Problem, describe, did_you_mean
+from nnctl.io.arrays import Archive, NpyFile
+from nnctl.io.tables import CsvTable, NotNumbers, numbers
 
 CSV_SUFFIXES = (".csv",)
 
 
-def read_csv(file: Path, column_map: dict, target_columns):
-    try:
-        with open(file, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM (Excel's) is not part of the first name
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(Problem(f"expected a readable UTF-8 CSV file, received {exc.__class__.__name__}: {exc}", str(file))) from None
-    if not rows:
-        raise DataError(Problem("expected a header row of column names, received an empty file", str(file)))
-    header = [h.strip() for h in rows[0]]
-    body = [row for row in rows[1:] if row and any(cell.strip() for cell in row)]
-    index = {name: i for i, name in enumerate(header)}
+# Rows converted at a time: the cells of one chunk are all that is held as Python strings.
+CHUNK_ROWS = 8192
 
-    def columns_of(columns, what):
-        names = [columns] if isinstance(columns, str) else columns
-        missing = [c for c in names if c not in index]
-        if missing:
-            raise DataError(Problem(
-                f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(map(repr, header))}",
-                str(file), 1,
-            ))
-        for name in names:
-            places = [i + 1 for i, h in enumerate(header) if h == name]
-            if len(places) > 1:
+
+def _limit(dtype) -> float:
+    return float(numpy.finfo(dtype).max)
+
+
+def _fits_text(dtype) -> str:
+    return f"finite in {numpy.dtype(dtype).name} (|x| <= {_limit(dtype):.3g})"
+
+
+def read_csv(file: Path, column_map: dict, target_columns, dtype="float64"):
+    """Inputs and targets as float64 arrays, converted a chunk of rows at a time while streaming."""
+    limit = _limit(dtype)
+    with CsvTable(file, DataError, "a data file") as table:
+        header = table.header
+        if header is None:
+            raise DataError(Problem("expected a header row of column names, received an empty file", str(file)))
+        index = {name: i for i, name in enumerate(header)}
+
+        def columns_of(columns, what):
+            names = [columns] if isinstance(columns, str) else columns
+            missing = [c for c in names if c not in index]
+            if missing:
                 raise DataError(Problem(
-                    f"{what}: expected column {name!r} once in the header, received it in columns {', '.join(map(str, places))}",
-                    str(file), 1, places[1],
+                    f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(map(repr, header))}",
+                    str(file), table.header_line,
                 ))
-        return [index[c] for c in names]
+            for name in names:
+                places = [i + 1 for i, h in enumerate(header) if h == name]
+                if len(places) > 1:
+                    raise DataError(Problem(
+                        f"{what}: expected column {name!r} once in the header, received it in columns {', '.join(map(str, places))}",
+                        str(file), table.header_line, places[1],
+                    ))
+            return [index[c] for c in names]
 
-    wanted = {name: columns_of(cols, f"input {name!r}") for name, cols in column_map.items()}
-    target_index = columns_of(target_columns, "targets") if target_columns is not None else None
-    for line, row in enumerate(rows[1:], start=2):
-        if row and any(cell.strip() for cell in row) and len(row) != len(header):
-            raise DataError(Problem(f"expected {len(header)} fields like the header, received {len(row)}", str(file), line))
-    line_numbers = [i for i, row in enumerate(rows[1:], start=2) if row and any(cell.strip() for cell in row)]
+        wanted = {name: columns_of(cols, f"input {name!r}") for name, cols in column_map.items()}
+        if target_columns is not None:
+            wanted[None] = columns_of(target_columns, "targets")  # None: no input can be named so
+        needed = sorted({i for indices in wanted.values() for i in indices})
+        blocks = {key: [] for key in wanted}
+        line_blocks = []
 
-    def convert(indices):
-        out = numpy.empty((len(body), len(indices)), dtype=numpy.float64)
-        for r, row in enumerate(body):
-            for c, i in enumerate(indices):
-                cell = row[i]
+        def convert(chunk):
+            lines = [line for line, _ in chunk]
+            column = {}
+            for i in needed:
                 try:
-                    value = float(cell)
-                except ValueError:
-                    raise DataError(Problem(f"column {header[i]!r}: expected a number, received {cell!r}", str(file), line_numbers[r], i + 1)) from None
-                if not math.isfinite(value):
-                    raise DataError(Problem(f"column {header[i]!r}: expected a finite number, received {cell!r}", str(file), line_numbers[r], i + 1))
-                out[r, c] = value
-        return out
+                    values = numbers([row[i] for _, row in chunk])
+                except NotNumbers as bad:
+                    line, row = chunk[bad.index]
+                    raise DataError(Problem(f"column {header[i]!r}: expected a number, received {row[i]!r}", str(file), table.cell_line(line, row, i), i + 1)) from None
+                out_of_range = numpy.flatnonzero(~(numpy.abs(values) <= limit))
+                if out_of_range.size:
+                    r = int(out_of_range[0])
+                    line, row = chunk[r]
+                    expected = "a finite number" if not math.isfinite(values[r]) else f"a number that is {_fits_text(dtype)}"
+                    raise DataError(Problem(f"column {header[i]!r}: expected {expected}, received {row[i]!r}", str(file), table.cell_line(line, row, i), i + 1))
+                column[i] = values
+            for key, indices in wanted.items():
+                blocks[key].append(numpy.stack([column[i] for i in indices], axis=1))
+            line_blocks.append(numpy.array(lines, dtype=numpy.int64))
 
-    inputs = {name: convert(indices) for name, indices in wanted.items()}
-    targets = convert(target_index) if target_index is not None else None
+        chunk = []
+        for row in table.rows():
+            chunk.append(row)
+            if len(chunk) == CHUNK_ROWS:
+                convert(chunk)
+                chunk = []
+        if chunk:
+            convert(chunk)
+
+    def joined(key):
+        parts = blocks.pop(key)
+        return numpy.concatenate(parts) if parts else numpy.empty((0, len(wanted[key])))
+
+    line_numbers = numpy.concatenate(line_blocks) if line_blocks else numpy.empty(0, dtype=numpy.int64)
+    targets = joined(None) if target_columns is not None else None
+    inputs = {name: joined(name) for name in column_map}
 
     def locate(i):
-        first = target_index[0]
-        names = ", ".join(repr(header[c]) for c in target_index)
-        return {"file": str(file), "line": line_numbers[i], "column": first + 1}, f"column{'s' if len(target_index) > 1 else ''} {names}"
+        first = wanted[None][0]
+        names = ", ".join(repr(header[c]) for c in wanted[None])
+        return {"file": str(file), "line": int(line_numbers[i]), "column": first + 1}, f"column{'s' if len(wanted[None]) > 1 else ''} {names}"
 
     return inputs, targets, locate
 
@@ -130,71 +158,34 @@ class RowFile:
             os.close(self._fd)
 
 
-def _finite(file, name, array):
+def _check_values(file, name, array, dtype):
+    """Numbers only, finite in the model's dtype (1e39 is inf in float32), the first bad one by index."""
     if array.dtype.kind == "f":
+        limit = _limit(dtype)
         chunks = array.chunks() if isinstance(array, RowFile) else [(0, array)]
         for start, chunk in chunks:
-            bad = numpy.argwhere(~numpy.isfinite(chunk))
+            bad = numpy.argwhere(~(numpy.abs(chunk) <= limit))
             if bad.size:
                 where = tuple(int(i) for i in bad[0])
-                raise DataError(Problem(f"array {name!r}: expected finite numbers, received {number_text(chunk[where])} at index {(where[0] + start,) + where[1:]}", str(file)))
+                expected = "finite numbers" if not numpy.isfinite(chunk[where]) else f"numbers that are {_fits_text(dtype)}"
+                # repr, not number_text: 1e39 is "1e+39", not its forty integer digits
+                raise DataError(Problem(f"array {name!r}: expected {expected}, received {float(chunk[where])!r} at index {(where[0] + start,) + where[1:]}", str(file)))
     elif array.dtype.kind not in "iub":
         raise DataError(Problem(f"array {name!r}: expected a numeric array, received dtype {array.dtype}", str(file)))
 
 
-_MAGIC = {".npz": (b"PK\x03\x04", b"PK\x05\x06"), ".npy": (b"\x93NUMPY",)}
-_CORRUPT = (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error)
-
-
-def _check_magic(file: Path, suffix: str) -> None:
-    """Refuse a file that is not what its suffix says before NumPy guesses (it would call it a pickle)."""
-    try:
-        with open(file, "rb") as handle:
-            head = handle.read(8)
-    except OSError as exc:
-        raise DataError(Problem(f"expected a readable {suffix} file, received {exc.__class__.__name__}: {exc}", str(file))) from None
-    if head.startswith(_MAGIC[suffix]):
-        return
-    other = next((s for s, magic in _MAGIC.items() if head.startswith(magic)), None)
-    if other:
-        reason = f"an {other} file"
-    elif not head:
-        reason = "an empty file"
-    elif head.startswith(b"\x80"):
-        reason = "a pickle file, which nnctl never loads"
-    else:
-        reason = f"a file that starts with {head[:4]!r}"
-    what = "an .npz archive (a zip of .npy arrays)" if suffix == ".npz" else "a .npy array file"
-    raise DataError(Problem(f"expected {what}, received {reason}", str(file)))
-
-
-def _unreadable(exc) -> str:
-    if "pickle" in str(exc) or "Python objects" in str(exc):
-        return "a pickled object array, which nnctl never loads"
-    return f"an unreadable one ({exc})"
-
-
-def read_npz(file: Path, column_map: dict, target_columns):
-    _check_magic(file, ".npz")
-    try:
-        archive = numpy.load(file, allow_pickle=False)
-    except (ValueError, *_CORRUPT) as exc:
-        raise DataError(Problem(f"expected a valid .npz archive, received a truncated or corrupt file ({exc})", str(file))) from None
-    with archive:
+def read_npz(file: Path, column_map: dict, target_columns, dtype="float64"):
+    """The named arrays, read whole; the archive's other members are never read."""
+    with Archive(file, DataError, "a data file") as archive:
         def array(name, what):
             if not isinstance(name, str):
                 raise DataError(Problem(f"{what}: expected one array name for an .npz file, received {describe(name)}", str(file)))
-            if name not in archive.files:
-                raise DataError(Problem(f"{what}: expected array {name!r}{did_you_mean(name, archive.files)}; the archive has {', '.join(archive.files) or 'no arrays'}", str(file)))
-            try:
-                value = archive[name]
-            except (ValueError, *_CORRUPT) as exc:
-                raise DataError(Problem(f"array {name!r}: expected a plain numeric array, received {_unreadable(exc)}", str(file))) from None
-            if not isinstance(value, numpy.ndarray):
-                raise DataError(Problem(f"array {name!r}: expected a NumPy array, received a member that is not in .npy format", str(file)))
+            if name not in archive.names:
+                raise DataError(Problem(f"{what}: expected array {name!r}{did_you_mean(name, archive.names)}; the archive has {', '.join(archive.names) or 'no arrays'}", str(file)))
+            value = archive.read(name)
             if value.ndim == 0:
                 raise DataError(Problem(f"array {name!r}: expected samples along axis 0, received a scalar", str(file)))
-            _finite(file, name, value)
+            _check_values(file, name, value, dtype)
             return value
 
         inputs = {name: array(arr, f"input {name!r}") for name, arr in column_map.items()}
@@ -227,32 +218,27 @@ LOAD_WHOLE_BYTES = 256 << 20
 
 
 def _open_npy(file: Path):
-    """An in-memory array, or a RowFile for a large 2-D C-ordered file."""
-    if file.stat().st_size <= LOAD_WHOLE_BYTES:
-        return numpy.load(file, allow_pickle=False)
-    with open(file, "rb") as handle:
-        version = numpy.lib.format.read_magic(handle)
-        read_header = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else numpy.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
-        offset = handle.tell()
-    if dtype.hasobject:
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-    if len(shape) != 2 or fortran_order:
-        return numpy.load(file, mmap_mode="r", allow_pickle=False)  # only its shape is looked at: rejected below
-    if offset + shape[0] * shape[1] * dtype.itemsize > file.stat().st_size:
-        raise ValueError(f"the file is shorter than its header's shape {shape} says")
-    return RowFile(file, offset, shape[0], shape[1], dtype)
+    """An in-memory array, or a RowFile for a large 2-D C-ordered file; the header is checked first."""
+    with NpyFile(file, DataError, "a data file") as npy:
+        header = npy.header
+        if len(header.shape) != 2:
+            raise DataError(Problem(f"expected a 2-D array (samples, columns), received shape {list(header.shape)}", str(file)))
+        if header.nbytes <= LOAD_WHOLE_BYTES:
+            return npy.load()
+    if header.fortran_order:
+        # A row of a Fortran-order array is strided over the whole file: one read per value, not
+        # per row, and a batch of rows touches every page. Loading it instead would break the
+        # promise that a large .npy stays on disk, so the fix is asked of the file, once.
+        raise DataError(Problem(
+            f"expected a C-order (row-major) .npy file for one this large ({header.nbytes >> 20} MB; nnctl reads files over "
+            f"{LOAD_WHOLE_BYTES >> 20} MB row by row from disk), received a Fortran-order one; rewrite it in C order, e.g. "
+            "numpy.save('c_order.npy', numpy.ascontiguousarray(numpy.load(path, mmap_mode='r')))", str(file)))
+    return RowFile(file, header.offset, header.shape[0], header.shape[1], header.dtype)
 
 
-def read_npy(file: Path, column_map: dict, target_columns):
-    _check_magic(file, ".npy")
-    try:
-        array = _open_npy(file)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(Problem(f"expected a valid .npy file, received {_unreadable(exc)}", str(file))) from None
-    if array.ndim != 2:
-        raise DataError(Problem(f"expected a 2-D array (samples, columns), received shape {list(array.shape)}", str(file)))
-    _finite(file, file.name, array)
+def read_npy(file: Path, column_map: dict, target_columns, dtype="float64"):
+    array = _open_npy(file)
+    _check_values(file, file.name, array, dtype)
     width = array.shape[1]
 
     def pick(spec, what, copy=False):
