@@ -43,9 +43,9 @@ def file_kind(mode: int) -> str:
     """What a path that is not a regular file is, from its st_mode: 'a directory', 'a FIFO', ..."""
     import stat
 
-    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
-    return next((text for test, text in kinds if test(mode)), "not a regular file")
+    return next((text for test, text in kinds if test(mode)), "a special file")
 
 
 def did_you_mean(word, choices) -> str:

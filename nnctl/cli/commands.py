@@ -17,7 +17,7 @@ import click
 from nnctl import __version__
 from nnctl.cli.starter import TASKS
 from nnctl.core.backend import BACKENDS
-from nnctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NnctlError, Problem, UsageError
+from nnctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NnctlError
 
 
 
@@ -214,12 +214,12 @@ def _graceful_stop():
 def predict(spec, weights, input_path, output, backend, as_json):
     """Run SPEC with WEIGHTS on the rows of INPUT."""
     from nnctl.cli.report import predictions_view
-    from nnctl.io.outputs import refuse_inputs
+    from nnctl.io.paths import check_suffix, refuse_inputs
     from nnctl.io.records import save_predictions
     from nnctl.train.session import predict_file
 
-    if output is not None and output.suffix.lower() not in (".csv", ".npy"):
-        raise UsageError(Problem(f"--output: expected a .csv or .npy file, received {output.name!r}", str(output)))
+    if output is not None:
+        check_suffix(output, (".csv", ".npy"), "--output")
     refuse_inputs(output, "--output", {"the spec": spec, "the --weights file": weights, "the --input file": input_path})
     values, classes, columns = predict_file(_session(spec, weights, backend=backend), input_path)
     if output is not None:

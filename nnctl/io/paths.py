@@ -1,6 +1,7 @@
-"""Paths the user names: the file to read must be a regular file, the file to write must have a suffix we write.
+"""Paths the user names: the file to read must be a regular file, the file to write must have a
+suffix we write and must not be one of the command's inputs.
 
-Both checks run before any work, so a wrong path costs nothing and overwrites nothing.
+The checks run before any work, so a wrong path costs nothing and overwrites nothing.
 """
 from __future__ import annotations
 
@@ -8,11 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from nnctl.errors import Problem, UsageError
-
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
+from nnctl.errors import Problem, UsageError, file_kind
 
 def open_regular(path, error, what: str):
     """`path` opened for binary reading, or `error` (a NnctlError class) saying why it cannot be.
@@ -33,7 +30,7 @@ def open_regular(path, error, what: str):
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        kind = file_kind(mode)
         if kind == "a directory":
             raise error(Problem(f"expected {what}, received a directory", path))
         raise error(Problem(f"expected a regular file, received {kind}", path))
@@ -48,3 +45,14 @@ def check_suffix(path, suffixes, flag: str) -> None:
     if path.suffix.lower() not in suffixes:
         listed = " or ".join(suffixes) if len(suffixes) == 2 else ", ".join(suffixes)
         raise UsageError(Problem(f"{flag}: expected a {listed} file, received {path.name!r}", str(path)))
+
+
+def refuse_inputs(output, flag: str, inputs: dict) -> None:
+    """UsageError when `output` is one of `inputs` ({what: path}), compared as resolved paths
+    (so ./d.csv, d.csv and a symlink to it are one file)."""
+    if output is None:
+        return
+    target = Path(output).resolve()
+    for what, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise UsageError(Problem(f"{flag}: expected a path that is not one of this command's inputs, received {what}", str(output)))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnctl.core.backend import BACKENDS
 from nnctl.train.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
-from nnctl.errors import Problem, SpecError, describe, did_you_mean, file_kind
+from nnctl.errors import Problem, SpecError, describe, did_you_mean
+from nnctl.io.paths import open_regular
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES
 from nnctl.train.metrics import METRICS
@@ -254,16 +254,13 @@ def load_spec(source, overrides=(), file=None) -> Spec:
 
 
 def _read_spec_text(path: Path) -> str:
+    with open_regular(path, SpecError, "a spec file") as handle:
+        data = handle.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(Problem(f"expected a spec file of at most {MAX_SPEC_BYTES >> 20} MB, received a larger file", str(path)))
     try:
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise SpecError(Problem(f"expected a spec file, received {file_kind(status.st_mode)}", str(path)))
-        if status.st_size > MAX_SPEC_BYTES:
-            raise SpecError(Problem(f"expected a spec file of at most {MAX_SPEC_BYTES >> 20} MB, received {status.st_size:,} bytes", str(path)))
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(Problem("expected a spec file, received a path that does not exist", str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SpecError(Problem(f"expected a readable UTF-8 spec file, received {exc.__class__.__name__}: {exc}", str(path))) from None
 
 

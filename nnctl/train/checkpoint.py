@@ -15,12 +15,12 @@ import os
 
 import numpy
 
-from nnctl.errors import Problem, CheckpointError
+from nnctl.errors import CheckpointError, DataError, Problem
 from nnctl.io.atomic import atomic_write
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.fit import TrainState
-from nnctl.io.weights import read_arrays
-from nnctl.errors import WeightsError
+from nnctl.io.arrays import Archive
+from nnctl.io.paths import open_regular
 
 FORMAT = 3  # 2: training controls (meta "controls", array "best_weights"); 3: Adam keeps decayed sums
 
@@ -55,7 +55,7 @@ def data_fingerprint(spec) -> str | None:
             key = (str(path), stat.st_size, stat.st_mtime_ns)
             if key not in _FILE_HASHES:
                 file_hash = hashlib.sha256()
-                with open(path, "rb") as handle:
+                with open_regular(path, DataError, "a data file") as handle:
                     for chunk in iter(lambda: handle.read(1 << 20), b""):
                         file_hash.update(chunk)
                 _FILE_HASHES[key] = file_hash.hexdigest()
@@ -86,14 +86,18 @@ def save_checkpoint(path, spec, weights: dict, state: TrainState) -> None:
         numpy.savez(handle, **arrays)
 
 
+def _read(path, what: str) -> dict:
+    with Archive(path, CheckpointError, f"a {what}") as archive:
+        return {name: archive.read(name) for name in archive.names}
+
+
 def checkpoint_progress(path) -> dict | None:
     """{epoch, epochs, seed, finished} of the checkpoint at `path`, or None when there is none
     (or it cannot be read: a damaged file holds no run to continue)."""
     try:
-        arrays = read_arrays(path, what="checkpoint")
-        meta = json.loads(str(arrays["meta"]))
+        meta = json.loads(str(_read(path, "checkpoint")["meta"]))
         epoch, planned = int(meta["epoch"]), meta.get("epochs")
-    except (WeightsError, KeyError, ValueError, TypeError):
+    except (CheckpointError, KeyError, ValueError, TypeError):
         return None
     stopped = bool((meta.get("controls") or {}).get("stopped_early"))
     # A checkpoint without its planned epochs predates them: it cannot say it is unfinished.
@@ -107,10 +111,7 @@ def load_checkpoint(path, spec, model):
     weight_shapes = model.weight_shapes
     size = sum(math.prod(s) for s in weight_shapes.values())
     trainable_size = sum(math.prod(w.shape) for _, w in model.weight_specs if w.trainable)
-    try:
-        arrays = read_arrays(path, what="checkpoint (train without --resume first to make one)")
-    except WeightsError as exc:
-        raise CheckpointError(exc.problems) from None
+    arrays = _read(path, "checkpoint (train without --resume first to make one)")
     try:
         meta = json.loads(str(arrays["meta"]))
     except (KeyError, ValueError):
