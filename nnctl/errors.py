@@ -111,3 +111,10 @@ class TrainingDiverged(Exception):
     """The loss or a gradient became NaN or inf: exit code 1, not a user error."""
 
     exit_code = 1
+
+
+class FileSystemError(NnctlError):
+    """A file nnctl must write cannot be: a full disk, a read-only or missing folder, a file where
+    a folder should be, no permission. What the user's machine refused, not a bug in nnctl."""
+
+    kind = "file error"

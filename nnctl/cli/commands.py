@@ -20,36 +20,96 @@ from nnctl.errors import NnctlError, Problem, TrainingDiverged, WeightsError
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class _Stream:
+    """sys.stdout or sys.stderr as the commands print to them, looked up at each write (tests swap
+    them). Output may be lost, never the run: a reader that went away (nnctl train | head) silences
+    the stream for the rest of the run, and a character its encoding lacks (PYTHONIOENCODING=latin-1)
+    is printed as '?'."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attribute):
+        return getattr(getattr(sys, self.name), attribute)
+
+    def write(self, text: str) -> int:
+        stream = getattr(sys, self.name)
+        try:
+            try:
+                return stream.write(text)
+            except UnicodeEncodeError:
+                encoding = stream.encoding or "ascii"
+                return stream.write(text.encode(encoding, "replace").decode(encoding))
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            getattr(sys, self.name).flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        import os
+
+        # Onto /dev/null at the descriptor: what is still buffered, and Python's flush at exit, then
+        # go nowhere instead of failing again. A stream without a descriptor (a test's) has no exit flush.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, getattr(sys, self.name).fileno())
+            os.close(devnull)
+
+
+_STDOUT, _STDERR = _Stream("stdout"), _Stream("stderr")
+
+
 class NnctlGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except NnctlError as exc:
-            click.echo(f"Error ({exc.kind}):" if len(exc.problems) > 1 else f"Error ({exc.kind}): {exc.problems[0]}", err=True)
-            if len(exc.problems) > 1:
-                for problem in exc.problems:
-                    click.echo(f"  {problem}", err=True)
+            _print_error(exc)
             ctx.exit(EXIT_BAD_INPUT)
         except TrainingDiverged as exc:
-            click.echo(f"Error: training diverged: {exc}", err=True)
+            click.echo(f"Error: training diverged: {exc}", file=_STDERR)
             ctx.exit(EXIT_FAILED)
         except KeyboardInterrupt:
-            click.echo("Stopped.", err=True)
+            click.echo("Stopped.", file=_STDERR)
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of the output left (nnctl summary | head): what it did not read is what it
+            # chose not to; the command itself succeeded (0, so `set -o pipefail` scripts carry on).
+            _STDOUT.flush()
+            ctx.exit(EXIT_OK)
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Internal error in nnctl ({exc.__class__.__name__}: {exc}). Run again with --debug for the traceback, and please report it.", err=True)
+            if isinstance(exc, OSError) and exc.filename is not None:
+                from nnctl.errors import FileSystemError
+
+                # The last resort for a file nnctl reads or writes without its own message: the
+                # user's machine refused it (a permission, a full disk), which is no bug to report.
+                _print_error(FileSystemError(Problem(f"expected a usable file or folder, received: {exc.strerror or exc}", str(exc.filename))))
+                ctx.exit(EXIT_BAD_INPUT)
+            click.echo(f"Internal error in nnctl ({exc.__class__.__name__}: {exc}). Run again with --debug for the traceback, and please report it.", file=_STDERR)
             ctx.exit(EXIT_FAILED)
+
+
+def _print_error(exc: NnctlError) -> None:
+    click.echo(f"Error ({exc.kind}):" if len(exc.problems) > 1 else f"Error ({exc.kind}): {exc.problems[0]}", file=_STDERR)
+    if len(exc.problems) > 1:
+        for problem in exc.problems:
+            click.echo(f"  {problem}", file=_STDERR)
 
 
 def _console():
     from rich.console import Console
 
     # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    return Console(file=_STDOUT, highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def _quiet() -> bool:
@@ -65,11 +125,25 @@ def _print(renderable):
 
 def _print_path(label, path):
     """A file a command wrote: shown even under --quiet."""
-    click.echo(f"{label}: {path}")
+    click.echo(f"{label}: {path}", file=_STDOUT)
+
+
+def _json_safe(value):
+    """`value` with every NaN and infinity as None: JSON has no such numbers (json.dumps would
+    write NaN, which strict parsers refuse)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _emit_json(data):
-    click.echo(json.dumps(data, indent=2, allow_nan=True))
+    click.echo(json.dumps(_json_safe(data), indent=2, allow_nan=False), file=_STDOUT)
 
 
 def _session(spec_path, backend=None, seed=None, epochs=None, batch_size=None, weights=None, dtype=None):
