@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nnctl.errors import FileSystemError, Problem
 
-_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part: 8 of [a-z0-9_]
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")  # the random part: mkstemp's letters
 
 
 def _pid_alive(pid: int) -> bool:
@@ -69,7 +69,7 @@ def _umask() -> int:
 def _not_a_folder(path: Path) -> Path | None:
     """The first folder on the way to `path` that exists but is not a folder."""
     for parent in reversed(path.parents):
-        if parent.exists() and not parent.is_dir():
+        if os.path.exists(parent) and not os.path.isdir(parent):  # os.path: a folder we may not search is no error here
             return parent
     return None
 
