@@ -2,6 +2,7 @@
 encoding without box characters, and charts of values near the largest float."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -76,9 +77,9 @@ def test_a_closed_stdout_loses_the_output_not_the_run(tmp_path, args):
 
 def test_head_of_the_training_log(tmp_path):
     project = write_project(tmp_path / "proj")
-    result = subprocess.run(f"{sys.executable} -m nnctl train spec.yaml --epochs 200 | head -n 2", shell=True, cwd=project.parent,
+    result = subprocess.run(f"set -o pipefail; {sys.executable} -m nnctl train spec.yaml --epochs 200 | head -n 2", shell=True, cwd=project.parent,
                             env=ENV, capture_output=True, text=True, executable="/bin/bash")
-    assert result.returncode == 0 and result.stderr == ""
+    assert result.returncode == 0 and result.stderr == ""  # pipefail: nnctl's own status
     assert [line.split(" loss ")[0] for line in result.stdout.splitlines()] == ["epoch 1/200", "epoch 2/200"]
     assert len((project.parent / "runs/two_tower/history.csv").read_text().splitlines()) == 201
 
@@ -140,3 +141,24 @@ def test_a_reader_that_leaves_ends_any_command_quietly():
 
     result = click.testing.CliRunner().invoke(group, ["talk"])
     assert (result.exit_code, result.output) == (0, "")
+
+
+def test_a_latin_1_terminal_with_the_live_progress_bar(project):
+    """On a terminal rich draws a live bar (block characters) and proxies sys.stdout while it does."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: nnctl on the terminal's side
+        os.chdir(project.parent)
+        os.execve(sys.executable, [sys.executable, "-m", "nnctl", "train", "spec.yaml", "--epochs", "100"], {**ENV, "PYTHONIOENCODING": "latin-1"})
+    out = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(fd, 65536):
+            out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode("latin-1")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode("latin-1"))
+    assert "epoch 1/100 ----" in text  # the bar, in ASCII
+    assert text.endswith("history: runs/two_tower/history.csv\r\ncheckpoint: runs/two_tower/checkpoint.npz\r\n")
+    assert len((project.parent / "runs/two_tower/history.csv").read_text().splitlines()) == 101

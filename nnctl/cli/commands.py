@@ -29,11 +29,17 @@ class _Stream:
     def __init__(self, name: str):
         self.name = name
 
+    def _target(self):
+        stream = getattr(sys, self.name)
+        # While a progress bar is live, rich puts a proxy that prints through our console in sys.stdout:
+        # writing to it from here would come back here.
+        return getattr(stream, "rich_proxied_file", stream)
+
     def __getattr__(self, attribute):
-        return getattr(getattr(sys, self.name), attribute)
+        return getattr(self._target(), attribute)
 
     def write(self, text: str) -> int:
-        stream = getattr(sys, self.name)
+        stream = self._target()
         try:
             try:
                 return stream.write(text)
@@ -46,7 +52,7 @@ class _Stream:
 
     def flush(self) -> None:
         try:
-            getattr(sys, self.name).flush()
+            self._target().flush()
         except BrokenPipeError:
             self._discard()
 
@@ -57,7 +63,7 @@ class _Stream:
         # go nowhere instead of failing again. A stream without a descriptor (a test's) has no exit flush.
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, getattr(sys, self.name).fileno())
+            os.dup2(devnull, self._target().fileno())
             os.close(devnull)
 
 
