@@ -64,3 +64,13 @@ def test_an_unnamed_column_is_skipped_and_noted(tmp_path):
     refused = run("init", data, "--target", "", "--out", tmp_path / "t.yaml")
     assert refused.exit_code == 2 and "--target: expected a column of the header (a, b, y), received ''" in refused.stderr
     assert not (tmp_path / "t.yaml").exists()
+
+
+def test_a_data_path_with_a_line_break_character_reads_back(tmp_path):
+    folder = tmp_path / "we\u2028ird\x85"
+    folder.mkdir()
+    data = folder / "da\nta.csv"
+    data.write_text(_csv(["in1", "in2", "y"]))
+    facts = run_json("init", data, "--target", "y", "--out", tmp_path / "s.yaml")
+    assert facts["data"] == "we\u2028ird\x85/da\nta.csv"
+    assert run_json("train", tmp_path / "s.yaml", "--epochs", 1, cwd=tmp_path)["train_samples"] == 10

@@ -76,7 +76,13 @@ def _represent_columns(dumper, names):
     return yaml.SequenceNode("tag:yaml.org,2002:seq", quoted, flow_style=True)
 
 
+def _represent_text(dumper, text):
+    # Plain or single-quoted, a line break (NEL, U+2028) is read back folded and a control character refused.
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=None if text.isprintable() else '"')
+
+
 _SpecDumper.add_representer(_Columns, _represent_columns)
+_SpecDumper.add_representer(str, _represent_text)
 
 
 def _comment_text(text: str) -> str:
