@@ -137,3 +137,10 @@ class TrainingDiverged(NnctlError):
 
     exit_code = EXIT_FAILED
     kind = "training diverged"
+
+
+class FileSystemError(NnctlError):
+    """A file nnctl must write cannot be: a full disk, a read-only or missing folder, a file where
+    a folder should be, no permission. What the user's machine refused, not a bug in nnctl."""
+
+    kind = "file error"

@@ -6,7 +6,6 @@ divergence or a failed check exits 1; anything unexpected is reported as an nnct
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import signal
 import sys
@@ -17,7 +16,8 @@ import click
 from nnctl import __version__
 from nnctl.cli.starter import TASKS
 from nnctl.core.backend import BACKENDS
-from nnctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NnctlError
+from nnctl.cli.output import STDERR, STDOUT, console, emit_json, print_error, print_path, quiet, show
+from nnctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, FileSystemError, NnctlError, Problem
 
 
 
@@ -26,48 +26,29 @@ class NnctlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except NnctlError as exc:
-            click.echo(f"Error ({exc.kind}):" if len(exc.problems) > 1 else f"Error ({exc.kind}): {exc.problems[0]}", err=True)
-            if len(exc.problems) > 1:
-                for problem in exc.problems:
-                    click.echo(f"  {problem}", err=True)
+            print_error(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Stopped.", err=True)
+            click.echo("Stopped.", file=STDERR)
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of the output left (nnctl summary | head): what it did not read is what it
+            # chose not to; the command itself succeeded (0, so `set -o pipefail` scripts carry on).
+            STDOUT.flush()
+            ctx.exit(EXIT_OK)
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Internal error in nnctl ({exc.__class__.__name__}: {exc}). Run again with --debug for the traceback, and please report it.", err=True)
+            if isinstance(exc, OSError) and exc.filename is not None:
+                # The last resort for a file nnctl reads or writes without its own message: the
+                # user's machine refused it (a permission, a full disk), which is no bug to report.
+                error = FileSystemError(Problem(f"expected a usable file or folder, received: {exc.strerror or exc}", str(exc.filename)))
+                print_error(error)
+                ctx.exit(error.exit_code)
+            click.echo(f"Internal error in nnctl ({exc.__class__.__name__}: {exc}). Run again with --debug for the traceback, and please report it.", file=STDERR)
             ctx.exit(EXIT_FAILED)
-
-
-def _console():
-    from rich.console import Console
-
-    # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-
-
-def _quiet() -> bool:
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
-
-
-def _print(renderable):
-    """Tables and charts: not shown under --quiet."""
-    if not _quiet():
-        _console().print(renderable)
-
-
-def _print_path(label, path):
-    """A file a command wrote: shown even under --quiet."""
-    click.echo(f"{label}: {path}")
-
-
-def _emit_json(data):
-    click.echo(json.dumps(data, indent=2, allow_nan=True))
 
 
 # Flags that override spec keys: their values are read as YAML scalars and checked with the
@@ -140,11 +121,11 @@ def summary(spec, graph, as_json):
 
         write_graph(to_dot(data), graph)
     if as_json:
-        _emit_json(data | ({"graph": str(graph)} if graph is not None else {}))
+        emit_json(data | ({"graph": str(graph)} if graph is not None else {}))
         return
-    _print(summary_view(data))
+    show(summary_view(data))
     if graph is not None:
-        _print_path("graph", graph)
+        print_path("graph", graph)
 
 
 @cli.command()
@@ -165,7 +146,7 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, re
     from nnctl.train.run import RunInterrupted, train_run
 
     loaded = _load_spec(spec, epochs=epochs, batch_size=batch_size, seed=seed, backend=backend)
-    progress = Progress() if as_json or _quiet() else LiveProgress(_console(), loaded.metrics)
+    progress = Progress() if as_json or quiet() else LiveProgress(console(), loaded.metrics)
     try:
         with _graceful_stop() as stop_requested:
             result = train_run(loaded, out=out, init=init_weights, resume=resume, restart=restart,
@@ -175,15 +156,15 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, re
         for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed), ("--backend", backend), ("--out", out)):
             again += [flag, str(value)] if value is not None else []
         click.echo(f"Interrupted at epoch {stop.epoch}, step {stop.step}; checkpoint saved to {stop.checkpoint}.\n"
-                   f"Resume with: {shlex.join([*again, '--resume'])}", err=True)
+                   f"Resume with: {shlex.join([*again, '--resume'])}", file=STDERR)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
-        _emit_json(training_data(result))
+        emit_json(training_data(result))
         return
     view, paths = training_view(result)
-    if not _quiet():
-        _console().print(view)
-    _console().print(paths)
+    if not quiet():
+        console().print(view)
+    console().print(paths)
 
 
 @contextlib.contextmanager
@@ -225,11 +206,11 @@ def predict(spec, weights, input_path, output, backend, as_json):
     if output is not None:
         save_predictions(output, values, classes, columns)
     if as_json:
-        _emit_json({"columns": columns, "outputs": values.tolist(), "classes": None if classes is None else classes.tolist(), "output": str(output) if output else None})
+        emit_json({"columns": columns, "outputs": values.tolist(), "classes": None if classes is None else classes.tolist(), "output": str(output) if output else None})
     elif output is None:
-        _print(predictions_view(values, classes, columns))
+        show(predictions_view(values, classes, columns))
     else:
-        click.echo(f"Wrote {len(values)} predictions to {output}")
+        click.echo(f"Wrote {len(values)} predictions to {output}", file=STDOUT)
 
 
 @cli.command()
@@ -255,15 +236,15 @@ def gradcheck(spec, weights, eps, rtol, atol, max_elements, batch_size, explain,
         from nnctl.cli.report import explain_view
 
         data = walkthrough(session, inputs, targets, eps=eps, rtol=rtol, atol=atol, max_elements=max_elements)
-        _emit_json(data) if as_json else _print(explain_view(data))
+        emit_json(data) if as_json else show(explain_view(data))
         sys.exit(EXIT_OK if data["passed"] else EXIT_FAILED)
     rows, loss, _ = run_check(session, inputs, targets, eps=eps, rtol=rtol, atol=atol, max_elements=max_elements)
     passed = all(r.passed for r in rows)
     if as_json:
-        _emit_json({"passed": passed, "loss": loss, "eps": eps, "rtol": rtol, "atol": atol,
+        emit_json({"passed": passed, "loss": loss, "eps": eps, "rtol": rtol, "atol": atol,
                     "checks": [r.__dict__ | {"shape": list(r.shape)} for r in rows]})
     else:
-        _print(gradcheck_view(rows, loss, eps, rtol, atol))
+        show(gradcheck_view(rows, loss, eps, rtol, atol))
     sys.exit(EXIT_OK if passed else EXIT_FAILED)
 
 
@@ -282,7 +263,7 @@ def evaluate(spec, weights, data_path, backend, as_json):
     from nnctl.cli.report import evaluation_view
 
     data = evaluate_file(_session(spec, weights, backend=backend), data_path)
-    _emit_json(data) if as_json else _print(evaluation_view(data))
+    emit_json(data) if as_json else show(evaluation_view(data))
 
 
 @cli.command()
@@ -306,13 +287,13 @@ def plot(history, out, as_json):
             save_figure(data, out, title=str(history))
             written = out
         except PlotUnavailable as exc:
-            click.echo(f"Note: {exc}; drawing the curves in the terminal instead.", err=True)
+            click.echo(f"Note: {exc}; drawing the curves in the terminal instead.", file=STDERR)
     if as_json:
-        _emit_json({"history": str(history), **data, "out": str(written) if written else None})
+        emit_json({"history": str(history), **data, "out": str(written) if written else None})
     elif written is not None:
-        _print_path("curves", written)
+        print_path("curves", written)
     else:
-        _print(curves_view(data))
+        show(curves_view(data))
 
 
 @cli.command("time")
@@ -328,7 +309,7 @@ def time_command(spec, batch_size, iterations, backend, as_json):
 
     session = _session(spec, backend=backend, batch_size=batch_size)
     data = time_step(session, session.spec.train["batch_size"], iterations)
-    _emit_json(data) if as_json else _print(timing_view(data))
+    emit_json(data) if as_json else show(timing_view(data))
 
 
 @cli.command()
@@ -341,9 +322,9 @@ def config(spec, as_json):
 
     resolved = load_spec(spec).resolved()
     if as_json:
-        _emit_json(resolved)
-    elif not _quiet():
-        click.echo(config_yaml(resolved, str(spec)), nl=False)
+        emit_json(resolved)
+    elif not quiet():
+        click.echo(config_yaml(resolved, str(spec)), nl=False, file=STDOUT)
 
 
 @cli.command()
@@ -363,11 +344,11 @@ def init(csv_file, target, task, out, force, as_json):
     text, facts = starter_spec(csv_file, target, task, out)
     write_new(out, text, force)
     if as_json:
-        _emit_json({"spec": str(out), **facts})
-    elif _quiet():
-        _print_path("spec", out)
+        emit_json({"spec": str(out), **facts})
+    elif quiet():
+        print_path("spec", out)
     else:
-        _print(init_view(facts, out))
+        show(init_view(facts, out))
 
 
 @cli.command()
@@ -378,7 +359,7 @@ def schema(as_json):
     Save it (nnctl schema > nnctl.schema.json) and point your editor at it; see the README."""
     from nnctl.spec.schema import spec_schema
 
-    _emit_json(spec_schema())
+    emit_json(spec_schema())
 
 
 def main():

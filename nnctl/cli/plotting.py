@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 from nnctl.errors import DataError, Problem
@@ -123,16 +124,30 @@ def _finite(values) -> list[float]:
     return [v for v in values or [] if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def _fraction(value: float, low: float, high: float) -> float:
+    """Where `value` lies from `low` (0) to `high` (1). In halves: the difference of two floats
+    near the largest (1.8e308) overflows to inf, the difference of their halves cannot."""
+    return (value / 2 - low / 2) / (high / 2 - low / 2) if high > low else 0.5
+
+
+def chart_range(train, validation) -> tuple[float, float]:
+    """(low, high) of a chart of two curves: their finite values' range, widened around a flat
+    curve (staying within the finite floats), (0, 1) when there is none."""
+    values = _finite(train) + _finite(validation)
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if high == low:
+        margin = min(0.5 * (abs(low) or 1), sys.float_info.max - abs(low))
+        low, high = low - margin, high + margin
+    return low, high
+
+
 def line_chart(train, validation, width: int, height: int) -> dict:
     """Lay out a train (solid) and validation (dotted) curve on a shared y range.
 
     Returns {"cells": rows of (char, series bits), "low": y at the bottom row, "high": y at the top}.
     """
     canvas = BrailleCanvas(width, height)
-    values = _finite(train) + _finite(validation)
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    if high == low:
-        low, high = low - 0.5 * (abs(low) or 1), high + 0.5 * (abs(high) or 1)
+    low, high = chart_range(train, validation)
     x_dots, y_dots = 2 * width - 1, 4 * height - 1
 
     def points(series):
@@ -143,7 +158,7 @@ def line_chart(train, validation, width: int, height: int) -> dict:
                 out.append(None)
                 continue
             x = round(i * x_dots / (n - 1)) if n > 1 else 0
-            out.append((x, round((v - low) / (high - low) * y_dots)))
+            out.append((x, round(_fraction(v, low, high) * y_dots)))
         return out
 
     if validation:
@@ -161,7 +176,7 @@ def resample(values, width: int) -> list[float]:
     out = []
     for i in range(width):
         chunk = [v for v in values[i * len(values) // width:(i + 1) * len(values) // width] if math.isfinite(v)]
-        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+        out.append(sum(v / len(chunk) for v in chunk) if chunk else math.nan)  # a sum of huge values overflows
     return out
 
 
@@ -176,7 +191,7 @@ def sparkline(values, width: int = 40, low: float | None = None, high: float | N
     high = max(finite) if high is None else high
     top = len(BLOCKS) - 1
     return "".join(
-        " " if not math.isfinite(v) else BLOCKS[min(max(round((v - low) / (high - low) * top), 0), top) if high > low else top // 2]
+        " " if not math.isfinite(v) else BLOCKS[min(max(round(_fraction(v, low, high) * top), 0), top) if high > low else top // 2]
         for v in values
     )
 

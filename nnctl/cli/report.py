@@ -300,14 +300,11 @@ class CurvesChart:
         self.data, self.height, self.max_width = data, height, max_width
 
     def __rich_console__(self, console, options):
-        from nnctl.cli.plotting import TRAIN, VALIDATION, line_chart
+        from nnctl.cli.plotting import TRAIN, VALIDATION, chart_range, line_chart
 
         epochs = self.data["epochs"]
         for index, (name, curve) in enumerate(self.data["curves"].items()):
-            values = [v for series in (curve["train"], curve["validation"]) for v in (series or []) if math.isfinite(v)]
-            low, high = (min(values), max(values)) if values else (0.0, 1.0)
-            labels = [_fmt(high), _fmt(low)]
-            pad = max(len(s) for s in labels)
+            pad = max(len(_fmt(bound)) for bound in chart_range(curve["train"], curve["validation"]))
             width = max(10, min(self.max_width, options.max_width) - pad - 3)
             chart = line_chart(curve["train"], curve["validation"], width, self.height)
             heading = Text(name, style="bold")

@@ -54,6 +54,35 @@ def _labels(cells) -> list[int] | None:
     return labels
 
 
+class _Columns(list):
+    """Column names, written ["a", "b"]: double-quoted, where every character can be escaped and no
+    name reads back as something else (1e3 as a number, null as nothing, a NEL as a line break)."""
+
+
+class _SpecDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_columns(dumper, names):
+    quoted = [dumper.represent_scalar("tag:yaml.org,2002:str", name, style='"') for name in names]
+    return yaml.SequenceNode("tag:yaml.org,2002:seq", quoted, flow_style=True)
+
+
+def _represent_text(dumper, text):
+    # Plain or single-quoted, a line break (NEL, U+2028) is read back folded and a control character refused.
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=None if text.isprintable() else '"')
+
+
+_SpecDumper.add_representer(_Columns, _represent_columns)
+_SpecDumper.add_representer(str, _represent_text)
+
+
+def _comment_text(text: str) -> str:
+    """`text` for a YAML comment: a line break (\\n, \\r, NEL, U+2028) in a name would end the comment
+    and make the rest of the line YAML, and a control character is not allowed in YAML at all."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _spec_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_") or "model"
 
@@ -62,7 +91,14 @@ def starter_spec(csv_path, target: str, task: str | None, out) -> tuple[str, dic
     """(YAML text of the spec, facts: task, inputs, skipped columns, classes) for a CSV file."""
     csv_path, out = Path(csv_path), Path(out)
     header, columns = read_columns(csv_path)
-    if target not in columns:
+    for later, name in enumerate(header):
+        if name and name in header[:later]:
+            # The data reader refuses a doubled column the spec uses, and which one a name meant is not ours to guess.
+            raise DataError(Problem(f"expected distinct column names in the header, received {name!r} as columns "
+                                    f"{header.index(name) + 1} and {later + 1}; rename one", str(csv_path), 1, later + 1))
+    unnamed = [i + 1 for i, name in enumerate(header) if not name]  # a spec names its columns: these cannot be used
+    header = [name for name in header if name]
+    if target not in header:
         raise DataError(Problem(f"--target: expected a column of the header ({', '.join(header)}), received {target!r}{did_you_mean(target, header)}", str(csv_path), 1))
     numeric = [name for name in header if name != target and all(_is_number(c) for c in columns[name])]
     skipped = [name for name in header if name != target and name not in numeric]
@@ -108,7 +144,7 @@ def starter_spec(csv_path, target: str, task: str | None, out) -> tuple[str, dic
         "loss": loss,
         "metrics": metrics,
         "optimizer": {"type": "adam", "learning_rate": 0.001},
-        "data": {"path": data_path, "inputs": {"x": numeric}, "targets": [target], "validation_split": 0.2},
+        "data": {"path": data_path, "inputs": {"x": _Columns(numeric)}, "targets": _Columns([target]), "validation_split": 0.2},
         "train": {"epochs": EPOCHS, "batch_size": 32, "shuffle": True},
     }
     what = f"{task} into {classes} classes, labels 0..{classes - 1}" if classes else task
@@ -118,9 +154,11 @@ def starter_spec(csv_path, target: str, task: str | None, out) -> tuple[str, dic
     ]
     if skipped:
         notes.append(f"Skipped (not numeric): {', '.join(skipped)}.")
+    if unnamed:
+        notes.append(f"Skipped (no name in the header): column{'s' if len(unnamed) > 1 else ''} {', '.join(map(str, unnamed))}.")
     notes.append("`nnctl config` shows every default filled in; `nnctl schema` gives the whole format for your editor.")
-    body = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
-    text = "".join(f"# {line}\n" for line in notes) + body
+    body = yaml.dump(spec, Dumper=_SpecDumper, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
+    text = "".join(f"# {_comment_text(line)}\n" for line in notes) + body
     return text, {"task": task, "inputs": numeric, "skipped": skipped, "target": target, "classes": classes, "data": data_path}
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nnctl.errors import Problem, TrainingDiverged, UsageError
+from nnctl.io.atomic import check_writable, remove_stale_temp_files
 from nnctl.io.lock import FolderLock
 from nnctl.io.records import read_run_record, save_history, save_run_record
 from nnctl.io.weights import save_weights
@@ -125,6 +125,8 @@ def train_run(spec, *, out=None, init=None, resume=False, restart=False, progres
             "give this spec a `name:` of its own", str(files.folder)))
     try:
         with lock:
+            for folder in {files.folder, files.weights.parent}:
+                remove_stale_temp_files(folder)  # what killed writers left (their PIDs are dead)
             return _train_locked(session, data, files, resume, restart, progress or Progress(), stop_requested, argv)
     except FolderLock.Busy as busy:
         raise UsageError(Problem(
@@ -143,7 +145,8 @@ def _train_locked(session, data, files: RunFiles, resume, restart, progress, sto
         _check_fresh_start(files, restart)
     if state is not None and _nothing_left(spec, state):
         record = read_run_record(files.record)
-        if record.get("epochs") == state.epoch - 1 and record.get("checkpoint_epoch") == state.epoch:
+        saved = record.get("epochs") == state.epoch - 1 and record.get("checkpoint_epoch") == state.epoch
+        if saved and Path((record.get("files") or {}).get("weights") or files.weights).exists():
             stopped = state.controls.get("stopped_early")
             if stopped:
                 raise UsageError(f"nothing to resume: the run stopped early at epoch {stopped['epoch']} ({stopped['reason']}); "
@@ -264,17 +267,4 @@ def _check_outputs(spec, files: RunFiles, init) -> None:
     for path in files.written:
         if path.resolve() in inputs:
             raise UsageError(Problem(f"expected an output path that is not one of the run's inputs, received {inputs[path.resolve()]}", str(path)))
-        if path.is_dir():
-            raise UsageError(Problem("expected a file path for the run to write, received a folder", str(path)))
-    for folder in {files.folder, files.weights.parent}:
-        _check_writable_folder(folder)
-
-
-def _check_writable_folder(folder: Path) -> None:
-    """Make `folder` and prove it writable by writing a file there (root ignores permission bits)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
-            pass
-    except OSError as exc:
-        raise UsageError(Problem(f"expected a folder the run can write to, received {exc.strerror or exc}", str(folder))) from None
+        check_writable(path)  # also: a folder in its place, a file where its folder should be
