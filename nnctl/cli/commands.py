@@ -111,8 +111,10 @@ def summary(spec, graph, as_json):
 
     if graph is not None:
         from nnctl.cli.graphviz import check_suffix
+        from nnctl.io.paths import refuse_inputs
 
         check_suffix(graph)
+        refuse_inputs(graph, "--graph", {"the spec": spec})
     # No Session: the summary needs shapes only, not weights or arrays (so no NumPy import).
     loaded = load_spec(spec)
     data = summary_data(Model(loaded), loaded.dtype)
@@ -279,7 +281,10 @@ def plot(history, out, as_json):
     from nnctl.cli.report import curves_view
 
     if out is not None:
+        from nnctl.io.paths import refuse_inputs
+
         check_picture_suffix(out)
+        refuse_inputs(out, "--out", {"the history file": history})
     data = curves(read_history(history))
     written = None
     if out is not None:
@@ -339,8 +344,10 @@ def init(csv_file, target, task, out, force, as_json):
     """Write a starter spec for DATA.csv: a small MLP from the other numeric columns to --target."""
     from nnctl.cli.report import init_view
     from nnctl.cli.starter import starter_spec, write_new
+    from nnctl.io.paths import refuse_inputs
 
     out = out or Path(csv_file.stem + ".yaml")
+    refuse_inputs(out, "--out", {"the data file": csv_file})
     text, facts = starter_spec(csv_file, target, task, out)
     write_new(out, text, force)
     if as_json:
