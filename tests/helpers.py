@@ -48,10 +48,14 @@ def write_project(folder: Path, spec: str = TWO_TOWER, data: str | None = TWO_TO
 
 
 def run(*args, cwd: Path | None = None):
-    """Invoke `nnctl ARGS` in-process; returns click's Result (exit_code, stdout, stderr)."""
+    """Invoke `nnctl ARGS` in-process; returns click's Result (exit_code, stdout, stderr), after
+    checking that it reported no internal error."""
     runner = CliRunner()
     with contextlib.chdir(cwd or Path.cwd()):
-        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    # No user-facing failure is an nnctl bug: every harness that runs the CLI checks it here.
+    assert "Internal error" not in result.output, result.output
+    return result
 
 
 def run_json(*args, cwd=None):

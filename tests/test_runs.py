@@ -230,3 +230,50 @@ def test_an_override_is_checked_like_its_key(tmp_path, flag, value, message):
     folder = write_project(tmp_path).parent
     result = _train(folder, flag, value)
     assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+# --- a hand-edited checkpoint is refused before training ----------------------------------------------
+def _meta(arrays, **changes):
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = numpy.array(json.dumps({**meta, **changes}))
+
+
+def _mid_epoch(arrays, order):
+    _meta(arrays, epoch=4, step=2, count=8)
+    arrays.update({"order": order, "totals/loss": numpy.array(1.0, numpy.float32), "totals/metric/mae": numpy.array(1.0, numpy.float32)})
+
+
+EDITS = [
+    ("integer weights", lambda a: a.update({"weights/dense1/kernel": a["weights/dense1/kernel"].astype(numpy.int64)}),
+     "array 'weights/dense1/kernel': expected finite floating-point values, received dtype int64"),
+    ("NaN weights", lambda a: a.update({"weights/dense2/bias": a["weights/dense2/bias"] * numpy.nan}),
+     "array 'weights/dense2/bias': expected finite floating-point values, received NaN or inf"),
+    ("text in an optimizer slot", lambda a: a.update({"optimizer/v_sum": numpy.array(["x"] * a["optimizer/v_sum"].size)}),
+     "array 'optimizer/v_sum': expected finite floating-point values, received dtype <U1"),
+    ("NaN best weights", lambda a: a.update({"best_weights": a["best_weights"] * numpy.nan}),
+     "array 'best_weights': expected finite floating-point values"),
+    ("a history of the wrong length", lambda a: _meta(a, history=[]), "meta 'history' should hold epochs 1 to 3, holds 0 records"),
+    ("controls of the wrong shape", lambda a: _meta(a, controls={"tracker": "x"}), "meta 'controls' has a tracker that is not {best, best_epoch}"),
+    ("an order that is no permutation", lambda a: _mid_epoch(a, numpy.array([100, -5, 3])),
+     "expected an intact nnctl checkpoint for 16 training samples in 4 steps an epoch, received an order of 3 samples at step 2"),
+    ("a step past the epoch", lambda a: (_mid_epoch(a, numpy.arange(16)), _meta(a, step=9)),
+     "received an order of 16 samples at step 9"),
+    ("a running total of the wrong shape", lambda a: (_mid_epoch(a, numpy.arange(16)), a.update({"totals/loss": numpy.arange(3.0)})),
+     "the running total 'loss' should be one number, has shape (3,)"),
+]
+
+
+@pytest.mark.parametrize("what, edit, message", EDITS, ids=[e[0] for e in EDITS])
+def test_a_hand_edited_checkpoint_is_refused(tmp_path, what, edit, message):
+    folder = write_project(tmp_path, TWO_TOWER.replace("epochs: 3", "epochs: 6")).parent
+    assert _train(folder, "--epochs", 3).exit_code == 0
+    checkpoint = folder / "runs/two_tower/checkpoint.npz"
+    with numpy.load(checkpoint) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    edit(arrays)
+    numpy.savez(checkpoint, **arrays)
+    before = _bytes(folder)
+    result = _train(folder, "--resume", "--epochs", 6)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error (checkpoint error): runs/two_tower/checkpoint.npz: ") and message in result.stderr, result.stderr
+    assert _bytes(folder) == before

@@ -135,6 +135,7 @@ def load_checkpoint(path, spec, model):
         value = arrays.get(f"weights/{key}")
         if value is None or value.shape != tuple(shape):
             raise CheckpointError(Problem(f"expected array 'weights/{key}' of shape {tuple(shape)} in the checkpoint, received {None if value is None else value.shape}", str(path)))
+        _check_floats(path, f"weights/{key}", value)
         weights[key] = value
     optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
     totals = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("totals/")}
@@ -143,10 +144,10 @@ def load_checkpoint(path, spec, model):
     if totals:
         totals["count"] = meta["count"]
     controls, best = meta.get("controls", {}), arrays.get("best_weights")
-    if not isinstance(controls, dict):
-        raise CheckpointError(Problem("expected an intact nnctl checkpoint, received a damaged one: meta 'controls' is not a JSON object", str(path)))
     if best is not None and best.shape != (size,):
         raise CheckpointError(Problem(f"expected an intact nnctl checkpoint, received a damaged one: 'best_weights' should have shape {(size,)}, has {best.shape}", str(path)))
+    if best is not None:
+        _check_floats(path, "best_weights", best)
     state = TrainState(meta["epoch"], meta["step"], arrays.get("order"), totals, meta["history"],
                        meta["shuffle_rng"], meta["dropout_rng"], optimizer, controls, best)
     return weights, state
@@ -164,8 +165,14 @@ def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
     for key, minimum in (("epoch", 1), ("step", 0), ("iterations", 0), ("count", 0)):
         if not is_int(meta.get(key), minimum):
             raise damaged(f"meta {key!r} is {meta.get(key)!r}, not an integer >= {minimum}")
-    if not isinstance(meta.get("history"), list) or not all(isinstance(h, dict) for h in meta["history"]):
+    history = meta.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise damaged("meta 'history' is not a list of epoch records")
+    if len(history) != meta["epoch"] - 1 or any(row.get("epoch") != i for i, row in enumerate(history, start=1)):
+        raise damaged(f"meta 'history' should hold epochs 1 to {meta['epoch'] - 1}, holds {len(history)} records")
+    if not all(_is_number_or_null(v) for row in history for v in row.values()):
+        raise damaged("meta 'history' holds a value that is not a number")
+    _check_controls(meta.get("controls", {}), damaged)
     for key in ("shuffle_rng", "dropout_rng"):
         if meta.get(key) is not None:
             try:
@@ -177,6 +184,7 @@ def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
         value = optimizer.get(slot)
         if value is None or value.shape != (size,):
             raise damaged(f"optimizer slot {slot!r} should have shape {(size,)}, has {None if value is None else value.shape}")
+        _check_floats(path, f"optimizer/{slot}", value)
     if meta["step"] > 0:
         if order is None or order.ndim != 1 or order.dtype.kind not in "iu":
             raise damaged("a run stopped mid-epoch needs its sample 'order' (1-D integers)")
@@ -184,3 +192,35 @@ def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
         missing = [k for k in needed if k not in totals]
         if missing:
             raise damaged(f"the running totals lack {', '.join(missing)}")
+        for name, value in totals.items():
+            if value.shape != ():
+                raise damaged(f"the running total {name!r} should be one number, has shape {value.shape}")
+            _check_floats(path, f"totals/{name}", value)
+
+
+def _check_floats(path, name: str, value) -> None:
+    """An array a checkpoint holds must be finite floating-point numbers."""
+    if value.dtype.kind != "f" or not numpy.isfinite(value).all():
+        what = f"dtype {value.dtype}" if value.dtype.kind != "f" else "NaN or inf"
+        raise CheckpointError(Problem(f"array {name!r}: expected finite floating-point values, received {what}", str(path)))
+
+
+def _is_number_or_null(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_controls(controls, damaged) -> None:
+    """The training controls' state as Controls.state() writes it (nnctl.train.controls)."""
+    if not isinstance(controls, dict):
+        raise damaged("meta 'controls' is not a JSON object")
+    tracker = controls.get("tracker")
+    if tracker is not None and not (isinstance(tracker, dict) and _is_number_or_null(tracker.get("best"))
+                                    and _is_number_or_null(tracker.get("best_epoch"))):
+        raise damaged("meta 'controls' has a tracker that is not {best, best_epoch}")
+    if not isinstance(controls.get("wait", 0), int) or not isinstance(controls.get("schedule") or {}, dict):
+        raise damaged("meta 'controls' has a 'wait' or 'schedule' of the wrong type")
+    if not all(_is_number_or_null(v) for v in (controls.get("schedule") or {}).values()):
+        raise damaged("meta 'controls' has a schedule state that is not numbers")
+    stopped = controls.get("stopped_early")
+    if stopped is not None and not (isinstance(stopped, dict) and isinstance(stopped.get("epoch"), int) and isinstance(stopped.get("reason"), str)):
+        raise damaged("meta 'controls' has a 'stopped_early' that is not {epoch, reason, ...}")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnctl.errors import Problem, TrainingDiverged, UsageError
+from nnctl.errors import CheckpointError, Problem, TrainingDiverged, UsageError
 from nnctl.io.atomic import check_writable, remove_stale_temp_files
 from nnctl.io.lock import FolderLock
 from nnctl.io.records import read_run_record, save_history, save_run_record
@@ -140,6 +140,7 @@ def _train_locked(session, data, files: RunFiles, resume, restart, progress, sto
     state = None
     if resume:
         weights, state = load_checkpoint(files.checkpoint, spec, session.model)
+        _check_resumable(state, files, len(train_set), spec.train["batch_size"])
         session.params.load(weights)
     else:
         _check_fresh_start(files, restart)
@@ -184,6 +185,20 @@ def _train_locked(session, data, files: RunFiles, resume, restart, progress, sto
         best, test, test_set.file if test_set is not None else None, len(test_set) if test_set is not None else 0,
         bool(es and es["restore_best_weights"]),
     )
+
+
+def _check_resumable(state, files: RunFiles, samples: int, batch_size: int) -> None:
+    """A checkpoint stopped mid-epoch must fit this data: its order a permutation of the training
+    rows, its step within the epoch (a hand-edited one is refused here, not mid-training)."""
+    if state.step == 0:
+        return
+    import numpy
+
+    order, steps = state.order, -(-samples // batch_size)
+    if len(order) != samples or not numpy.array_equal(numpy.sort(order), numpy.arange(samples)) or not state.step < steps:
+        raise CheckpointError(Problem(
+            f"expected an intact nnctl checkpoint for {samples} training samples in {steps} steps an epoch, received "
+            f"an order of {len(order)} samples at step {state.step}", str(files.checkpoint)))
 
 
 def _nothing_left(spec, state) -> bool:
