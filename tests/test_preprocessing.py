@@ -1,0 +1,134 @@
+"""Column preprocessing against its formulas and against scikit-learn's transformers.
+
+Every transform is fitted on training rows only and must equal, on other rows: StandardScaler
+(zscore), MinMaxScaler (minmax), SimpleImputer (mean, median, most_frequent, constant) and
+OneHotEncoder(handle_unknown="ignore") given the same vocabulary. The fitted state goes through
+the weights file's arrays and back unchanged.
+"""
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from nnctl.data import preprocessing as pre
+from nnctl.errors import DataError, Problem
+
+sklearn = pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install '.[test]')")
+from sklearn.impute import SimpleImputer  # noqa: E402
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler  # noqa: E402
+
+RNG = numpy.random.default_rng(4)
+N = 60
+TRAIN = numpy.arange(40)
+NUMBERS = RNG.normal(3.0, 50.0, N)
+NUMBERS[[3, 17, 45]] = numpy.nan
+TOKENS = numpy.array([["red", "green", "blue", None, "red"][i % 5] for i in range(N)], dtype=object)
+TOKENS[50] = "violet"  # only outside the training rows
+
+
+def _config(**options) -> dict:
+    return {name: options.get(name, option.default) for name, option in pre.COLUMN_OPTIONS.items()}
+
+
+def _problem(path, message):
+    return DataError(Problem(message, path="/".join(map(str, path))))
+
+
+def _roundtrip(fitted, configs):
+    """The fitted state as the weights file keeps it, and back."""
+    arrays = pre.state_arrays(fitted)
+    assert all(isinstance(v, numpy.ndarray) and v.dtype.kind in "fU" for v in arrays.values())
+    return pre.state_from_arrays(arrays, configs, "w.npz")
+
+
+def _apply(values, **options):
+    column = pre.Column("c", values, "d.csv", numpy.arange(len(values)) + 2)
+    configs = {"c": _config(**options)}
+    fitted = _roundtrip(pre.fit({"c": column}, configs, TRAIN, _problem), configs)
+    out, keep, report = pre.transform({"c": column}, fitted, configs, {"x": ["c"]})
+    return out["x"], keep, report, fitted["c"]
+
+
+@pytest.mark.parametrize("normalize, scaler", [("zscore", StandardScaler()), ("minmax", MinMaxScaler())])
+@pytest.mark.parametrize("missing, imputer", [
+    ("mean", SimpleImputer(strategy="mean")), ("median", SimpleImputer(strategy="median")),
+    ("most_frequent", SimpleImputer(strategy="most_frequent")), ("constant", SimpleImputer(strategy="constant", fill_value=-7.5)),
+])
+def test_numeric_columns_match_scikit_learn(normalize, scaler, missing, imputer):
+    got, keep, report, _ = _apply(NUMBERS, normalize=normalize, missing=missing, fill_value=-7.5)
+    train = NUMBERS[TRAIN][:, None]
+    expected = scaler.fit(train[~numpy.isnan(train[:, 0])]).transform(imputer.fit(train).transform(NUMBERS[:, None]))
+    numpy.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert keep.all() and report.filled == {"c": 3} and report.dropped_rows == 0
+
+
+def test_the_numeric_formulas_and_a_constant_column():
+    got, _, _, fitted = _apply(NUMBERS, normalize="zscore", missing="mean")
+    present = NUMBERS[TRAIN][~numpy.isnan(NUMBERS[TRAIN])]
+    assert (fitted.center, fitted.scale, fitted.fill) == (present.mean(), present.std(), present.mean())
+    numpy.testing.assert_array_equal(got[:, 0], (numpy.where(numpy.isnan(NUMBERS), present.mean(), NUMBERS) - present.mean()) / present.std())
+    flat, _, _, fitted = _apply(numpy.full(N, 4.0), normalize="zscore")
+    assert fitted.scale == 1.0 and (flat == 0).all()  # zero variance: centred, not divided by 0
+
+
+def test_drop_removes_rows_with_a_missing_cell():
+    got, keep, report, _ = _apply(NUMBERS, missing="drop")
+    assert report.dropped_rows == 3 and keep.sum() == N - 3 and len(got) == N - 3 and not numpy.isnan(got).any()
+
+
+def test_a_missing_cell_under_error_names_the_column_and_line():
+    with pytest.raises(DataError, match=r"column 'c': expected a value, received a missing cell"):
+        _apply(NUMBERS)
+    try:
+        _apply(NUMBERS)
+    except DataError as exc:
+        assert exc.problems[0].line == 5  # row 3, after the header on line 1
+
+
+@pytest.mark.parametrize("unknown", ["ignore", "bucket"])
+def test_one_hot_matches_scikit_learn_with_the_learned_vocabulary(unknown):
+    got, _, report, fitted = _apply(TOKENS, type="category", missing="most_frequent", unknown=unknown)
+    assert fitted.vocabulary == ["red", "blue", "green"]  # most frequent first, ties sorted
+    filled = numpy.array([fitted.fill if t is None else t for t in TOKENS], dtype=object)[:, None]
+    encoder = OneHotEncoder(categories=[fitted.vocabulary], handle_unknown="ignore", sparse_output=False).fit(filled[TRAIN])
+    expected = encoder.transform(filled)
+    if unknown == "bucket":
+        expected = numpy.hstack([expected, (filled[:, :1] == "violet").astype(float)])
+    numpy.testing.assert_array_equal(got, expected)
+    assert report.unknown == {"c": 1} and report.filled == {"c": 12}
+
+
+def test_index_encoding_and_an_unknown_value_under_error():
+    got, _, _, fitted = _apply(TOKENS, type="category", missing="constant", fill_value="none", encode="index", unknown="bucket")
+    lookup = {t: i for i, t in enumerate(fitted.vocabulary)}
+    assert got[:, 0].tolist() == [lookup.get("none" if t is None else t, len(fitted.vocabulary)) for t in TOKENS]
+    with pytest.raises(DataError, match=r"column 'c': expected one of the 4 values seen in training .* received 'violet'"):
+        _apply(TOKENS, type="category", missing="constant", fill_value="none", unknown="error")
+
+
+def test_vocabulary_limits_and_a_declared_vocabulary():
+    _, _, _, fitted = _apply(TOKENS, type="category", missing="most_frequent", max_tokens=2)
+    assert fitted.vocabulary == ["red", "blue"]
+    _, _, _, fitted = _apply(TOKENS, type="category", missing="most_frequent", vocabulary=["green", "red", "blue", "violet"])
+    assert fitted.vocabulary == ["green", "red", "blue", "violet"]
+    with pytest.raises(DataError, match="expected a category column with at least two values"):
+        _apply(numpy.array(["a"] * N, dtype=object), type="category")
+
+
+BINARY = numpy.array(["no", "yes", "yes", "no"] * (N // 4), dtype=object)
+
+
+def test_binary_columns_map_the_positive_value_to_one():
+    got, _, _, fitted = _apply(BINARY)
+    assert fitted.values == ("no", "yes") and got[:, 0].tolist() == [float(v == "yes") for v in BINARY]
+    got, _, _, fitted = _apply(BINARY, positive="no")
+    assert fitted.values == ("yes", "no") and got[:, 0].tolist() == [float(v == "no") for v in BINARY]
+    third = BINARY.copy()
+    third[55] = "maybe"
+    with pytest.raises(DataError, match=r"expected one of the binary column's two values \('no', 'yes'\), received 'maybe'"):
+        _apply(third, type="binary")  # (auto: three values in the file make a category)
+
+
+def test_text_in_a_numeric_column_suggests_a_category():
+    with pytest.raises(DataError, match="expected numbers for a numeric column, received 'red'.*declare it `type: category`"):
+        _apply(TOKENS, type="numeric")
