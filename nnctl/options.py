@@ -2,7 +2,8 @@
 
 Each registry entry declares its options once, as `Option`s; spec validation, `nnctl config`
 defaults and the JSON Schema (`nnctl schema`) read these declarations. The README's reference is
-written by hand; tests/test_commands.py checks that it names every registry entry.
+written by hand; tests/test_docs.py checks that it states every
+entry and option as declared.
 """
 from __future__ import annotations
 
