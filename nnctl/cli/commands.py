@@ -204,13 +204,14 @@ def predict(spec, weights, input_path, output, backend, as_json):
     if output is not None:
         check_suffix(output, (".csv", ".npy"), "--output")
     refuse_inputs(output, "--output", {"the spec": spec, "the --weights file": weights, "the --input file": input_path})
-    values, classes, columns = predict_file(_session(spec, weights, backend=backend), input_path)
+    values, classes, columns, report = predict_file(_session(spec, weights, backend=backend), input_path)
     if output is not None:
         save_predictions(output, values, classes, columns)
     if as_json:
-        emit_json({"columns": columns, "outputs": values.tolist(), "classes": None if classes is None else classes.tolist(), "output": str(output) if output else None})
+        emit_json({"columns": columns, "outputs": values.tolist(), "classes": None if classes is None else classes.tolist(),
+                   "output": str(output) if output else None, **({"preprocessing": report} if report else {})})
     elif output is None:
-        show(predictions_view(values, classes, columns))
+        show(predictions_view(values, classes, columns, report))
     else:
         click.echo(f"Wrote {len(values)} predictions to {output}", file=STDOUT)
 

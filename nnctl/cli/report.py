@@ -147,6 +147,7 @@ def training_data(result) -> dict:
         "samples_per_second": result.samples_per_second, "lr": result.history[-1]["lr"] if result.history else None,
         "stopped_early": result.history.stopped_early, "best": result.best,
         "test": result.test, "test_samples": result.test_samples,
+        **({"preprocessing": result.preprocessing} if result.preprocessing else {}),
         "weights": str(files.weights), "history": str(files.history), "checkpoint": str(files.checkpoint),
     }
 
@@ -159,6 +160,9 @@ def training_view(result):
     end = training_end_view(history.stopped_early, history.best if result.restored_best else None)
     if end is not None:
         parts.append(end)
+    for file, report in result.preprocessing.items():
+        if preprocessing_note(report):
+            parts.append(Text(f"preprocessing of {file}: ") + Text.from_markup(preprocessing_note(report)))
     if result.test is not None:
         parts += [history_view([result.test], title="Test set"),
                   Text(f"evaluated once after training on {result.test_file} ({result.test_samples} samples)")]
@@ -240,7 +244,22 @@ def gradcheck_view(rows, loss: float, eps: float, rtol: float, atol: float):
 
 
 # --- predict ---------------------------------------------------------------------------------------
-def predictions_view(values, classes, columns, limit: int = 50):
+def preprocessing_note(report: dict | None) -> str:
+    """'filled 2 missing cells (age 2) · 1 unknown value (city 1) · dropped 0 rows', or ''."""
+    if not report:
+        return ""
+    parts = []
+    for key, what in (("filled", "missing cell"), ("unknown", "unknown value")):
+        total = sum(report[key].values())
+        if total:
+            detail = ", ".join(f"{name} {count}" for name, count in report[key].items())
+            parts.append(f"{'filled ' if key == 'filled' else ''}{total} {what}{'s' if total != 1 else ''} ({detail})")
+    if report["dropped_rows"]:
+        parts.append(f"dropped {report['dropped_rows']} row{'s' if report['dropped_rows'] != 1 else ''} with a missing cell")
+    return escape(" · ".join(parts))
+
+
+def predictions_view(values, classes, columns, report=None, limit: int = 50):
     table = Table(title="Predictions", title_justify="left")
     table.add_column("#", justify="right")
     for name in columns:
@@ -251,10 +270,11 @@ def predictions_view(values, classes, columns, limit: int = 50):
         # Readable at a glance; --output and --json keep every digit.
         cells = [f"{v:.4f}" if 0 <= v <= 1 else f"{v:.6g}" for v in values[i]]
         if classes is not None:
-            cells.append(str(int(classes[i])))
+            cells.append(escape(str(classes[i])))
         table.add_row(str(i + 1), *cells)
-    if len(values) > limit:
-        table.caption = f"first {limit} of {len(values)} rows; use --output FILE for all"
+    captions = [f"first {limit} of {len(values)} rows; use --output FILE for all"] if len(values) > limit else []
+    captions += [preprocessing_note(report)] if preprocessing_note(report) else []
+    table.caption = "; ".join(captions) or None
     return table
 
 
@@ -272,16 +292,17 @@ def evaluation_view(data: dict):
         parts += [Text(""), Text.assemble(("Confusion matrix", "bold"), " (rows: true class, columns: predicted class)")]
         matrix = Table()
         matrix.add_column("true \\ pred", justify="right")
-        for j in range(cls["classes"]):
-            matrix.add_column(str(j), justify="right")
+        names = [escape(name) for name in cls["class_names"]]
+        for name in names:
+            matrix.add_column(name, justify="right")
         for i, row in enumerate(cls["confusion_matrix"]):
-            matrix.add_row(str(i), *[f"[bold]{n}[/bold]" if i == j and n else str(n) for j, n in enumerate(row)])
+            matrix.add_row(names[i], *[f"[bold]{n}[/bold]" if i == j and n else str(n) for j, n in enumerate(row)])
         parts += [matrix, Text(""), Text.assemble(("Per-class scores", "bold"), f" (accuracy {cls['accuracy']:.4f})")]
         scores = Table()
         for column in ("Class", "Precision", "Recall", "F1", "Support"):
             scores.add_column(column, justify="left" if column == "Class" else "right")
         for i, row in enumerate(cls["per_class"]):
-            scores.add_row(str(row["class"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}",
+            scores.add_row(names[row["class"]], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}",
                            end_section=i == len(cls["per_class"]) - 1)
         for name, row in cls["averages"].items():
             scores.add_row(f"{name} avg", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")

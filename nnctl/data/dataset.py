@@ -48,7 +48,7 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kin
     for name, array in inputs.items():
         if len(array) != n:
             raise DataError(Problem(f"expected {n} samples in every array, received {len(array)} for input {name!r}", str(file)))
-        inputs[name] = _shape_input(file, name, array, input_shapes[name], dtype)
+        inputs[name] = shape_input(file, name, array, input_shapes[name], dtype)
     if targets is not None:
         if len(targets) != n:
             raise DataError(Problem(f"expected {n} targets (one per sample), received {len(targets)}", str(file)))
@@ -56,7 +56,7 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kin
     return Dataset(file, inputs, targets, numpy.arange(n))
 
 
-def _shape_input(file, name, array, shape, dtype):
+def shape_input(file, name, array, shape, dtype):
     per_sample = array.shape[1:]
     on_disk = isinstance(array, RowFile)  # batches convert their rows; never copy the file
     if per_sample == tuple(shape):
@@ -68,14 +68,21 @@ def _shape_input(file, name, array, shape, dtype):
     )
 
 
+def split_mask(rows: int, fraction: float, rng, file):
+    """Which of `rows` samples a seeded random hold-out of `fraction` keeps for validation."""
+    n_val = int(round(rows * fraction))
+    held = numpy.zeros(rows, dtype=bool)
+    if fraction <= 0 or n_val == 0:
+        return held
+    if n_val >= rows:
+        raise DataError(Problem(f"validation_split: expected a split leaving training samples, received {fraction} of {rows} samples", str(file)))
+    held[rng.permutation(rows)[:n_val]] = True
+    return held
+
+
 def split(dataset: Dataset, fraction: float, rng) -> tuple[Dataset, Dataset | None]:
     """A seeded random hold-out of `fraction` of the samples (rows stay in file order)."""
-    n = len(dataset)
-    n_val = int(round(n * fraction))
-    if fraction <= 0 or n_val == 0:
+    held = split_mask(len(dataset), fraction, rng, dataset.file)
+    if not held.any():
         return dataset, None
-    if n_val >= n:
-        raise DataError(Problem(f"validation_split: expected a split leaving training samples, received {fraction} of {n} samples", str(dataset.file)))
-    held = numpy.zeros(n, dtype=bool)
-    held[rng.permutation(n)[:n_val]] = True
     return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])

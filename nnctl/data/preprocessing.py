@@ -284,9 +284,31 @@ def _token_fill(present, strategy, value, column):
     return min(counts, key=lambda t: (-counts[t], t))  # the most frequent value (mean and median too)
 
 
-def fit(columns: dict, configs: dict, rows, problem) -> dict:
-    """{column name: fitted transform} for `configs` ({name: resolved COLUMN_OPTIONS})."""
-    return {name: fit_column(columns[name], configs[name], rows, ("data", "columns", name), problem) for name in configs}
+def target_config(config: dict) -> dict:
+    """A target column's options: its values are classes (a text or category column: their index,
+    in sorted order unless declared, an unknown one an error) or numbers, never filled."""
+    return {**config, "normalize": "none", "encode": "index", "unknown": "error", "max_tokens": None, "min_frequency": 1,
+            "missing": "drop" if config["missing"] == "drop" else "error"}
+
+
+def fit_classes(column: Column, config: dict, rows):
+    """A target column's fitted transform: numbers as they are, or class indices."""
+    kind = resolve_kind(column, config)
+    if kind == "numeric":
+        return Numeric()
+    present = sorted({t for t in column.tokens()[rows] if t is not None})
+    classes = list(config["vocabulary"]) if config["vocabulary"] is not None else present
+    if len(classes) < 2:
+        raise DataError(Problem(f"column {column.name!r}: expected a target with at least two classes, received "
+                                f"{len(classes)} ({_listed(classes)})", column.file))
+    return Category(classes, "index", "error")
+
+
+def fit(columns: dict, configs: dict, rows, problem, targets=()) -> dict:
+    """{column name: fitted transform} for `configs` ({name: resolved COLUMN_OPTIONS}); the
+    `targets` columns are fitted as classes or numbers (`fit_classes`)."""
+    return {name: fit_classes(columns[name], configs[name], rows) if name in targets
+            else fit_column(columns[name], configs[name], rows, ("data", "columns", name), problem) for name in configs}
 
 
 def keep_rows(columns: dict, fitted: dict, configs: dict) -> numpy.ndarray:

@@ -10,6 +10,7 @@ import os
 
 import numpy
 
+from nnctl.data.prepared import class_names
 from nnctl.train.session import load_spec_data
 
 def confusion_matrix(true, predicted, classes: int):
@@ -60,6 +61,8 @@ def evaluate_file(session, path=None) -> dict:
         "metrics": session.evaluate(dataset, batch_size),
         "classification": None,
     }
+    if str(dataset.file) in session.preprocessing_reports:  # the spec preprocesses its columns
+        result["preprocessing"] = session.preprocessing_reports[str(dataset.file)].as_dict()
     kind = session.loss.targets
     classes = kind.class_count(session.output_units)
     if classes is not None:
@@ -67,8 +70,10 @@ def evaluate_file(session, path=None) -> dict:
         predicted = kind.predicted_classes(session.predict(dataset)[0])
         matrix = confusion_matrix(true, predicted, classes)
         rows, averages = per_class_scores(matrix)
+        names = class_names(session.preprocessing, session.spec.data) if session.spec.data is not None else None
         result["classification"] = {
             "classes": classes,
+            "class_names": names or [str(i) for i in range(classes)],
             "accuracy": float(numpy.trace(matrix) / matrix.sum()),
             "confusion_matrix": matrix.tolist(),
             "per_class": rows,

@@ -44,7 +44,7 @@ def save_predictions(path, values, classes, columns) -> None:
         for i, row in enumerate(values.reshape(len(values), -1)):
             cells = [repr(float(v)) for v in row]
             if classes is not None:
-                cells.append(str(int(classes[i])))
+                cells.append(str(classes[i]))
             writer.writerow(cells)
 
 

@@ -24,10 +24,18 @@ def read_arrays(path, what="weights file") -> dict:
         return {name: archive.read(name) for name in archive.names}
 
 
-def load_weights(path, expected_shapes: dict) -> dict:
-    """Arrays for exactly the model's weights; every problem is listed at once."""
+def load_weights(path, expected_shapes: dict, state_prefix: str | None = None) -> dict:
+    """Arrays for exactly the model's weights, and those under `state_prefix` (the fitted
+    preprocessing: numbers and fixed-width text); every problem is listed at once."""
     problems, weights = [], {}
     with Archive(path, WeightsError, "a weights file") as archive:
+        for key in archive.names:
+            if state_prefix is not None and key.startswith(state_prefix):
+                header = archive.header(key)
+                if header.dtype.kind not in "fU" or len(header.shape) > 1:
+                    problems.append(Problem(f"array {key!r}: expected a number or text, received dtype {header.dtype} of shape {header.shape}", str(path)))
+                else:
+                    weights[key] = archive.read(key)
         for key, shape in expected_shapes.items():
             if key not in archive.names:
                 problems.append(Problem(f"expected array {key!r} of shape {tuple(shape)}, received no such array", str(path)))
@@ -42,7 +50,7 @@ def load_weights(path, expected_shapes: dict) -> dict:
                 if not numpy.isfinite(weights[key]).all():
                     problems.append(Problem(f"array {key!r}: expected finite values, received NaN or inf", str(path)))
         for key in archive.names:  # never read: a zip bomb under an unexpected name costs nothing
-            if key not in expected_shapes:
+            if key not in expected_shapes and not (state_prefix is not None and key.startswith(state_prefix)):
                 problems.append(Problem(f"expected only the model's weights ({', '.join(expected_shapes)}), received unexpected array {key!r}", str(path)))
     if problems:
         raise WeightsError(problems)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnctl.core.backend import BACKENDS
+from nnctl.data.preprocessing import COLUMN_OPTIONS
 from nnctl.train.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
 from nnctl.errors import Problem, SpecError, describe, did_you_mean
 from nnctl.io.paths import open_regular
@@ -23,6 +24,7 @@ from nnctl.options import REQUIRED, Check, Choice, Invalid, Option, Section, Typ
 from nnctl.spec.yamlmarks import Marks, load_yaml, path_text
 
 DTYPES = ("float32", "float64")
+PREPROCESSING = Section(COLUMN_OPTIONS, "preprocessing")
 MAX_NAME = 100
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -53,7 +55,7 @@ TRAIN_OPTIONS = {
     "early_stopping": Option(EARLY_STOPPING, None, "stop when a monitored value stops improving (null: off; true: the defaults)"),
     "lr_schedule": Option(Typed(lambda: SCHEDULES, "learning-rate schedule"), "constant", "the learning rate of each epoch"),
 }
-DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation", "test")
+DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation", "test", "preprocessing", "columns")
 
 
 @dataclass
@@ -73,6 +75,9 @@ class DataSpec:
     validation_split: float = 0.0
     validation: Path | None = None
     test: Path | None = None  # evaluated once, after training
+    # Column preprocessing (nnctl.data.preprocessing): None when the spec declares none (the
+    # columns are read as numbers, as they are); else the resolved options of every column read.
+    columns: dict | None = None
 
 
 @dataclass
@@ -115,6 +120,7 @@ class Spec:
                 "validation_split": self.data.validation_split,
                 "validation": str(self.data.validation) if self.data.validation else None,
                 "test": str(self.data.test) if self.data.test else None,
+                **({"columns": self.data.columns} if self.data.columns is not None else {}),
             }
         return {
             "name": self.name, "seed": self.seed, "dtype": self.dtype, "backend": self.backend,
@@ -455,7 +461,34 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
     if raw.get("validation") is not None and raw.get("validation_split"):
         c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
     test = _optional_path(raw, "test", base, c)
-    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test)
+    columns = _validate_preprocessing(raw, data_inputs, targets, c)
+    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test, columns)
+
+
+def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) -> dict | None:
+    """{column: resolved options} for every column the spec reads, from data.preprocessing (the
+    defaults) and data.columns (per column); None when the spec has neither."""
+    if raw.get("preprocessing") is None and raw.get("columns") is None:
+        return None
+    defaults = c.section(raw.get("preprocessing", {}), PREPROCESSING, ("data", "preprocessing")) or c.defaults(COLUMN_OPTIONS)
+    per_column = raw.get("columns") or {}
+    if not isinstance(per_column, dict):
+        c.report(("data", "columns"), f"expected a mapping of column name -> preprocessing options, received {describe(per_column)}")
+        per_column = {}
+    read = [name for columns in data_inputs.values() if isinstance(columns, list) for name in columns]
+    read += targets if isinstance(targets, list) else [targets] if isinstance(targets, str) else []
+    resolved = {}
+    for name in read:
+        options = per_column.get(name, {})
+        if not isinstance(options, dict):
+            c.report(("data", "columns", name), f"expected a mapping of preprocessing options, received {describe(options)}")
+            continue
+        given = c.options(options, COLUMN_OPTIONS, ("data", "columns", name), f"column {name!r}")
+        resolved[name] = {**defaults, **{key: value for key, value in given.items() if key in options}}
+    for name in per_column:
+        if name not in read:
+            c.report(("data", "columns", name), f"expected a column the spec reads ({', '.join(read)}), received {name!r}{did_you_mean(name, read)}", key=True)
+    return resolved
 
 
 def _check_training_controls(train: dict, metrics: list, optimizer, data_spec, c: _Checker) -> None:

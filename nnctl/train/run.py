@@ -26,6 +26,7 @@ from nnctl.errors import CheckpointError, Problem, TrainingDiverged, UsageError
 from nnctl.io.atomic import check_writable, remove_stale_temp_files
 from nnctl.io.lock import FolderLock
 from nnctl.io.records import read_run_record, save_history, save_run_record
+from nnctl.data.preprocessing import state_arrays
 from nnctl.io.weights import save_weights
 from nnctl.train.checkpoint import checkpoint_progress, load_checkpoint, save_checkpoint
 from nnctl.train.fit import Interrupted, Progress, fit
@@ -82,6 +83,7 @@ class RunResult:
     test_file: Path | None
     test_samples: int
     restored_best: bool  # early_stopping.restore_best_weights ended the run with the best epoch
+    preprocessing: dict  # data file -> {filled, dropped_rows, unknown} when the spec preprocesses columns
 
     @property
     def final(self) -> dict:
@@ -167,11 +169,13 @@ def _train_locked(session, data, files: RunFiles, resume, restart, progress, sto
     finally:
         progress.close()
     checkpoints.finish()
-    save_weights(files.weights, session.params.to_host())
+    # The weights file is the whole fitted model: the preprocessing fitted on the data beside the layers.
+    fitted = state_arrays(session.preprocessing) if session.preprocessing is not None else {}
+    save_weights(files.weights, {**session.params.to_host(), **fitted})
     save_history(files.history, history)
     best = None
     if val_set is not None and history.best_weights is not None:
-        save_weights(files.best, history.best_weights)
+        save_weights(files.best, {**history.best_weights, **fitted})
         best = {**history.best, "weights": str(files.best)}
     test = session.evaluate(test_set, spec.train["batch_size"]) if test_set is not None else None
     save_run_record(files.record, spec, argv, {
@@ -183,7 +187,7 @@ def _train_locked(session, data, files: RunFiles, resume, restart, progress, sto
     return RunResult(
         spec, history, files, len(train_set), len(val_set) if val_set is not None else 0, len(history) - history_before,
         best, test, test_set.file if test_set is not None else None, len(test_set) if test_set is not None else 0,
-        bool(es and es["restore_best_weights"]),
+        bool(es and es["restore_best_weights"]), {file: report.as_dict() for file, report in session.preprocessing_reports.items()},
     )
 
 

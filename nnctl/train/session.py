@@ -12,7 +12,8 @@ from nnctl.core import ops
 from nnctl.core.backend import get_backend
 from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data.batches import Batches
-from nnctl.data.dataset import load_dataset, split
+from nnctl.data import prepared, preprocessing
+from nnctl.data.dataset import load_dataset, split, split_mask
 from nnctl.io.weights import load_weights
 from nnctl.errors import Problem, SpecError, UsageError, WeightsError
 from nnctl.model.graph import ForwardContext, Model
@@ -37,6 +38,10 @@ class Session:
         self.regularized = [node for node in self.model.nodes
                             if any((node.layer.config.get("kernel_regularizer") or {}).values())]
         self._steps = {}  # batch size -> nnctl.train.step.TrainStep
+        # The fitted column preprocessing ({column: transform}) of a spec that declares one: from
+        # its weights file, or fitted on the training rows by `training_sets`.
+        self.preprocessing = None
+        self.preprocessing_reports = {}  # data file -> nnctl.data.preprocessing.Report
 
     def penalty(self, weights):
         """The regularization penalty as a scalar tensor (Keras adds it to the loss), or None."""
@@ -104,13 +109,20 @@ class Session:
 
 
 def open_session(spec, weights=None, dtype: str | None = None, backend: str | None = None) -> Session:
-    """`spec` on its backend (or `backend`), with the weights of the .npz file `weights`, or the
-    initializers' when None."""
-    values = load_weights(weights, Model(spec).weight_shapes) if weights is not None else None
+    """`spec` on its backend (or `backend`), with the weights of the .npz file `weights` (and the
+    preprocessing fitted with them), or the initializers' when None."""
+    values = state = None
+    if weights is not None:
+        columns = spec.data.columns if spec.data is not None else None
+        values = load_weights(weights, Model(spec).weight_shapes, state_prefix=preprocessing.PREFIX if columns is not None else None)
+        state = {k: values.pop(k) for k in list(values) if k.startswith(preprocessing.PREFIX)}
     try:
-        return Session(spec, get_backend(backend or spec.backend), weights=values, dtype=dtype)
+        session = Session(spec, get_backend(backend or spec.backend), weights=values, dtype=dtype)
     except WeightsError as exc:  # values that overflow the run's dtype: say which file they came from
         raise WeightsError([p if p.file else Problem(p.message, str(weights)) for p in exc.problems]) from None
+    if state is not None and spec.data.columns is not None:
+        session.preprocessing = preprocessing.state_from_arrays(state, prepared.configs_of(spec.data), str(weights))
+    return session
 
 
 class Totals:
@@ -158,14 +170,25 @@ class Totals:
 
 
 def load_spec_data(session, path=None, targets=True):
-    """The spec's data file (or `path`), checked against the model."""
+    """The spec's data file (or `path`), checked against the model, through the session's fitted
+    preprocessing when the spec declares one (fitted first from the training rows if need be)."""
     spec = session.spec
     if spec.data is None:
         raise SpecError(spec.problem((), "expected a 'data' section (path, inputs, targets), received none"))
-    return load_dataset(
-        path or spec.data.path, spec.data.inputs, spec.data.targets if targets else None,
-        session.model.input_shapes, session.loss.targets, session.output_units, session.dtype,
-    )
+    path = path or spec.data.path
+    if spec.data.columns is None:
+        return load_dataset(path, spec.data.inputs, spec.data.targets if targets else None,
+                            session.model.input_shapes, session.loss.targets, session.output_units, session.dtype)
+    if session.preprocessing is None:
+        training_sets(session)
+    return _prepared(session, path, prepared.read_raw(path, spec.data, targets), targets)[0]
+
+
+def _prepared(session, path, raw, targets=True):
+    dataset, keep, report = prepared.prepare(path, raw, session.preprocessing, session.spec.data, session.model.input_shapes,
+                                             session.loss.targets, session.output_units, session.dtype, targets)
+    session.preprocessing_reports[str(path)] = report
+    return dataset, keep
 
 
 def load_test_set(session):
@@ -177,22 +200,49 @@ def load_test_set(session):
 
 
 def training_sets(session):
-    """(train, validation or None) as the spec asks: a seeded split or a separate file."""
+    """(train, validation or None) as the spec asks: a seeded split or a separate file. With
+    column preprocessing, it is fitted here on the training rows (session.preprocessing)."""
     spec = session.spec
-    dataset = load_spec_data(session)
+    if spec.data is None or spec.data.columns is None:
+        dataset = load_spec_data(session)
+        if spec.data.validation is not None:
+            return dataset, load_spec_data(session, spec.data.validation)
+        return split(dataset, spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT))
+    raw = prepared.read_raw(spec.data.path, spec.data)
+    rows = len(next(iter(raw.values())).values)
+    held = split_mask(rows, 0.0 if spec.data.validation is not None else spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT), spec.data.path)
+    if session.preprocessing is None:  # a weights file brought its own: keep it
+        session.preprocessing = prepared.fit(raw, spec.data, numpy.flatnonzero(~held), spec.problem)
+    dataset, keep = _prepared(session, spec.data.path, raw)
     if spec.data.validation is not None:
         return dataset, load_spec_data(session, spec.data.validation)
-    return split(dataset, spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT))
+    held = held[keep]
+    if not held.any():
+        return dataset, None
+    return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])
 
 
 def predict_file(session, path):
-    """(outputs, class indices or None, column names) for every row of the file at `path`, read
-    with the spec's data.inputs (targets not needed); probabilities for cross-entropies."""
+    """(outputs, classes or None, column names, preprocessing report or None) for every row of the
+    file at `path`, read with the spec's data.inputs (targets not needed); probabilities for
+    cross-entropies; classes by name for a text target."""
     spec = session.spec
     if spec.data is None:
         raise UsageError("--input: expected a spec with data.inputs to say which columns feed which input, received a spec without a data section")
-    dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype)
+    if spec.data.columns is None:
+        dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype)
+    else:
+        if session.preprocessing is None:
+            raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
+                                     "(train the spec to make one)", str(path)))
+        dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
     values, classes = session.predict(dataset)
+    names = prepared.class_names(session.preprocessing, spec.data)
     prefix = "prob" if session.loss.gives_probabilities else session.model.output
-    columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
-    return values, classes, columns
+    if names is not None and session.loss.targets.shows_classes and values.ndim == 2 and values.shape[1] == len(names):
+        columns = [f"{prefix}_{name}" for name in names]
+        classes = numpy.array(names, dtype=object)[classes]
+    else:
+        columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
+    report = session.preprocessing_reports.get(str(path))
+    return values, classes, columns, report.as_dict() if report is not None else None

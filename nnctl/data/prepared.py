@@ -1,0 +1,86 @@
+"""Data sets through column preprocessing: a table's raw columns, fitted on the training rows,
+transformed into a Dataset the model reads (the spec's data.columns / data.preprocessing).
+
+The split is drawn over the file's rows before anything is fitted, so validation rows never
+shape the means, scales, fill values or vocabularies; rows dropped for a missing cell leave the
+split they were in.
+"""
+from __future__ import annotations
+
+import numpy
+
+from nnctl.data import preprocessing
+from nnctl.data.columns import read_columns
+from nnctl.data.dataset import Dataset, shape_input
+from nnctl.data.targets import VALUES
+from nnctl.errors import DataError, Problem
+
+
+def target_names(data_spec) -> list:
+    targets = data_spec.targets
+    return [targets] if isinstance(targets, str) else list(targets)
+
+
+def read_raw(file, data_spec, targets: bool = True) -> dict:
+    """{column: Column} of every column the spec reads from `file` (targets too unless False)."""
+    names = [name for columns in data_spec.inputs.values() for name in ([columns] if isinstance(columns, str) else columns)]
+    if targets:
+        names += [name for name in target_names(data_spec) if name not in names]
+    return read_columns(file, names)
+
+
+def configs_of(data_spec, targets: bool = True) -> dict:
+    wanted = set(target_names(data_spec)) if targets else set()
+    configs = {}
+    for name, config in data_spec.columns.items():
+        if name in target_names(data_spec):
+            if name in wanted:
+                configs[name] = preprocessing.target_config(config)
+        else:
+            configs[name] = config
+    return configs
+
+
+def fit(raw: dict, data_spec, rows, problem) -> dict:
+    """The fitted transform of every column from the training `rows`."""
+    return preprocessing.fit(raw, configs_of(data_spec), rows, problem, targets=target_names(data_spec))
+
+
+def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, kind=VALUES, units=None, dtype="float32",
+            targets: bool = True):
+    """(Dataset, kept-row mask, preprocessing.Report) for `raw` transformed by `fitted`."""
+    configs = configs_of(data_spec, targets)
+    groups = {name: ([columns] if isinstance(columns, str) else list(columns)) for name, columns in data_spec.inputs.items()}
+    if targets:
+        groups["__targets__"] = target_names(data_spec)
+    try:
+        arrays, keep, report = preprocessing.transform(raw, {n: fitted[n] for n in configs}, configs, groups)
+    except KeyError as exc:
+        raise DataError(Problem(f"expected the fitted preprocessing of column {exc.args[0]!r}, received a model without it", str(file))) from None
+    if not keep.any():
+        raise DataError(Problem("expected at least one row with every value present, received none (missing: drop dropped them all)", str(file)))
+    inputs = {}
+    for name, shape in input_shapes.items():
+        widths = ", ".join(f"{column} {fitted[column].width}" for column in groups[name])
+        try:
+            inputs[name] = shape_input(file, name, arrays[name], shape, dtype)
+        except DataError as exc:
+            raise DataError(Problem(f"{exc.problems[0].message}; after preprocessing its columns are {widths} wide", str(file))) from None
+    target_values = None
+    if targets:
+        first = raw[target_names(data_spec)[0]]
+        lines = first.lines[keep] if first.lines is not None else None
+
+        def locate(i):
+            return {"file": str(file), "line": None if lines is None else int(lines[i])}, f"column {first.name!r}"
+
+        target_values = kind.check(file, arrays["__targets__"], units, dtype, locate)
+    return Dataset(file, inputs, target_values, numpy.arange(int(keep.sum()))), keep, report
+
+
+def class_names(fitted: dict, data_spec) -> list | None:
+    """The classes of a text (category) target, in index order; None for numbers."""
+    if fitted is None:
+        return None
+    target = fitted.get(target_names(data_spec)[0])
+    return list(target.vocabulary) if isinstance(target, preprocessing.Category) else None
