@@ -171,20 +171,16 @@ def _predicted_positive(xp, loss, output):
     return loss.probabilities(xp, output) > 0.5
 
 
-def _precision(loss):
-    def counts(xp, output, targets):
-        predicted = _predicted_positive(xp, loss, output)
-        actual = _indicator(xp, loss, output, targets) > 0.5
-        return (predicted & actual).sum().astype(output.dtype), predicted.sum().astype(output.dtype)
-    return Ratio(counts)
-
-
-def _recall(loss):
-    def counts(xp, output, targets):
-        predicted = _predicted_positive(xp, loss, output)
-        actual = _indicator(xp, loss, output, targets) > 0.5
-        return (predicted & actual).sum().astype(output.dtype), actual.sum().astype(output.dtype)
-    return Ratio(counts)
+def _share_of_positives(denominator):
+    """Precision (`denominator` "predicted") or recall ("actual"): true positives over those."""
+    def metric(loss):
+        def counts(xp, output, targets):
+            predicted = _predicted_positive(xp, loss, output)
+            actual = _indicator(xp, loss, output, targets) > 0.5
+            total = predicted if denominator == "predicted" else actual
+            return (predicted & actual).sum().astype(output.dtype), total.sum().astype(output.dtype)
+        return Ratio(counts)
+    return metric
 
 
 # Keras' default k; a class tied with the k-th best score counts as in the top k (in_top_k).
@@ -210,8 +206,8 @@ METRICS = {
     "mae": lambda loss: Mean(lambda xp, output, targets: _mean_error(xp, output, targets, 1)),
     "mse": lambda loss: Mean(lambda xp, output, targets: _mean_error(xp, output, targets, 2)),
     "auc": AUC,
-    "precision": _precision,
-    "recall": _recall,
+    "precision": _share_of_positives("predicted"),
+    "recall": _share_of_positives("actual"),
     "top_k_categorical_accuracy": _top_k,
     "r2": lambda loss: R2(),
 }

@@ -2,6 +2,8 @@
 Average, Maximum, Minimum and Dot)."""
 from __future__ import annotations
 
+import functools
+
 from nnctl.core import ops
 from nnctl.errors import shape_text
 from nnctl.model.layers.base import Layer, ShapeConflict
@@ -55,9 +57,13 @@ class Concatenate(Layer):
 
 
 class _SameShape(Layer):
-    """A merge of inputs of one shape, element by element."""
+    """A merge of inputs of one shape, element by element: `primitive` folded over them."""
 
     many_inputs = True
+    primitive = None  # a binary primitive of nnctl.core.ops
+
+    def call(self, inputs, weights, ctx):
+        return functools.reduce(self.primitive, inputs)
 
     def infer_shape(self, input_shapes):
         if any(s != input_shapes[0] for s in input_shapes):
@@ -68,12 +74,7 @@ class _SameShape(Layer):
 
 class Add(_SameShape):
     keras_name = "Add"
-
-    def call(self, inputs, weights, ctx):
-        total = inputs[0]
-        for x in inputs[1:]:
-            total = ops.add(total, x)
-        return total
+    primitive = ops.add
 
     def compile(self, xp, batch, dtype, weights, grads, needs_grad):
         out = xp.empty((batch, *self.output_shape), dtype=dtype)
@@ -114,14 +115,13 @@ class Average(Add):
 
 class Subtract(_SameShape):
     keras_name = "Subtract"
+    primitive = ops.subtract
 
     def infer_shape(self, input_shapes):
         if len(input_shapes) != 2:
             raise ShapeConflict(f"expected exactly 2 inputs (the first minus the second), received {len(input_shapes)}")
         return super().infer_shape(input_shapes)
 
-    def call(self, inputs, weights, ctx):
-        return ops.subtract(*inputs)
 
     def compile(self, xp, batch, dtype, weights, grads, needs_grad):
         out = xp.empty((batch, *self.output_shape), dtype=dtype)
@@ -138,12 +138,7 @@ class Subtract(_SameShape):
 
 class Multiply(_SameShape):
     keras_name = "Multiply"
-
-    def call(self, inputs, weights, ctx):
-        product = inputs[0]
-        for x in inputs[1:]:
-            product = ops.multiply(product, x)
-        return product
+    primitive = ops.multiply
 
     def compile(self, xp, batch, dtype, weights, grads, needs_grad):
         shape = (batch, *self.output_shape)
@@ -174,14 +169,7 @@ class Multiply(_SameShape):
 class _Extreme(_SameShape):
     """Maximum or minimum: each element's gradient goes to the first input that attains it."""
 
-    primitive = None  # ops.maximum or ops.minimum
     pick = None  # "argmax" or "argmin"
-
-    def call(self, inputs, weights, ctx):
-        best = inputs[0]
-        for x in inputs[1:]:
-            best = self.primitive(best, x)
-        return best
 
     def compile(self, xp, batch, dtype, weights, grads, needs_grad):
         shape = (batch, *self.output_shape)
