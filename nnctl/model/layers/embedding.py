@@ -31,12 +31,10 @@ class Embedding(Layer):
     def indices(self, xp, x):
         """`x`'s ids as integer indices; a DataError naming the first value that is not an id."""
         rows = self.config["input_dim"]
-        ids = x.astype("int64")
-        bad = (ids != x) | (ids < 0) | (ids >= rows)
+        bad = ~((x >= 0) & (x < rows) & (xp.floor(x) == x))  # NaN fails every comparison: bad too
         if bool(bad.any()):
-            value = float(x[bad][0]) if x.ndim else float(x)
-            raise DataError(f"embedding layer {self.name!r}: expected ids that are integers in [0, {rows - 1}], received {number_text(value) if value == value else 'nan'}")
-        return ids
+            raise DataError(f"embedding layer {self.name!r}: expected ids that are integers in [0, {rows - 1}], received {number_text(x[bad][0])}")
+        return x.astype("int64")
 
     def call(self, inputs, weights, ctx):
         x = inputs[0]
