@@ -117,9 +117,59 @@ GRAPHS = {
 }
 
 
+def _merged(kind, n=2, **options):
+    return {"inputs": {"x": [3]}, "layers": [
+        *({"name": f"t{i}", "from": "x", **dense(4, ["tanh", "sigmoid", "elu"][i % 3])} for i in range(n)),
+        {"name": "m", "type": kind, "from": [f"t{i}" for i in range(n)], **options}, dense(2)]}
+
+
+GRAPHS.update({
+    **{kind: _merged(kind, 3) for kind in ("multiply", "average", "maximum", "minimum")},
+    "subtract": _merged("subtract"),
+    "dot": _merged("dot", axes=-1),
+    "dot-cosine": _merged("dot", normalize=True),
+    # gradcheck runs in inference mode: batch normalization from (trained-looking) moving statistics.
+    "batch-normalization-inference": {"inputs": {"x": [3]}, "layers": [
+        dense(4, "tanh"), {"type": "batch_normalization", "moving_mean_initializer": {"type": "random_normal", "stddev": 0.3},
+                           "moving_variance_initializer": {"type": "random_uniform", "minval": 0.5, "maxval": 2.0},
+                           "beta_initializer": {"type": "random_normal", "stddev": 0.3}}, dense(2)]},
+    "layer-normalization": {"inputs": {"x": [3]}, "layers": [
+        dense(4, "tanh"), {"type": "layer_normalization", "beta_initializer": {"type": "random_normal", "stddev": 0.3}}, dense(2)]},
+    "reshape-flatten": {"inputs": {"x": [2, 3]}, "layers": [
+        {"type": "flatten", "from": "x"}, dense(4, "tanh"), {"type": "reshape", "target_shape": [2, 2]},
+        {"type": "flatten"}, dense(2)]},
+})
+
+# Ids are not differentiable: gradcheck's node perturbations would turn them into non-ids, so these
+# graphs check every weight against central differences, not the id inputs.
+ID_GRAPHS = {
+    "embedding": {"inputs": {"ids": [2], "x": [3]}, "layers": [
+        {"name": "e", "type": "embedding", "from": "ids", "input_dim": 4, "output_dim": 3,
+         "embeddings_initializer": {"type": "random_normal", "stddev": 0.5}},
+        {"name": "f", "type": "flatten", "from": "e"}, {"name": "d", "from": "x", **dense(3, "tanh")},
+        {"name": "c", "type": "concat", "from": ["f", "d"]}, {"name": "out", "from": "c", **dense(2)}]},
+}
+
+
 def test_graph_table_covers_every_layer_type():
-    used = {layer["type"] for graph in GRAPHS.values() for layer in graph["layers"]}
+    used = {layer["type"] for graph in [*GRAPHS.values(), *ID_GRAPHS.values()] for layer in graph["layers"]}
     assert set(LAYERS) - used == set()
+
+
+@pytest.mark.parametrize("name", list(ID_GRAPHS))
+def test_gradcheck_weights_of_id_graphs(make_session, name):
+    from nnctl.diagnostics.numeric import Probe
+    from tests.ids import with_ids
+
+    session = make_session({"seed": 3, **ID_GRAPHS[name], "loss": "mse"})
+    rng = np.random.default_rng(5)
+    inputs, targets = random_batch(session, 4, rng)
+    probe = Probe(session, with_ids(session, inputs, rng), targets)
+    assert math.isfinite(probe.loss)
+    for key, grad in session.params.grad_views.items():
+        numeric = np.array([probe.weight_derivative(key, i, 1e-6) for i in range(grad.size)]).reshape(grad.shape)
+        assert np.any(numeric != 0), key
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=key)
 
 
 def _assert_gradcheck_passes(session, batch=4):
@@ -129,7 +179,7 @@ def _assert_gradcheck_passes(session, batch=4):
     failed = [row for row in rows if not row.passed]
     assert not failed, failed
     weights = {row.name for row in rows if row.kind == "weight"}
-    assert weights == set(session.params.views)
+    assert weights == set(session.params.grad_views)  # trainable ones: moving statistics are never checked
     nodes = {row.name for row in rows if row.kind == "node"}
     assert set(session.model.input_shapes) <= nodes
     assert {node.name for node in session.model.nodes} <= nodes

@@ -140,6 +140,22 @@ TABLE: list[Row] = [
     row("squared_error", "one unit", normal(5, 1), normal(5, 1)),
     row("huber", "delta=1", normal(3, 4, scale=2, avoid=(-1.0, 1.0)), delta=1.0),
     row("huber", "delta=0.3", normal(3, 4, avoid=(-0.3, 0.3)), delta=0.3),
+    *_binary_rows("maximum"),
+    *_binary_rows("minimum"),
+    row("normalize", "batch axis", normal(5, 3, scale=2), axis=0, epsilon=1e-3),
+    row("normalize", "last axis", normal(4, 6), axis=-1, epsilon=1e-3),
+    row("normalize", "3d,axis=(0,1)", normal(2, 3, 4), axis=(0, 1), epsilon=1e-5),
+    row("normalize", "two samples", normal(2, 3), axis=0, epsilon=1e-3),
+    row("l2_normalize", "rows", normal(4, 3), axis=-1),
+    row("l2_normalize", "3d,axis=1", normal(2, 3, 4), axis=1),
+    row("batch_dot", "vectors", normal(4, 3), normal(4, 3), axes=(1, 1)),
+    row("batch_dot", "(2,3)x(3,)", normal(4, 2, 3), normal(4, 3), axes=(2, 1)),
+    row("batch_dot", "(3,2)x(3,5),axes=1", normal(4, 3, 2), normal(4, 3, 5), axes=(1, 1)),
+    row("batch_dot", "(2,3)x(4,3),axes=(2,2)", normal(2, 2, 3), normal(2, 4, 3), axes=(2, 2)),
+    row("reshape", "(3,4)->(3,2,2)", normal(3, 4), shape=(3, 2, 2)),
+    row("reshape", "flatten", normal(2, 3, 4), shape=(2, 12)),
+    row("take_rows", "indices", normal(5, 3), const(np.array([[0, 4], [2, 2], [1, 0]])), diff=(0,)),
+    row("take_rows", "one column", normal(4, 2), const(np.array([3, 3, 0, 1])), diff=(0,)),
 ]
 
 
@@ -414,3 +430,18 @@ def test_operator_sugar_maps_to_primitives():
     np.testing.assert_allclose(b.grad, -(a_value + a_value / b_value**2))
     m = Tensor(np.array([[1.0, 2.0]]), requires_grad=True) @ Tensor(np.array([[3.0], [4.0]]))
     assert m.op == "matmul" and m.value.item() == 11.0
+
+
+def test_l2_normalize_of_zero_is_zero_with_a_finite_gradient():
+    """Keras' floor on the squared norm: a zero vector (an unseen id's embedding) gives 0, not NaN."""
+    x = Tensor(np.zeros((2, 3)), requires_grad=True)
+    out = ops.l2_normalize(x, axis=-1)
+    backward(out, np.ones((2, 3)))
+    np.testing.assert_array_equal(out.value, 0)
+    np.testing.assert_array_equal(x.grad, 1e6)  # 1 / sqrt(floor): the norm is a constant there
+
+
+def test_take_rows_sums_the_gradient_of_a_repeated_index():
+    table = Tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    backward(ops.take_rows(table, np.array([2, 0, 2])), np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+    np.testing.assert_array_equal(table.grad, [[3, 4], [0, 0], [6, 8]])

@@ -22,6 +22,7 @@ from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.model.graph import ForwardContext
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES, CrossEntropy
+from tests.ids import with_ids
 
 TOL = dict(rtol=1e-12, atol=1e-14)
 FULL, PARTIAL = 6, 3
@@ -179,6 +180,90 @@ ROWS.update({
 
 ROWS["rank3-mse"] = {"inputs": {"x": [2, 3]}, "layers": [{"type": "tanh", "from": "x"}], "loss": "mse"}
 
+
+def _merge_row(kind, n=2, **options):
+    """n dense towers of one width merged by `kind`, then a dense."""
+    towers = [{"name": f"t{i}", "from": "x", **dense(4, ["tanh", "relu", "elu"][i % 3])} for i in range(n)]
+    return mlp(*towers, {"name": "m", "type": kind, "from": [f"t{i}" for i in range(n)], **options}, dense(2))
+
+
+ROWS.update({
+    "multiply": _merge_row("multiply"),
+    "multiply-three": _merge_row("multiply", 3),
+    "multiply-self": mlp({"name": "d", **dense(3, "tanh")}, {"name": "m", "type": "multiply", "from": ["d", "d", "x"]}, dense(2)),
+    "subtract": _merge_row("subtract"),
+    "subtract-self-with-input": mlp({"name": "d", **dense(3, "tanh")}, {"name": "m", "type": "subtract", "from": ["x", "d"]}, dense(2)),
+    "average": _merge_row("average", 3),
+    "average-with-input": mlp({"name": "d", **dense(3, "tanh")}, {"name": "m", "type": "average", "from": ["d", "x"]}, dense(2)),
+    "maximum": _merge_row("maximum", 3),
+    "minimum": _merge_row("minimum"),
+    "minimum-output": mlp({"name": "a", "from": "x", **dense(2)}, {"name": "b", "from": "x", **dense(2, "tanh")},
+                          {"name": "m", "type": "minimum", "from": ["a", "b"]}),
+    "dot": _merge_row("dot"),
+    "dot-cosine": _merge_row("dot", normalize=True),
+    "dot-output-cosine": mlp({"name": "a", "from": "x", **dense(3)}, {"name": "b", "from": "x", **dense(3, "tanh")},
+                             {"name": "m", "type": "dot", "from": ["a", "b"], "axes": 1, "normalize": True},
+                             loss="binary_crossentropy"),
+    "dot-rank2-axes": {
+        "inputs": {"x": [2, 3], "y": [3, 4]},
+        "layers": [
+            {"name": "a", "type": "tanh", "from": "x"},
+            {"name": "b", "type": "sigmoid", "from": "y"},
+            {"name": "m", "type": "dot", "from": ["a", "b"], "axes": [2, 1], "normalize": True},
+            {"name": "f", "type": "flatten", "from": "m"},
+            dense(2),
+        ],
+        "loss": "mse",
+    },
+    "batch-norm": mlp(dense(5, "tanh"), {"type": "batch_normalization"}, dense(2)),
+    "batch-norm-options": mlp(
+        dense(5, "relu"), {"type": "batch_normalization", "momentum": 0.9, "epsilon": 1e-5,
+                           "gamma_initializer": {"type": "random_normal", "mean": 1.0, "stddev": 0.3},
+                           "beta_initializer": {"type": "random_normal", "stddev": 0.3}},
+        dense(4, "tanh"), {"type": "batch_normalization", "center": False}, dense(2)),
+    "batch-norm-no-affine": mlp(dense(4, "tanh"), {"type": "batch_normalization", "center": False, "scale": False}, dense(2)),
+    "batch-norm-on-input": mlp({"type": "batch_normalization"}, dense(4, "tanh"), dense(2)),
+    "batch-norm-output": mlp(dense(4, "tanh"), {"type": "batch_normalization", "beta_initializer": "ones"}),
+    "batch-norm-rank3": {"inputs": {"x": [2, 3]}, "layers": [
+        {"type": "tanh", "from": "x"}, {"type": "batch_normalization"}, {"type": "flatten"}, dense(2)], "loss": "mse"},
+    "layer-norm": mlp(dense(5, "tanh"), {"type": "layer_normalization"}, dense(2)),
+    "layer-norm-options": mlp(dense(5, "relu"), {"type": "layer_normalization", "epsilon": 1e-5, "center": False,
+                                                 "gamma_initializer": {"type": "random_normal", "mean": 1.0, "stddev": 0.3}}, dense(2)),
+    "layer-norm-on-input": mlp({"type": "layer_normalization", "scale": False}, dense(2)),
+    "layer-norm-rank3-axis1": {"inputs": {"x": [2, 3]}, "layers": [
+        {"type": "elu", "from": "x"},
+        {"type": "layer_normalization", "axis": 1, "beta_initializer": {"type": "random_normal", "stddev": 0.3}},
+        {"type": "flatten"}, dense(2)], "loss": "mse"},
+    "reshape-flatten": {"inputs": {"x": [2, 3]}, "layers": [
+        {"type": "flatten", "from": "x"}, dense(4, "tanh"), {"name": "r", "type": "reshape", "target_shape": [2, 2]},
+        {"name": "a", "type": "relu", "from": "r"}, {"type": "reshape", "target_shape": [-1]}, dense(2)], "loss": "mse"},
+    "reshape-output": mlp(dense(6, "tanh"), {"type": "reshape", "target_shape": [3, 2]}),
+    "embedding": {
+        "inputs": {"ids": [2], "x": [3]},
+        "layers": [
+            {"name": "e", "type": "embedding", "from": "ids", "input_dim": 4, "output_dim": 3},
+            {"name": "f", "type": "flatten", "from": "e"},
+            {"name": "d", "from": "x", **dense(3, "tanh")},
+            {"name": "c", "type": "concat", "from": ["f", "d"]},
+            {"name": "out", "from": "c", **dense(2)},
+        ],
+        "loss": "mse",
+    },
+    "embedding-two-tower-cosine": {
+        "inputs": {"user": [1], "item": [1]},
+        "layers": [
+            {"name": "ue", "type": "embedding", "from": "user", "input_dim": 5, "output_dim": 4,
+             "embeddings_initializer": {"type": "random_normal", "stddev": 0.5}},
+            {"name": "ie", "type": "embedding", "from": "item", "input_dim": 3, "output_dim": 4},
+            {"name": "uf", "type": "flatten", "from": "ue"},
+            {"name": "if", "type": "flatten", "from": "ie"},
+            {"name": "ut", "from": "uf", **dense(4, "tanh")},
+            {"name": "score", "type": "dot", "from": ["ut", "if"], "normalize": True},
+        ],
+        "loss": {"type": "binary_crossentropy", "from_logits": True},
+    },
+})
+
 def test_table_covers_every_layer_activation_and_loss():
     layers = [layer for spec in ROWS.values() for layer in spec["layers"]]
     assert set(LAYERS) <= {layer["type"] for layer in layers}
@@ -199,7 +284,9 @@ def test_table_covers_every_layer_activation_and_loss():
 # --- the harness ---------------------------------------------------------------------------------
 def _batch(session, size, seed):
     """Seeded inputs and targets of the loss's kind, on the session's backend."""
-    inputs, targets = random_batch(session, size, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    inputs, targets = random_batch(session, size, rng)
+    inputs = with_ids(session, inputs, rng)
     backend = session.backend
     return ({name: backend.asarray(x, dtype=session.dtype) for name, x in inputs.items()},
             backend.asarray(targets if targets.dtype.kind == "i" else targets.astype(session.dtype)))
@@ -298,6 +385,11 @@ FLOAT32_SPECS = {
         {"name": "a", "from": "x", **dense(2, "elu")}, {"name": "b", "from": "x", **dense(3, "gelu")},
         {"name": "c", "type": "concat", "from": ["a", "b"]}, {"type": "softmax", "from": "c"},
         dense(3, "sigmoid"), loss="binary_crossentropy"),
+    "norms-merges-cosine": mlp(
+        {"name": "a", "from": "x", **dense(4, "tanh")}, {"name": "b", "from": "x", **dense(4)},
+        {"name": "bn", "type": "batch_normalization", "from": "a"}, {"name": "ln", "type": "layer_normalization", "from": "b"},
+        {"name": "m", "type": "maximum", "from": ["bn", "ln"]}, {"name": "p", "type": "multiply", "from": ["bn", "ln"]},
+        {"name": "c", "type": "dot", "from": ["m", "p"], "normalize": True}, loss="mse"),
 }
 
 
@@ -433,3 +525,52 @@ def test_predict_and_evaluate_over_several_batches(make_session, backend):
     np.testing.assert_allclose(values, _host(session, expected.value), **TOL)
     logs = session.evaluate(dataset, batch_size=FULL)
     np.testing.assert_allclose(logs["loss"], float(np.mean((_host(session, expected.value) - y) ** 2)), **TOL)
+
+
+# --- layer state: batch normalization's moving statistics ----------------------------------------
+BN_SPEC = mlp(dense(4, "tanh"), {"name": "bn", "type": "batch_normalization", "momentum": 0.8}, dense(4, "relu"),
+              {"name": "bn2", "type": "batch_normalization", "center": False}, dense(2))
+
+
+def test_batch_norm_moving_statistics_agree_compiled_and_autograd(make_session, backend):
+    """Both paths update the moving statistics in training, with Keras' biased batch variance, and
+    neither touches them in inference."""
+    compiled = make_session({"seed": 5, **BN_SPEC}, backend=backend)
+    reference = make_session({"seed": 5, **BN_SPEC}, backend=backend)
+    start = compiled.params.to_host()
+    for seed in (1, 2):
+        data = _batch(compiled, FULL, seed)
+        _compiled(compiled, *data, seed=seed)
+        _reference(reference, *data, seed=seed)
+    got, expected = compiled.params.to_host(), reference.params.to_host()
+    for key in ("bn/moving_mean", "bn/moving_variance", "bn2/moving_mean", "bn2/moving_variance"):
+        assert not np.allclose(got[key], start[key]), key
+        np.testing.assert_allclose(got[key], expected[key], **TOL, err_msg=key)
+    # The first update by hand: the batch's mean and biased variance of bn's input, weighted by 1 - momentum.
+    first = make_session({"seed": 5, **BN_SPEC}, backend=backend)
+    inputs, targets = _batch(first, FULL, 1)
+    weights = first.params.to_host()
+    h = np.tanh(_host(first, inputs["x"]) @ weights["dense/kernel"] + weights["dense/bias"])
+    _compiled(first, inputs, targets, seed=1)
+    after = first.params.to_host()
+    np.testing.assert_allclose(after["bn/moving_mean"], 0.2 * h.mean(0), **TOL)
+    np.testing.assert_allclose(after["bn/moving_variance"], 0.8 + 0.2 * h.var(0), **TOL)
+    before = first.params.to_host()
+    _compiled(first, *_batch(first, FULL, 3), seed=3, training=False)
+    for key, value in first.params.to_host().items():
+        if "moving" in key:
+            np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_refuses_a_training_batch_of_one(make_session, training):
+    from nnctl.errors import DataError
+
+    session = make_session({"seed": 5, **BN_SPEC})
+    inputs, targets = _batch(session, 1, 1)
+    if not training:  # inference uses the moving statistics: one sample is fine
+        assert np.isfinite(_compiled(session, inputs, targets, seed=1, training=False)[0])
+        return
+    for run in (_compiled, _reference):
+        with pytest.raises(DataError, match="batch_normalization layer 'bn': expected a training batch of at least 2 samples, received 1"):
+            run(session, inputs, targets, seed=1)

@@ -234,3 +234,97 @@ huber = Primitive(
     lambda xp, d, delta=1.0: xp.where(xp.abs(d) <= delta, 0.5 * d * d, delta * (xp.abs(d) - 0.5 * delta)),
     [lambda xp, g, ans, d, delta=1.0: g * xp.clip(d, -delta, delta)],
 )
+
+# --- merges, normalization, shapes, lookups (Keras' layers beyond dense) --------------------------
+# Ties go to the first argument, as in TensorFlow: exactly one argument gets each element's gradient.
+maximum = Primitive(
+    "maximum",
+    lambda xp, a, b: xp.maximum(a, b),
+    [
+        lambda xp, g, ans, a, b: unbroadcast(xp, g * (a >= b), a.shape),
+        lambda xp, g, ans, a, b: unbroadcast(xp, g * (a < b), b.shape),
+    ],
+)
+minimum = Primitive(
+    "minimum",
+    lambda xp, a, b: xp.minimum(a, b),
+    [
+        lambda xp, g, ans, a, b: unbroadcast(xp, g * (a <= b), a.shape),
+        lambda xp, g, ans, a, b: unbroadcast(xp, g * (a > b), b.shape),
+    ],
+)
+
+
+def _inverse_std(xp, a, axis, epsilon):
+    centered = a - a.mean(axis=axis, keepdims=True)
+    return 1 / xp.sqrt((centered * centered).mean(axis=axis, keepdims=True) + epsilon)
+
+
+def _normalize_vjp(xp, g, ans, a, axis, epsilon):
+    # d/dx of (x - mean) / sqrt(var + eps) with the biased variance, for normalized `ans`.
+    return _inverse_std(xp, a, axis, epsilon) * (
+        g - g.mean(axis=axis, keepdims=True) - ans * (g * ans).mean(axis=axis, keepdims=True))
+
+
+# (a - mean) / sqrt(var + epsilon) over `axis` (biased variance): batch and layer normalization.
+normalize = Primitive(
+    "normalize",
+    lambda xp, a, axis, epsilon: (a - a.mean(axis=axis, keepdims=True)) * _inverse_std(xp, a, axis, epsilon),
+    [_normalize_vjp],
+)
+
+# Keras' l2_normalize floor on the squared norm: a zero vector normalizes to zero, not NaN.
+_L2_FLOOR = 1e-12
+
+
+def _l2_norm(xp, a, axis):
+    return xp.sqrt(xp.maximum((a * a).sum(axis=axis, keepdims=True), _L2_FLOOR))
+
+
+def _l2_normalize_vjp(xp, g, ans, a, axis):
+    norm = _l2_norm(xp, a, axis)
+    floored = (a * a).sum(axis=axis, keepdims=True) <= _L2_FLOOR  # the norm is a constant there
+    return g / norm - xp.where(floored, 0, ans * (g * ans).sum(axis=axis, keepdims=True) / norm)
+
+
+l2_normalize = Primitive("l2_normalize", lambda xp, a, axis: a / _l2_norm(xp, a, axis), [_l2_normalize_vjp])
+
+
+def _dot_operands(xp, a, b, axes):
+    """(batch, rest of a, n) and (batch, n, rest of b) views for one batched matmul."""
+    a = xp.moveaxis(a, axes[0], -1)
+    b = xp.moveaxis(b, axes[1], 1)
+    return a.reshape(a.shape[0], -1, a.shape[-1]), b.reshape(b.shape[0], b.shape[1], -1)
+
+
+def _batch_dot(xp, a, b, axes):
+    left, right = _dot_operands(xp, a, b, axes)
+    rest = [n for i, n in enumerate(a.shape) if i not in (0, axes[0])] + [n for i, n in enumerate(b.shape) if i not in (0, axes[1])]
+    return (left @ right).reshape(a.shape[0], *(rest or [1]))
+
+
+def _batch_dot_vjp(argnum, xp, g, ans, a, b, axes):
+    left, right = _dot_operands(xp, a, b, axes)
+    g = g.reshape(a.shape[0], left.shape[1], right.shape[2])
+    if argnum == 0:
+        grad = (g @ xp.swapaxes(right, 1, 2)).reshape(*xp.moveaxis(a, axes[0], -1).shape)
+        return xp.moveaxis(grad, -1, axes[0])
+    grad = (xp.swapaxes(left, 1, 2) @ g).reshape(*xp.moveaxis(b, axes[1], 1).shape)
+    return xp.moveaxis(grad, 1, axes[1])
+
+
+# Keras' batch_dot: per sample, a contracted with b over a's axes[0] and b's axes[1] (batch axis 0).
+batch_dot = Primitive("batch_dot", _batch_dot, vjp_argnum=_batch_dot_vjp)
+
+# A copy, not a view: a value in the graph must not change when its input is written to.
+reshape = Primitive("reshape", lambda xp, a, shape: a.reshape(shape).copy(), [lambda xp, g, ans, a, shape: g.reshape(a.shape)])
+
+
+def _take_rows_vjp(xp, g, ans, table, indices):
+    grad = xp.zeros_like(table)
+    xp.add.at(grad, indices, g)  # an index seen twice gets both gradients
+    return grad
+
+
+# table[indices]: an embedding lookup; the integer indices get no gradient.
+take_rows = Primitive("take_rows", lambda xp, table, indices: table[indices], [_take_rows_vjp])

@@ -126,27 +126,29 @@ def open_session(spec, weights=None, dtype: str | None = None, backend: str | No
 
 
 class Totals:
-    """Sample-weighted sums of loss (and penalty) and metrics, kept on the device until read."""
+    """Sample-weighted sums of loss (and penalty), and each metric's accumulated state
+    (nnctl.train.metrics), kept on the device until read."""
 
     def __init__(self, session: Session, saved: dict | None = None, penalty: bool = False):
         self.session = session
+        xp = session.backend.xp
         self.count = 0
         self.loss = 0.0
         self.penalty = 0.0 if penalty else None
-        self.metrics = {name: 0.0 for name in session.metrics}
+        self.metrics = {name: metric.start(xp) for name, metric in session.metrics.items()}
         if saved:
-            xp = session.backend.xp
             self.count = int(saved["count"])
             self.loss = xp.asarray(saved["loss"])
             if penalty:
                 self.penalty = xp.asarray(saved["penalty"])
-            self.metrics = {name: xp.asarray(saved[f"metric/{name}"]) for name in session.metrics}
+            self.metrics = {name: metric.unpack(xp, saved[f"metric/{name}"]) for name, metric in session.metrics.items()}
 
     def state(self) -> dict:
         """Host arrays (dtype kept, so a resumed sum continues bit-exactly)."""
-        host = self.session.backend.to_host
-        penalty = {"penalty": host(self.penalty)} if self.penalty is not None else {}
-        return {"count": self.count, "loss": host(self.loss), **penalty, **{f"metric/{k}": host(v) for k, v in self.metrics.items()}}
+        backend = self.session.backend
+        penalty = {"penalty": backend.to_host(self.penalty)} if self.penalty is not None else {}
+        metrics = {f"metric/{name}": metric.pack(backend, self.metrics[name]) for name, metric in self.session.metrics.items()}
+        return {"count": self.count, "loss": backend.to_host(self.loss), **penalty, **metrics}
 
     def add(self, loss_value, output, targets, size, penalty_value=None):
         xp = self.session.backend.xp
@@ -155,17 +157,17 @@ class Totals:
         if penalty_value is not None:
             self.penalty = self.penalty + penalty_value * size
         for name, metric in self.session.metrics.items():
-            self.metrics[name] = self.metrics[name] + metric(xp, output, targets)
+            self.metrics[name] = metric.update(xp, self.metrics[name], output, targets)
 
     def read(self) -> dict:
-        scalar = self.session.backend.scalar
+        backend = self.session.backend
         if not self.count:
             return {}
-        logs = {"loss": scalar(self.loss) / self.count}
+        logs = {"loss": backend.scalar(self.loss) / self.count}
         if self.penalty is not None:
-            logs["penalty"] = scalar(self.penalty) / self.count
-        for name, total in self.metrics.items():
-            logs[name] = scalar(total) / self.count
+            logs["penalty"] = backend.scalar(self.penalty) / self.count
+        for name, metric in self.session.metrics.items():
+            logs[name] = metric.result(backend, self.metrics[name], self.count)
         return logs
 
 
