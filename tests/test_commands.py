@@ -362,6 +362,14 @@ def test_config_output_is_a_spec_nnctl_reads(tmp_path, name):
     assert run_json("config", copy) == yaml.safe_load(text)
 
 
+def test_config_of_a_spec_without_data_is_a_spec(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("inputs: {x: [2]}\nlayers: [{type: dense, units: 1}]\nloss: mse\n")
+    copy = tmp_path / "c.yaml"
+    copy.write_text(run("config", spec).stdout)
+    assert run_json("config", copy)["data"] is None and run("summary", copy).exit_code == 0
+
+
 def test_config_fills_every_default(tmp_path):
     spec = write_project(tmp_path / "tt")
     text = run("config", spec).stdout

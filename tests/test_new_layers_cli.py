@@ -167,3 +167,30 @@ def test_resume_mid_epoch_is_bit_identical_with_batch_normalization(tmp_path, mo
     assert {"auc", "val_auc", "precision", "recall"} <= set(history[0])
     with np.load(stopped.parent / weights) as trained:
         assert not np.allclose(trained["bn/moving_variance"], 1.0)
+
+
+TOWERS = """\
+name: towers
+seed: 1
+inputs: {user: [1], item: [1], x: [2]}
+layers:
+  - {name: user_vec, type: embedding, input_dim: 5, output_dim: 3, from: user}
+  - {name: item_vec, type: embedding, input_dim: 7, output_dim: 3, from: item}
+  - {name: u, type: flatten, from: user_vec}
+  - {name: v, type: flatten, from: item_vec}
+  - {name: cos, type: dot, axes: 1, normalize: true, from: [u, v]}
+  - {name: both, type: concat, from: [cos, x]}
+  - {name: out, type: dense, units: 1, from: both}
+loss: {type: binary_crossentropy, from_logits: true}
+"""
+
+
+def test_gradcheck_and_time_draw_ids_for_embedding_inputs(tmp_path):
+    """Random batches give embedding inputs ids in range, and finite differences leave them alone."""
+    spec = tmp_path / "towers.yaml"
+    spec.write_text(TOWERS)
+    result = run("gradcheck", spec, "--json")
+    assert result.exit_code == 0, result.output
+    checked = {row["name"] for row in json.loads(result.stdout)["checks"]}
+    assert {"x", "user_vec/embeddings", "item_vec/embeddings", "cos"} <= checked and not {"user", "item"} & checked
+    assert run("time", spec, "--iterations", 2, "--json").exit_code == 0

@@ -33,7 +33,8 @@ def random_batch(session, size: int, rng=None):
     for specs without data; `rng` defaults to the spec seed's gradcheck stream."""
     rng = rng or rng_for(session.spec.seed, STREAM_GRADCHECK)
     model = session.model
-    inputs = {name: rng.standard_normal((size,) + shape) for name, shape in model.input_shapes.items()}
+    inputs = {name: rng.integers(0, model.id_inputs[name], (size,) + shape).astype(float) if name in model.id_inputs
+              else rng.standard_normal((size,) + shape) for name, shape in model.input_shapes.items()}
     return inputs, session.loss.targets.random(rng, (size, *model.shapes[model.output]))
 
 

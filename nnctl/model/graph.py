@@ -63,6 +63,9 @@ class Model:
         # Trainable weights first (layer order within each group): the optimizer steps one range.
         every = [(f"{n.name}/{w.name}", w) for n in self.nodes for w in n.layer.weights]
         self.weight_specs = [kw for kw in every if kw[1].trainable] + [kw for kw in every if not kw[1].trainable]
+        # Inputs read as ids (by an embedding): their value range, for random batches and gradcheck.
+        self.id_inputs = {ref: n.layer.id_range() for n in self.nodes for ref in n.inputs
+                          if ref in self.input_shapes and n.layer.id_range() is not None}
         # Per node, (param name, weights-file key) pairs: built once, not on every forward pass.
         self._weight_keys = [[(w.name, f"{n.name}/{w.name}") for w in n.layer.weights] for n in self.nodes]
 
@@ -186,7 +189,8 @@ class Model:
     # --- forward -------------------------------------------------------------------------------
     def forward(self, weights: dict, feeds: dict, ctx) -> Tensor:
         """The output tensor for input arrays/tensors `feeds`; `weights` maps keys to tensors."""
-        values = {name: ctx.tap(name, feeds[name]) for name in self.input_shapes}
+        # Ids are not tapped: no gradient flows to them, and a nudged id would be no id.
+        values = {name: feeds[name] if name in self.id_inputs else ctx.tap(name, feeds[name]) for name in self.input_shapes}
         for node, keys in zip(self.nodes, self._weight_keys):
             own = {name: weights[key] for name, key in keys}
             out = node.layer.call([values[ref] for ref in node.inputs], own, ctx)

@@ -304,7 +304,7 @@ def _validate(data: dict, path: Path, c: _Checker) -> Spec | None:
     loss = c.typed(data["loss"], LOSSES, ("loss",), "loss") if "loss" in data else None
     metrics = _validate_metrics(data.get("metrics", []), c)
     optimizer = c.typed(data.get("optimizer", "adam"), OPTIMIZERS, ("optimizer",), "optimizer")
-    data_spec = _validate_data(data["data"], path, inputs, c) if "data" in data else None
+    data_spec = _validate_data(data["data"], path, inputs, c) if data.get("data") is not None else None
     train_raw = data.get("train", {})
     if not isinstance(train_raw, dict):
         c.report(("train",), f"expected a mapping of training options, received {describe(train_raw)}")

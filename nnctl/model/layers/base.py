@@ -43,6 +43,11 @@ class Layer:
     options: dict = {}
     many_inputs = False  # True: `from` is a list of two or more names
 
+    def id_range(self) -> int | None:
+        """n when the layer reads ids 0 .. n - 1 (an embedding), not numbers: an input that feeds it
+        has no gradient, random batches draw ids for it and finite differences leave it alone."""
+        return None
+
     def __init__(self, name: str, type_name: str, config: dict):
         self.name = name
         self.type_name = type_name

@@ -22,6 +22,9 @@ class Embedding(Layer):
         "embeddings_initializer": Option(Typed(lambda: INITIALIZERS, "initializer"), "random_uniform", "Keras' uniform(-0.05, 0.05)"),
     }
 
+    def id_range(self):
+        return self.config["input_dim"]
+
     def infer_shape(self, input_shapes):
         (shape,) = input_shapes
         rows, columns = self.config["input_dim"], self.config["output_dim"]
