@@ -440,7 +440,7 @@ DATA = [
     ("binary target outside [0, 1]", csv_data(csv_rows("1,2,1", "3,4,2"), *BINARY_SPEC),
      ["data.csv:3:3:", "expected values in [0, 1] for binary cross-entropy, received [2]"]),
     ("unsupported suffix", lambda p: (p.write("data.txt", TWO_TOWER_CSV), p.edit("path: data.csv", "path: data.txt"), ["train", "spec.yaml"])[-1],
-     ["data.txt", "expected a .csv, .npy or .npz file, received a .txt file"]),
+     ["data.txt", "expected a .csv, .parquet, .feather, .arrow, .npy or .npz file, received a .txt file"]),
     (".npz array missing", npz_data(lambda: {"x": X, "Y": Y}),
      ["data.npz", "input 'x': expected array 'X'", "did you mean 'x'?", "the archive has x, Y"]),
     (".npz target array missing", npz_data(lambda: {"X": X}), ["data.npz", "targets: expected array 'Y'", "the archive has X"]),
