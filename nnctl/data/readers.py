@@ -16,7 +16,7 @@ import numpy
 from nnctl.errors import DataError, Problem, describe, did_you_mean
 from nnctl.io.arrays import Archive, NpyFile
 from nnctl.io.tables import (MISSING_VALUES, NUMBER, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table,
-                              arrow_number_blocks, column_indices, numbers, read_table, scan)
+                              arrow_number_blocks, column_indices, numbers, read_table, scan, table_header)
 
 CSV_SUFFIXES = (".csv",)
 
@@ -126,15 +126,14 @@ def _python_csv_blocks(file, header, wanted, needed, dtype, options):
 
 def _arrow_file_blocks(file, column_map, target_columns, dtype, options):
     """A Parquet or Feather file's columns, read whole: numbers only, every cell present and finite."""
-    names = {}
+    header = table_header(file, DataError, "a data file")
 
     def find(cols, what):
-        cols = [cols] if isinstance(cols, str) else cols
-        for c in cols:
-            names.setdefault(c, None)
-        return cols
+        column_indices(header, cols, DataError, file, None, what)
+        return [cols] if isinstance(cols, str) else list(cols)
 
     wanted = _wanted(column_map, target_columns, find)
+    names = list(dict.fromkeys(c for cols in wanted.values() for c in cols))
 
     def blocks():
         table = read_table(file, DataError, "a data file", list(names), missing_values=options.missing_values)

@@ -395,33 +395,50 @@ def _typed(table: Table, name, values, missing, text: bool, declared, error) -> 
     return Column(name, TEXT, values, missing)
 
 
-def _read_arrow_file(path, error, what, suffix, names, types) -> Table:
+def _arrow_kind(suffix: str) -> str:
+    return "Parquet" if suffix == ".parquet" else "Feather/Arrow IPC"
+
+
+def table_header(path, error, what: str) -> list:
+    """The column names of a .parquet, .feather or .arrow file, from its schema (no data read)."""
     import pyarrow
-    import pyarrow.types as kinds
 
     with open_regular(path, error, what):
         pass  # a FIFO or a device is refused before pyarrow opens it
-    kind = "Parquet" if suffix == ".parquet" else "Feather/Arrow IPC"
+    suffix = Path(path).suffix.lower()
     try:
         if suffix == ".parquet":
             import pyarrow.parquet
 
-            schema = pyarrow.parquet.read_schema(str(path))
-        else:
-            import pyarrow.feather
-            import pyarrow.ipc
+            return list(pyarrow.parquet.read_schema(str(path)).names)
+        import pyarrow.ipc
 
-            schema = pyarrow.ipc.open_file(str(path)).schema
-        header = list(schema.names)
-        if names is not None:
-            column_indices(header, names, error, path, None, "column")
-        names = list(header) if names is None else list(names)
+        with pyarrow.ipc.open_file(str(path)) as reader:
+            return list(reader.schema.names)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise error(Problem(f"expected a readable {_arrow_kind(suffix)} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+
+
+def _read_arrow_file(path, error, what, suffix, names, types) -> Table:
+    import pyarrow
+    import pyarrow.types as kinds
+
+    header = table_header(path, error, what)
+    if names is not None:
+        for name in names:
+            column_indices(header, name, error, path, None, "column")
+    names = list(header) if names is None else list(names)
+    try:
         if suffix == ".parquet":
+            import pyarrow.parquet
+
             table = pyarrow.parquet.read_table(str(path), columns=names)
         else:
+            import pyarrow.feather
+
             table = pyarrow.feather.read_table(str(path), columns=names)
     except (pyarrow.ArrowException, OSError) as exc:
-        raise error(Problem(f"expected a readable {kind} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+        raise error(Problem(f"expected a readable {_arrow_kind(suffix)} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
     result = Table(str(path), header, {}, table.num_rows)
     for name, column in zip(names, table.columns):
         if kinds.is_dictionary(column.type):
