@@ -138,6 +138,7 @@ MISSING_VALUES = ("", "NA", "NaN", "null", "None")
 NUMBER, TEXT = "number", "text"
 # CSV files larger than this are read block by block (pyarrow's streaming reader), never whole.
 STREAM_BYTES = 256 << 20
+BLOCK_BYTES = 8 << 20  # what a streamed block holds: bounded memory, few Python calls
 _SCAN_BYTES = 1 << 20
 
 
@@ -182,7 +183,7 @@ def arrow_number_blocks(path, names, delimiter=",", missing_values=MISSING_VALUE
     import pyarrow.csv
 
     options = _options(delimiter, missing_values, quotes, names, {name: pyarrow.float64() for name in names},
-                       block_size=(8 << 20) if stream else None)
+                       block_size=BLOCK_BYTES if stream else None)
     try:
         if stream:
             with pyarrow.csv.open_csv(str(path), **options) as reader:
