@@ -77,14 +77,15 @@ def _csv_blocks(file, column_map, target_columns, dtype, options):
 
     def blocks():
         limit = _limit(dtype)
-        position = {i: k for k, i in enumerate(needed)}
         try:
             found = scan(file)
             stream = os.stat(file).st_size > STREAM_BYTES
-            for columns in arrow_number_blocks(file, [raw[i] for i in needed], options.delimiter, options.missing_values, found["quotes"], stream):
-                if any((~(numpy.abs(values) <= limit)).any() for values in columns):
+            groups = [[raw[i] for i in indices] for indices in wanted.values()]
+            for arrays in arrow_number_blocks(file, groups, options.delimiter, options.missing_values, found["quotes"], stream):
+                # min and max carry a NaN through, and make no temporary as large as the block
+                if any(array.size and not (-limit <= array.min() and array.max() <= limit) for array in arrays):
                     raise Fallback("a number out of range")
-                yield {key: numpy.stack([columns[position[i]] for i in indices], axis=1) for key, indices in wanted.items()}
+                yield dict(zip(wanted, arrays))
         except Fallback:
             # CsvTable finds the place of the problem, or reads a file pyarrow could not.
             yield RESTART

@@ -175,31 +175,43 @@ def _options(delimiter, missing_values, quotes, names, types, block_size=None):
     return {"read_options": read, "parse_options": parse, "convert_options": convert}
 
 
-def arrow_number_blocks(path, names, delimiter=",", missing_values=MISSING_VALUES, quotes=True, stream=False):
-    """The columns `names` (as the header spells them) as float64 arrays, a block of rows at a time
-    (the whole file at once unless `stream`). Fallback on a cell that is missing, blank or not a
-    number, and on anything pyarrow refuses: CsvTable then finds the place."""
+def arrow_number_blocks(path, groups, delimiter=",", missing_values=MISSING_VALUES, quotes=True, stream=False):
+    """For each list of column names (as the header spells them) in `groups`, a float64 array
+    (rows, len(names)), a block of rows at a time (the whole file at once unless `stream`).
+    Fallback on a cell that is missing, blank or not a number, and on anything pyarrow refuses:
+    CsvTable then finds the place."""
     import pyarrow
     import pyarrow.csv
 
+    names = list(dict.fromkeys(name for group in groups for name in group))
     options = _options(delimiter, missing_values, quotes, names, {name: pyarrow.float64() for name in names},
                        block_size=BLOCK_BYTES if stream else None)
     try:
         if stream:
             with pyarrow.csv.open_csv(str(path), **options) as reader:
                 for batch in reader:
-                    yield _float_columns(batch.columns)
+                    yield _float_groups(batch, groups)
         else:
-            table = pyarrow.csv.read_csv(str(path), **options)
-            yield _float_columns(table.columns)
+            yield _float_groups(pyarrow.csv.read_csv(str(path), **options), groups)
     except (pyarrow.ArrowException, OSError, UnicodeError) as exc:
         raise Fallback(str(exc)) from None
 
 
-def _float_columns(columns) -> list:
-    if any(column.null_count for column in columns):
+def _float_groups(table, groups) -> list:
+    """Each group's columns copied once, chunk by chunk, into one C-ordered array."""
+    if any(column.null_count for column in table.columns):
         raise Fallback("a missing or blank cell")
-    return [numpy.asarray(column, dtype=numpy.float64) for column in columns]
+    out = []
+    for group in groups:
+        array = numpy.empty((table.num_rows, len(group)))
+        for j, name in enumerate(group):
+            column = table.column(name)
+            start = 0
+            for chunk in getattr(column, "chunks", [column]):
+                array[start:start + len(chunk), j] = chunk.to_numpy()
+                start += len(chunk)
+        out.append(array)
+    return out
 
 
 def column_indices(header: list, names, error, file, header_line, what: str) -> list:
