@@ -48,13 +48,16 @@ def _column_map():
     return {"x": [f"f{i}" for i in range(COLUMNS - 1)]}, ["y"]
 
 
-def _best(function, repeats: int) -> float:
-    times = []
+def _best(functions: dict, repeats: int) -> dict:
+    """The least seconds of each function over `repeats` rounds, taken in turn within each round:
+    a busy machine slows both sides of a ratio alike."""
+    times = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def read_speed(folder: Path, rows: int, repeats: int) -> dict:
@@ -68,8 +71,8 @@ def read_speed(folder: Path, rows: int, repeats: int) -> dict:
     make_csv(str(path), rows)
     inputs, targets = _column_map()
     shapes = {"x": (COLUMNS - 1,)}
-    arrow = _best(lambda: pyarrow.csv.read_csv(str(path)), repeats)
-    nnctl = _best(lambda: read_csv(path, inputs, targets), repeats)
+    best = _best({"arrow": lambda: pyarrow.csv.read_csv(str(path)), "nnctl": lambda: read_csv(path, inputs, targets)}, repeats)
+    arrow, nnctl = best["arrow"], best["nnctl"]
     cache = folder / "cache"
     first, second = [], []
     for _ in range(repeats):
@@ -150,7 +153,7 @@ def print_report(report: dict) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=300_000, help="rows of the numeric CSV [300000]")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per measurement; the best counts [3]")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per measurement; the best counts [5]")
     parser.add_argument("--large", type=float, metavar="GB", help="also measure a CSV of this many GB")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--make-csv", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)

@@ -202,6 +202,10 @@ def small_cache(monkeypatch):
     monkeypatch.setattr(cache, "MIN_BYTES", 0)
 
 
+def _entries(folder):
+    return [p for p in folder.iterdir() if p.is_dir()]
+
+
 def _write(path, rows, scale=1.0):
     path.write_text("a,b,y\n" + "".join(f"{i * scale!r},{-i},{i % 2}\n" for i in range(rows)))
 
@@ -223,9 +227,11 @@ def test_a_second_read_comes_from_the_cache_without_parsing(tmp_path, monkeypatc
     _write(path, 1000)
     parses = _parses(monkeypatch)
     first = _load(path, folder)
-    entries = list(folder.iterdir())
+    entries = _entries(folder)
     second = _load(path, folder)
     assert len(parses) == 1 and len(entries) == 1 and (entries[0] / "manifest.json").exists()
+    assert list(json.loads((folder / "hashes.json").read_text()).values())[0]["sha256"] == json.loads(
+        (entries[0] / "manifest.json").read_text())["identity"]["file"]["sha256"]
     assert second.inputs["x"].tobytes() == first.inputs["x"].tobytes() and second.targets.tobytes() == first.targets.tobytes()
     assert first.notes == second.notes == []
     assert _load(path, None).inputs["x"].tobytes() == first.inputs["x"].tobytes() and len(parses) == 2
@@ -248,7 +254,7 @@ def test_a_changed_file_or_config_is_read_again(tmp_path, monkeypatch, small_cac
     else:
         data = load_dataset(path, {"x": ["b", "a"]}, ["y"], {"x": (2,)}, dtype="float64", cache_folder=folder)
         assert data.inputs["x"][3].tolist() == [-3.0, 3.0]
-    assert len(parses) == 2 and len(list(folder.iterdir())) == 2
+    assert len(parses) == 2 and len(_entries(folder)) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "header", "missing array"])
@@ -256,7 +262,7 @@ def test_a_damaged_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, small_cac
     path, folder = tmp_path / "d.csv", tmp_path / "cache"
     _write(path, 100)
     good = _load(path, folder)
-    (entry,) = folder.iterdir()
+    (entry,) = _entries(folder)
     array = entry / "0.npy"
     if damage == "truncate":
         array.write_bytes(array.read_bytes()[:-8])
@@ -308,10 +314,20 @@ def test_the_cache_holds_its_identity(tmp_path, small_cache):
     path, folder = tmp_path / "d.csv", tmp_path / "cache"
     _write(path, 10)
     _load(path, folder)
-    (entry,) = folder.iterdir()
+    (entry,) = _entries(folder)
     manifest = json.loads((entry / "manifest.json").read_text())
     identity = manifest["identity"]
     assert identity["file"]["size"] == os.path.getsize(path) and len(identity["file"]["sha256"]) == 64
     assert identity["config"] == {"delimiter": ",", "missing_values": ["", "NA", "NaN", "null", "None"], "dtype": "float64"}
     assert identity["columns"] == [["x", [0, 1]], [None, [2]]]  # header positions: the hash fixes the header and [a["rows"] for a in manifest["arrays"]] == [10, 10]
     assert numpy.load(entry / "0.npy").tolist() == [[float(i), -float(i)] for i in range(10)]
+
+
+def test_cached_inputs_are_the_uncached_ones_in_the_model_dtype(tmp_path, small_cache):
+    path, folder = tmp_path / "d.csv", tmp_path / "cache"
+    path.write_text("a,b,y\n" + "".join(f"{i / 3!r},{i * 1e30!r},{i / 7!r}\n" for i in range(50)))
+    load = lambda cache_folder: load_dataset(path, {"x": ["a", "b"]}, ["y"], {"x": (2,)}, dtype="float32", cache_folder=cache_folder)
+    plain, built, read = load(None), load(folder), load(folder)
+    assert plain.inputs["x"].dtype == built.inputs["x"].dtype == read.inputs["x"].dtype == numpy.float32
+    assert plain.inputs["x"].tobytes() == built.inputs["x"].tobytes() == read.inputs["x"].tobytes()
+    assert read.targets.dtype == plain.targets.dtype and read.targets.tobytes() == plain.targets.tobytes()

@@ -37,15 +37,38 @@ MIN_BYTES = 1 << 20
 _HEADER_BYTES = 128
 
 
-def fingerprint(file) -> dict:
+def fingerprint(file, folder) -> dict:
+    """Size, mtime_ns and the SHA-256 of the bytes. The hash of a file whose stat is unchanged since it
+    was hashed (ctime_ns too, which every write and every utime moves) is taken from the folder's
+    hashes.json rather than computed again: a second run of a 2 GB file reads none of it."""
     stat = os.stat(file)
-    digest = hashlib.sha256()
-    scan(file, digest)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+    memo_path = Path(folder) / "hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    place = str(Path(file).resolve())
+    known = memo.get(place)
+    if isinstance(known, dict) and {k: known.get(k) for k in seen} == seen and isinstance(known.get("sha256"), str):
+        sha256 = known["sha256"]
+    else:
+        digest = hashlib.sha256()
+        scan(file, digest)
+        sha256 = digest.hexdigest()
+        memo[place] = {**seen, "sha256": sha256}
+        try:
+            with atomic_write(memo_path, "w") as handle:
+                json.dump(memo, handle, indent=1)
+        except FileSystemError:
+            pass  # the hash is computed again next time; _build_entry reports the folder
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
 
-def _npy_header(rows: int, width: int) -> bytes:
-    text = "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, width)
+def _npy_header(rows: int, width: int, dtype) -> bytes:
+    text = "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %d), }" % (numpy.dtype(dtype).str, rows, width)
     text = text.ljust(_HEADER_BYTES - 11) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
@@ -53,6 +76,12 @@ def _npy_header(rows: int, width: int) -> bytes:
 def _names(wanted: dict) -> list:
     """A file name per key of `wanted` (an input's name may be any text; None is the targets)."""
     return [f"{i}.npy" for i in range(len(wanted))]
+
+
+def _dtype(key, config: dict):
+    """Inputs as the model computes in (the cast a load would make, made once); targets in float64,
+    which the loss's checks of class indices and probabilities read."""
+    return numpy.dtype("<f8") if key is None else numpy.dtype(config["dtype"]).newbyteorder("<")
 
 
 def cached_arrays(folder, file, config: dict, wanted: dict, blocks) -> tuple[dict, list]:
@@ -63,7 +92,7 @@ def cached_arrays(folder, file, config: dict, wanted: dict, blocks) -> tuple[dic
     from nnctl.data.readers import joined_blocks
 
     file = Path(file)
-    identity = {"format": FORMAT, "file": fingerprint(file), "config": config,
+    identity = {"format": FORMAT, "file": fingerprint(file, folder), "config": config,
                 "columns": [[key, list(cols)] for key, cols in wanted.items()]}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
     entry = Path(folder) / key
@@ -89,9 +118,9 @@ def _read_entry(entry: Path, identity: dict, wanted: dict, verify: bool = True) 
         path = entry / name
         with NpyFile(path, DataError, "a cached array") as npy:
             header = npy.header
-            shape = [expected["rows"], len(cols)]
-            if list(header.shape) != shape or header.dtype != numpy.float64 or header.fortran_order:
-                raise ValueError(f"{name} holds {list(header.shape)} {header.dtype}, not {shape} float64")
+            shape, dtype = [expected["rows"], len(cols)], _dtype(key, identity["config"])
+            if list(header.shape) != shape or header.dtype != dtype or header.fortran_order:
+                raise ValueError(f"{name} holds {list(header.shape)} {header.dtype}, not {shape} {dtype}")
             if os.stat(path).st_size != header.offset + header.nbytes:
                 raise ValueError(f"{name} is {os.stat(path).st_size} bytes, not {header.offset + header.nbytes}")
             if key is None or header.nbytes <= LOAD_WHOLE_BYTES:
@@ -125,13 +154,13 @@ def _build_entry(entry: Path, identity: dict, wanted: dict, blocks) -> dict:
                 crcs, rows = start()
                 continue
             for k, (handle, key) in enumerate(zip(handles, wanted)):
-                data = numpy.ascontiguousarray(block[key], dtype="<f8")
+                data = numpy.ascontiguousarray(block[key], dtype=_dtype(key, identity["config"]))
                 handle.write(data)
                 crcs[k] = zlib.crc32(data, crcs[k])
             rows += len(next(iter(block.values())))
         for handle, key in zip(handles, wanted):
             handle.seek(0)
-            handle.write(_npy_header(rows, len(wanted[key])))
+            handle.write(_npy_header(rows, len(wanted[key]), _dtype(key, identity["config"])))
     manifest = {"identity": identity, "arrays": [{"rows": rows, "crc32": crc} for crc in crcs]}
     with atomic_write(entry / "manifest.json", "w") as handle:
         json.dump(manifest, handle, indent=1, default=str)

@@ -198,19 +198,18 @@ def arrow_number_blocks(path, groups, delimiter=",", missing_values=MISSING_VALU
 
 
 def _float_groups(table, groups) -> list:
-    """Each group's columns copied once, chunk by chunk, into one C-ordered array."""
+    """Each group's columns copied once into one C-ordered array, a record batch at a time: the rows
+    of a batch fit in the CPU's cache while its columns are interleaved."""
     if any(column.null_count for column in table.columns):
         raise Fallback("a missing or blank cell")
-    out = []
-    for group in groups:
-        array = numpy.empty((table.num_rows, len(group)))
-        for j, name in enumerate(group):
-            column = table.column(name)
-            start = 0
-            for chunk in getattr(column, "chunks", [column]):
-                array[start:start + len(chunk), j] = chunk.to_numpy()
-                start += len(chunk)
-        out.append(array)
+    out = [numpy.empty((table.num_rows, len(group))) for group in groups]
+    start = 0
+    for batch in (table.to_batches() if hasattr(table, "to_batches") else [table]):
+        stop = start + batch.num_rows
+        for array, group in zip(out, groups):
+            for j, name in enumerate(group):
+                array[start:stop, j] = batch.column(name).to_numpy()
+        start = stop
     return out
 
 
