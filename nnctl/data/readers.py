@@ -18,9 +18,6 @@ from nnctl.io.arrays import Archive, NpyFile
 from nnctl.io.tables import (MISSING_VALUES, NUMBER, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table,
                               arrow_number_blocks, column_indices, numbers, read_table, scan, table_header)
 
-CSV_SUFFIXES = (".csv",)
-
-
 # Rows converted at a time: the cells of one chunk are all that is held as Python strings.
 CHUNK_ROWS = 8192
 
