@@ -331,3 +331,39 @@ def test_cached_inputs_are_the_uncached_ones_in_the_model_dtype(tmp_path, small_
     assert plain.inputs["x"].dtype == built.inputs["x"].dtype == read.inputs["x"].dtype == numpy.float32
     assert plain.inputs["x"].tobytes() == built.inputs["x"].tobytes() == read.inputs["x"].tobytes()
     assert read.targets.dtype == plain.targets.dtype and read.targets.tobytes() == plain.targets.tobytes()
+
+
+def test_a_stream_that_must_start_over_caches_only_the_second_reading(tmp_path, monkeypatch, small_cache):
+    """A blank row far into a streamed file: pyarrow's blocks so far are dropped, CsvTable's kept."""
+    path, folder = tmp_path / "d.csv", tmp_path / "cache"
+    path.write_text("a,b,y\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(100_000)) + ",,\n" + "7,8,1\n")
+    monkeypatch.setattr(readers, "STREAM_BYTES", 0)
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 1 << 16)
+    data = _load(path, folder)
+    assert len(data) == 100_001 and data.inputs["x"][-1].tolist() == [7.0, 8.0] and data.targets[-1, 0] == 1.0
+    assert _load(path, folder).inputs["x"].tobytes() == data.inputs["x"].tobytes()
+
+
+@pytest.mark.parametrize("text, found", [
+    (b"a\n1\n", {"quotes": False, "hexadecimal": False}), (b'a\n"1"\n', {"quotes": True, "hexadecimal": False}),
+    (b"a\n" + b"1" * 30 + b"0x1\n", {"quotes": False, "hexadecimal": True}),  # "0" ends a chunk, "x" starts the next
+    (b"a\n" + b"1" * 30 + b"0X1\n", {"quotes": False, "hexadecimal": True}), (b"max\nx0\n", {"quotes": False, "hexadecimal": False}),
+])
+def test_a_scan_finds_quotes_and_hexadecimal_across_chunks(tmp_path, monkeypatch, text, found):
+    monkeypatch.setattr(tables, "_SCAN_BYTES", 33)
+    path = tmp_path / "t.csv"
+    path.write_bytes(text)
+    assert tables.scan(path) == found
+
+
+def test_summary_does_not_import_pyarrow(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, write_project
+
+    spec = write_project(tmp_path)
+    code = ("import sys\nfrom nnctl.cli.commands import main\nsys.argv = ['nnctl', 'summary', sys.argv[1]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'pyarrow' not in sys.modules, 'pyarrow imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
