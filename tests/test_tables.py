@@ -367,3 +367,19 @@ def test_summary_does_not_import_pyarrow(tmp_path):
             "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'pyarrow' not in sys.modules, 'pyarrow imported'")
     done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".feather"])
+def test_train_reads_parquet_and_feather_as_it_reads_the_csv(tmp_path, suffix):
+    import pyarrow.csv
+
+    from tests.helpers import run, write_project
+
+    spec = write_project(tmp_path)
+    WRITERS[suffix](pyarrow.csv.read_csv(tmp_path / "data.csv"), str(tmp_path / f"data{suffix}"))
+    from_csv = run("train", spec, "--out", tmp_path / "csv/w.npz", cwd=tmp_path)
+    spec.write_text(spec.read_text().replace("path: data.csv", f"path: data{suffix}"))
+    from_table = run("train", spec, "--out", tmp_path / "table/w.npz", cwd=tmp_path)
+    assert from_csv.exit_code == from_table.exit_code == 0, from_table.output
+    with numpy.load(tmp_path / "csv/w.npz") as a, numpy.load(tmp_path / "table/w.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(a[k].tobytes() == b[k].tobytes() for k in a.files)
