@@ -103,6 +103,31 @@ def npz_data(make_arrays, *extra_pairs):
     return breaker
 
 
+def table_data(name, make, *extra_pairs):
+    """data.<suffix> (Parquet or Feather) written from make() (a pyarrow table) or raw bytes; the spec reads the CSV's columns."""
+    def breaker(project):
+        import pyarrow.feather
+        import pyarrow.parquet
+
+        for old, new in (("path: data.csv", f"path: {name}"),) + extra_pairs:
+            project.edit(old, new)
+        content = make()
+        if isinstance(content, bytes):
+            project.write(name, content)
+        elif name.endswith(".parquet"):
+            pyarrow.parquet.write_table(content, project.folder / name)
+        else:
+            pyarrow.feather.write_feather(content, project.folder / name)
+        return ["train", "spec.yaml"]
+    return breaker
+
+
+def _arrow_table(**columns):
+    import pyarrow
+
+    return pyarrow.table(columns)
+
+
 def npy_data(make_array, *extra_pairs):
     def breaker(project):
         for old, new in NPY_EDITS + extra_pairs:
@@ -465,7 +490,7 @@ DATA = [
     ("binary target outside [0, 1]", csv_data(csv_rows("1,2,1", "3,4,2"), *BINARY_SPEC),
      ["data.csv:3:3:", "expected values in [0, 1] for binary cross-entropy, received [2]"]),
     ("unsupported suffix", lambda p: (p.write("data.txt", TWO_TOWER_CSV), p.edit("path: data.csv", "path: data.txt"), ["train", "spec.yaml"])[-1],
-     ["data.txt", "expected a .csv, .npy or .npz file, received a .txt file"]),
+     ["data.txt", "expected a .csv, .parquet, .feather, .arrow, .npy or .npz file, received a .txt file"]),
     (".npz array missing", npz_data(lambda: {"x": X, "Y": Y}),
      ["data.npz", "input 'x': expected array 'X'", "did you mean 'x'?", "the archive has x, Y"]),
     (".npz target array missing", npz_data(lambda: {"X": X}), ["data.npz", "targets: expected array 'Y'", "the archive has X"]),
@@ -540,6 +565,26 @@ DATA = [
      ["data.npz", "array 'X': expected a .npy header that fits the data, received shape (20, 2) of float64 (320 bytes)"]),
     (".npz array stored twice", npz_data(lambda: hostile.forged_zip([("X.npy", hostile.npy_bytes(X)), ("Y.npy", hostile.npy_bytes(Y)), ("X.npy", hostile.npy_bytes(-X))])),
      ["data.npz", "expected each array once, received 'X' twice (a tampered archive)"]),
+    ("unreadable Parquet file", table_data("data.parquet", lambda: b"PAR1 this is not a Parquet file"),
+     ["data.parquet", "expected a readable Parquet file, received ArrowInvalid"]),
+    ("Parquet file lacking a column, suggests the nearest", table_data("data.parquet", lambda: _arrow_table(x1=X[:, 0], X2=X[:, 1], y=Y[:, 0])),
+     ["data.parquet", "input 'x': expected column 'x2' (did you mean 'X2'?); the header has 'x1', 'X2', 'y'"]),
+    ("Feather file with text in a model column", table_data("data.feather", lambda: _arrow_table(x1=X[:, 0], x2=["a"] * 20, y=Y[:, 0])),
+     ["data.feather", "column 'x2': expected a number at row 1, received text 'a'"]),
+    ("Parquet file with a missing value", table_data("data.parquet", lambda: _arrow_table(x1=X[:, 0], x2=X[:, 1], y=[None] + list(Y[1:, 0]))),
+     ["data.parquet", "column 'y': expected a number at row 1, received a missing value"]),
+    ("missing-value token in a numeric column", csv_data(csv_rows("1,2,3", "NA,5,6")),
+     ["data.csv:3:1:", "column 'x1': expected a number, received 'NA'"]),
+    ("declared missing value in a numeric column", csv_data(csv_rows("1,2,3", "4,?,6"), ("validation_split: 0.2", "validation_split: 0.2\n  missing_values: ['?']")),
+     ["data.csv:3:2:", "column 'x2': expected a number, received '?'"]),
+    ("cell split by the declared delimiter", csv_data("x1;x2;y\n1;2;3\n4;5,5;6\n", ("validation_split: 0.2", "validation_split: 0.2\n  delimiter: ';'")),
+     ["data.csv:3:2:", "column 'x2': expected a number, received '5,5'"]),
+    ("delimiter of two characters", spec_edit(("validation_split: 0.2", "validation_split: 0.2\n  delimiter: ';;'")),
+     ["spec.yaml:", "data.delimiter: expected one character other than a quote or a line break, received ';;'"]),
+    ("missing_values not a list", spec_edit(("validation_split: 0.2", "validation_split: 0.2\n  missing_values: NA")),
+     ["spec.yaml:", "data.missing_values: expected a list of distinct strings (cells that are missing values), received 'NA'"]),
+    ("cache neither a folder nor false", spec_edit(("validation_split: 0.2", "validation_split: 0.2\n  cache: 3")),
+     ["spec.yaml:", "data.cache: expected a folder path, or false to turn the data cache off, received 3"]),
     ("large Fortran-order .npy", sparse_npy_data((12_000_000, 3), fortran=True),
      ["data.npy", "expected a C-order (row-major) .npy file for one this large (274 MB", "received a Fortran-order one", "numpy.ascontiguousarray"]),
 ]

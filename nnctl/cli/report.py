@@ -148,6 +148,7 @@ def training_data(result) -> dict:
         "stopped_early": result.history.stopped_early, "best": result.best,
         "test": result.test, "test_samples": result.test_samples,
         **({"preprocessing": result.preprocessing} if result.preprocessing else {}),
+        **({"notes": result.notes} if result.notes else {}),
         "weights": str(files.weights), "history": str(files.history), "checkpoint": str(files.checkpoint),
     }
 
@@ -160,6 +161,7 @@ def training_view(result):
     end = training_end_view(history.stopped_early, history.best if result.restored_best else None)
     if end is not None:
         parts.append(end)
+    parts += [Text(f"note: {note}") for note in result.notes]
     for file, report in result.preprocessing.items():
         if preprocessing_note(report):
             parts.append(Text(f"preprocessing of {file}: ") + Text.from_markup(preprocessing_note(report)))

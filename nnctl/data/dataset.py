@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy
 
-from nnctl.data.readers import CSV_SUFFIXES, RowFile, read_csv, read_npy, read_npz
+from nnctl.data import cache
+from nnctl.data.readers import TABLE_SUFFIXES, ReadOptions, RowFile, joined_blocks, read_npy, read_npz, table_blocks
 from nnctl.data.targets import VALUES, sample_locator
 from nnctl.errors import DataError, Problem
 
@@ -20,28 +22,38 @@ class Dataset:
     inputs: dict  # input name -> array (N, *shape)
     targets: object  # array (N, ...) or None
     rows: object  # int64 index array into the arrays
+    notes: list = field(default_factory=list)  # what the caller should tell the user (a rebuilt cache)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def subset(self, rows) -> "Dataset":
-        return Dataset(self.file, self.inputs, self.targets, rows)
+        return Dataset(self.file, self.inputs, self.targets, rows, self.notes)
 
 
-def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kind=VALUES, output_units=None, dtype="float32") -> Dataset:
+def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kind=VALUES, output_units=None, dtype="float32",
+                 read: ReadOptions = ReadOptions(), cache_folder=cache.DEFAULT_FOLDER) -> Dataset:
     """Read `file`, pick the model's inputs (and targets unless `target_columns` is None), check them
-    (targets as the loss's `kind` of target, nnctl.data.targets)."""
+    (targets as the loss's `kind` of target, nnctl.data.targets). A table file (.csv, .parquet,
+    .feather, .arrow) is read as `read` says, through the cache in `cache_folder` (None: none)."""
     file = Path(file)
     suffix = file.suffix.lower()
     locate = None  # sample index -> Problem(...) keyword arguments and a text naming the place
-    if suffix in CSV_SUFFIXES:
-        inputs, targets, locate = read_csv(file, column_map, target_columns, dtype)
+    notes = []
+    if suffix in TABLE_SUFFIXES:
+        wanted, blocks, locate = table_blocks(file, column_map, target_columns, dtype, read)
+        if cache_folder is not None and os.stat(file).st_size >= cache.MIN_BYTES:
+            config = {"delimiter": read.delimiter, "missing_values": list(read.missing_values), "dtype": str(dtype)}
+            arrays, notes = cache.cached_arrays(cache_folder, file, config, wanted, blocks)
+        else:
+            arrays = joined_blocks(wanted, blocks())
+        inputs, targets = {name: arrays[name] for name in column_map}, arrays.get(None)
     elif suffix == ".npz":
         inputs, targets = read_npz(file, column_map, target_columns, dtype)
     elif suffix == ".npy":
         inputs, targets = read_npy(file, column_map, target_columns, dtype)
     else:
-        raise DataError(Problem(f"expected a .csv, .npy or .npz file, received a {suffix or 'suffix-less'} file", str(file)))
+        raise DataError(Problem(f"expected a .csv, .parquet, .feather, .arrow, .npy or .npz file, received a {suffix or 'suffix-less'} file", str(file)))
     n = len(next(iter(inputs.values())))
     if n == 0:
         raise DataError(Problem("expected at least one sample, received none", str(file)))
@@ -53,7 +65,7 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kin
         if len(targets) != n:
             raise DataError(Problem(f"expected {n} targets (one per sample), received {len(targets)}", str(file)))
         targets = kind.check(file, targets, output_units, dtype, locate or sample_locator(file, target_columns))
-    return Dataset(file, inputs, targets, numpy.arange(n))
+    return Dataset(file, inputs, targets, numpy.arange(n), notes)
 
 
 def shape_input(file, name, array, shape, dtype):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy
 
 from nnctl.data import preprocessing
-from nnctl.data.columns import read_columns
 from nnctl.data.dataset import Dataset, shape_input
 from nnctl.data.targets import VALUES
 from nnctl.errors import DataError, Problem
+from nnctl.io.tables import read_table
 
 
 def target_names(data_spec) -> list:
@@ -22,11 +22,22 @@ def target_names(data_spec) -> list:
 
 
 def read_raw(file, data_spec, targets: bool = True) -> dict:
-    """{column: Column} of every column the spec reads from `file` (targets too unless False)."""
+    """{column: Column} of every column the spec reads from `file` (targets too unless False),
+    typed over the whole file (numbers, or text where any cell is not one)."""
     names = [name for columns in data_spec.inputs.values() for name in ([columns] if isinstance(columns, str) else columns)]
     if targets:
         names += [name for name in target_names(data_spec) if name not in names]
-    return read_columns(file, names)
+    table = read_table(file, DataError, "a data file", names, data_spec.delimiter, data_spec.missing_values)
+    return {name: preprocessing.Column(name, _raw_values(table.columns[name]), table) for name in names}
+
+
+def _raw_values(column):
+    """Floats with NaN where missing, or text (an object array) with None where missing."""
+    if column.values.dtype.kind == "f":
+        return column.values
+    values = numpy.array(column.values, dtype=object)
+    values[column.missing] = None
+    return values
 
 
 def configs_of(data_spec, targets: bool = True) -> dict:
@@ -68,11 +79,10 @@ def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, kind=V
             raise DataError(Problem(f"{exc.problems[0].message}; after preprocessing its columns are {widths} wide", str(file))) from None
     target_values = None
     if targets:
-        first = raw[target_names(data_spec)[0]]
-        lines = first.lines[keep] if first.lines is not None else None
+        first, kept = raw[target_names(data_spec)[0]], numpy.flatnonzero(keep)
 
         def locate(i):
-            return {"file": str(file), "line": None if lines is None else int(lines[i])}, f"column {first.name!r}"
+            return first.place(int(kept[i])), f"column {first.name!r}"
 
         target_values = kind.check(file, arrays["__targets__"], units, dtype, locate)
     return Dataset(file, inputs, target_values, numpy.arange(int(keep.sum()))), keep, report

@@ -53,12 +53,15 @@ COLUMN_OPTIONS = {
 @dataclass
 class Column:
     """A raw column as a reader gives it: floats (NaN where missing) or text (None where missing),
-    with the line of each row in its file for messages."""
+    and the table it came from (nnctl.io.tables.Table), which knows each cell's place."""
 
     name: str
     values: object  # numpy float64 array, or numpy object array of str / None
-    file: str
-    lines: object = None  # int array: the file line of each row, or None (row numbers are shown)
+    table: object  # .file, .place(row, name) -> Problem keywords, .where(row) -> ' at row N' or ''
+
+    @property
+    def file(self) -> str:
+        return self.table.file
 
     @property
     def numeric(self) -> bool:
@@ -75,11 +78,10 @@ class Column:
         return numpy.array([None if numpy.isnan(v) else _number_token(v) for v in self.values], dtype=object)
 
     def place(self, row: int) -> dict:
-        line = int(self.lines[row]) if self.lines is not None else None
-        return {"file": self.file, "line": line}
+        return self.table.place(row, self.name)
 
     def where(self, row: int) -> str:
-        return "" if self.lines is not None else f" (row {row + 1})"
+        return self.table.where(row)
 
 
 def _number_token(value: float) -> str:

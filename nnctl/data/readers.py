@@ -1,4 +1,5 @@
-"""Readers: CSV (header row), .npy (2-D, columns by index) and .npz (arrays by name) -> host arrays.
+"""Readers: tables (.csv with a header row, .parquet, .feather, .arrow), .npy (2-D, columns by index)
+and .npz (arrays by name) -> host arrays.
 
 Every problem names the file and the place: CSV line and column, array name, and the value.
 Large .npy files stay on disk (RowFile) and are read row by row, so a data set is never copied whole.
@@ -7,16 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy
 
 from nnctl.errors import DataError, Problem, describe, did_you_mean
 from nnctl.io.arrays import Archive, NpyFile
-from nnctl.io.tables import CsvTable, NotNumbers, numbers
-
-CSV_SUFFIXES = (".csv",)
-
+from nnctl.io.tables import (MISSING_VALUES, NUMBER, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table,
+                              arrow_number_blocks, column_indices, numbers, read_table, scan, table_header)
 
 # Rows converted at a time: the cells of one chunk are all that is held as Python strings.
 CHUNK_ROWS = 8192
@@ -30,41 +30,72 @@ def _fits_text(dtype) -> str:
     return f"finite in {numpy.dtype(dtype).name} (|x| <= {_limit(dtype):.3g})"
 
 
-def read_csv(file: Path, column_map: dict, target_columns, dtype="float64"):
-    """Inputs and targets as float64 arrays, converted a chunk of rows at a time while streaming."""
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a table file is read (the spec's data.delimiter and data.missing_values)."""
+
+    delimiter: str = ","
+    missing_values: tuple = MISSING_VALUES
+
+
+# Yielded by a block reader that found, after earlier blocks, that it must start over another way.
+RESTART = object()
+
+
+def table_blocks(file: Path, column_map: dict, target_columns, dtype="float64", options: ReadOptions = ReadOptions()):
+    """(keys, blocks, locate) for the model's columns of a table file: `blocks()` yields, a block of
+    rows at a time, {key: float64 array (rows, columns)} with key an input's name or None for the
+    targets (or RESTART: drop what came before); `locate(i)` names the place of target row i."""
+    if Path(file).suffix.lower() == ".csv":
+        return _csv_blocks(file, column_map, target_columns, dtype, options)
+    return _arrow_file_blocks(file, column_map, target_columns, dtype, options)
+
+
+def _wanted(column_map, target_columns, find):
+    wanted = {name: find(cols, f"input {name!r}") for name, cols in column_map.items()}
+    if target_columns is not None:
+        wanted[None] = find(target_columns, "targets")  # None: no input can be named so
+    return wanted
+
+
+def _csv_blocks(file, column_map, target_columns, dtype, options):
+    with CsvTable(file, DataError, "a data file", options.delimiter) as table:
+        header, header_line, raw = table.header, table.header_line, table.raw_header
+    if header is None:
+        raise DataError(Problem("expected a header row of column names, received an empty file", str(file)))
+    wanted = _wanted(column_map, target_columns, lambda cols, what: column_indices(header, cols, DataError, file, header_line, what))
+    needed = sorted({i for indices in wanted.values() for i in indices})
+    located = Table(str(file), header, {}, 0, options.delimiter)
+
+    def locate(i):
+        first = wanted[None][0]
+        names = ", ".join(repr(header[c]) for c in wanted[None])
+        return {"file": str(file), "line": located.line(i), "column": first + 1}, f"column{'s' if len(wanted[None]) > 1 else ''} {names}"
+
+    def blocks():
+        limit = _limit(dtype)
+        try:
+            found = scan(file)
+            stream = os.stat(file).st_size > STREAM_BYTES
+            groups = [[raw[i] for i in indices] for indices in wanted.values()]
+            for arrays in arrow_number_blocks(file, groups, options.delimiter, options.missing_values, found["quotes"], stream):
+                # min and max carry a NaN through, and make no temporary as large as the block
+                if any(array.size and not (-limit <= array.min() and array.max() <= limit) for array in arrays):
+                    raise Fallback("a number out of range")
+                yield dict(zip(wanted, arrays))
+        except Fallback:
+            # CsvTable finds the place of the problem, or reads a file pyarrow could not.
+            yield RESTART
+            yield from _python_csv_blocks(file, header, wanted, needed, dtype, options)
+
+    return wanted, blocks, locate
+
+
+def _python_csv_blocks(file, header, wanted, needed, dtype, options):
+    """The slow, exact reader: a chunk of rows at a time, every cell through `numbers`."""
     limit = _limit(dtype)
-    with CsvTable(file, DataError, "a data file") as table:
-        header = table.header
-        if header is None:
-            raise DataError(Problem("expected a header row of column names, received an empty file", str(file)))
-        index = {name: i for i, name in enumerate(header)}
-
-        def columns_of(columns, what):
-            names = [columns] if isinstance(columns, str) else columns
-            missing = [c for c in names if c not in index]
-            if missing:
-                raise DataError(Problem(
-                    f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(map(repr, header))}",
-                    str(file), table.header_line,
-                ))
-            for name in names:
-                places = [i + 1 for i, h in enumerate(header) if h == name]
-                if len(places) > 1:
-                    raise DataError(Problem(
-                        f"{what}: expected column {name!r} once in the header, received it in columns {', '.join(map(str, places))}",
-                        str(file), table.header_line, places[1],
-                    ))
-            return [index[c] for c in names]
-
-        wanted = {name: columns_of(cols, f"input {name!r}") for name, cols in column_map.items()}
-        if target_columns is not None:
-            wanted[None] = columns_of(target_columns, "targets")  # None: no input can be named so
-        needed = sorted({i for indices in wanted.values() for i in indices})
-        blocks = {key: [] for key in wanted}
-        line_blocks = []
-
+    with CsvTable(file, DataError, "a data file", options.delimiter) as table:
         def convert(chunk):
-            lines = [line for line, _ in chunk]
             column = {}
             for i in needed:
                 try:
@@ -79,33 +110,69 @@ def read_csv(file: Path, column_map: dict, target_columns, dtype="float64"):
                     expected = "a finite number" if not math.isfinite(values[r]) else f"a number that is {_fits_text(dtype)}"
                     raise DataError(Problem(f"column {header[i]!r}: expected {expected}, received {row[i]!r}", str(file), table.cell_line(line, row, i), i + 1))
                 column[i] = values
-            for key, indices in wanted.items():
-                blocks[key].append(numpy.stack([column[i] for i in indices], axis=1))
-            line_blocks.append(numpy.array(lines, dtype=numpy.int64))
+            return {key: numpy.stack([column[i] for i in indices], axis=1) for key, indices in wanted.items()}
 
         chunk = []
         for row in table.rows():
             chunk.append(row)
             if len(chunk) == CHUNK_ROWS:
-                convert(chunk)
+                yield convert(chunk)
                 chunk = []
         if chunk:
-            convert(chunk)
+            yield convert(chunk)
 
-    def joined(key):
-        parts = blocks.pop(key)
-        return numpy.concatenate(parts) if parts else numpy.empty((0, len(wanted[key])))
 
-    line_numbers = numpy.concatenate(line_blocks) if line_blocks else numpy.empty(0, dtype=numpy.int64)
-    targets = joined(None) if target_columns is not None else None
-    inputs = {name: joined(name) for name in column_map}
+def _arrow_file_blocks(file, column_map, target_columns, dtype, options):
+    """A Parquet or Feather file's columns, read whole: numbers only, every cell present and finite."""
+    header = table_header(file, DataError, "a data file")
+
+    def find(cols, what):
+        column_indices(header, cols, DataError, file, None, what)
+        return [cols] if isinstance(cols, str) else list(cols)
+
+    wanted = _wanted(column_map, target_columns, find)
+    names = list(dict.fromkeys(c for cols in wanted.values() for c in cols))
+
+    def blocks():
+        table = read_table(file, DataError, "a data file", list(names), missing_values=options.missing_values)
+        limit = _limit(dtype)
+        for name, column in table.columns.items():
+            bad = numpy.flatnonzero(column.missing)
+            if column.kind != NUMBER or bad.size:
+                row = int(bad[0]) if bad.size else int(numpy.flatnonzero(~column.missing)[0])
+                received = "a missing value" if bad.size else f"text {column.values[row]!r}"
+                raise DataError(Problem(f"column {name!r}: expected a number at row {row + 1}, received {received}", str(file)))
+            out = numpy.flatnonzero(~(numpy.abs(column.values) <= limit))
+            if out.size:
+                value = float(column.values[out[0]])
+                expected = "a finite number" if not math.isfinite(value) else f"a number that is {_fits_text(dtype)}"
+                raise DataError(Problem(f"column {name!r}: expected {expected} at row {int(out[0]) + 1}, received {value!r}", str(file)))
+        yield {key: numpy.stack([table.columns[c].values for c in cols], axis=1) for key, cols in wanted.items()}
 
     def locate(i):
-        first = wanted[None][0]
-        names = ", ".join(repr(header[c]) for c in wanted[None])
-        return {"file": str(file), "line": int(line_numbers[i]), "column": first + 1}, f"column{'s' if len(wanted[None]) > 1 else ''} {names}"
+        cols = wanted[None]
+        return {"file": str(file)}, f"row {i + 1}, column{'s' if len(cols) > 1 else ''} {', '.join(map(repr, cols))}"
 
-    return inputs, targets, locate
+    return wanted, blocks, locate
+
+
+def joined_blocks(wanted, blocks) -> dict:
+    """The blocks of `table_blocks` joined in memory: {key: array}."""
+    parts = {key: [] for key in wanted}
+    for block in blocks:
+        if block is RESTART:
+            parts = {key: [] for key in wanted}
+            continue
+        for key, array in block.items():
+            parts[key].append(array)
+    return {key: numpy.concatenate(p) if p else numpy.empty((0, len(wanted[key]))) for key, p in parts.items()}
+
+
+def read_csv(file: Path, column_map: dict, target_columns, dtype="float64", options: ReadOptions = ReadOptions()):
+    """Inputs and targets as float64 arrays: pyarrow's reader, or CsvTable's where pyarrow cannot tell."""
+    wanted, blocks, locate = table_blocks(file, column_map, target_columns, dtype, options)
+    arrays = joined_blocks(wanted, blocks())
+    return {name: arrays[name] for name in column_map}, arrays.get(None), locate
 
 
 # --- NumPy files ----------------------------------------------------------------------------------

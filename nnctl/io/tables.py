@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy
 
@@ -67,12 +70,12 @@ class CsvTable:
     `error` is the NnctlError class to raise and `what` names the file expected ("a data file").
     """
 
-    def __init__(self, path, error, what: str):
+    def __init__(self, path, error, what: str, delimiter: str = ","):
         self.file, self.error = str(path), error
         # utf-8-sig: a BOM (Excel writes one) is not part of the first column's name.
         self.handle = io.TextIOWrapper(open_regular(path, error, what), encoding="utf-8-sig", newline="")
-        self.reader = csv.reader(self._lines())
-        self.header, self.header_line = None, None
+        self.reader = csv.reader(self._lines(), delimiter=delimiter)
+        self.header, self.header_line, self.raw_header = None, None, None
         self._iterator = self._rows()
         try:
             first = next(self._iterator, None)
@@ -80,8 +83,8 @@ class CsvTable:
             self.handle.close()
             raise
         if first is not None:
-            self.header_line, cells = first
-            self.header = [name.strip() for name in cells]
+            self.header_line, self.raw_header = first
+            self.header = [name.strip() for name in self.raw_header]
 
     def _lines(self):
         while True:
@@ -126,3 +129,339 @@ class CsvTable:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --- typed tables, read by pyarrow ----------------------------------------------------------------
+# Cells that are missing values unless a spec says otherwise (data.missing_values). Matched exactly,
+# as pyarrow matches them: ' NA' is text, not missing.
+MISSING_VALUES = ("", "NA", "NaN", "null", "None")
+NUMBER, TEXT = "number", "text"
+# CSV files larger than this are read block by block (pyarrow's streaming reader), never whole.
+STREAM_BYTES = 256 << 20
+BLOCK_BYTES = 8 << 20  # what a streamed block holds: bounded memory, few Python calls
+_SCAN_BYTES = 1 << 20
+
+
+class Fallback(Exception):
+    """pyarrow cannot give the answer CsvTable would (a parse error, a missing or blank cell, a type
+    it infers that nnctl reads otherwise): the caller reads with CsvTable, which either gives the same
+    result more slowly or names the line and column of the problem."""
+
+
+def scan(path, digest=None) -> dict:
+    """One pass over the bytes: whether a quote or a hexadecimal prefix occurs (pyarrow needs to know
+    the first, and reads '0x10' as 16 in integer columns) and, given a hashlib object, its update."""
+    quotes = hexadecimal = False
+    tail = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_SCAN_BYTES):
+            if digest is not None:
+                digest.update(chunk)
+            quotes = quotes or b'"' in chunk
+            if not hexadecimal and (b"x" in chunk or b"X" in chunk):
+                joined = tail + chunk
+                hexadecimal = b"0x" in joined or b"0X" in joined
+            tail = chunk[-1:]
+    return {"quotes": quotes, "hexadecimal": hexadecimal}
+
+
+def _options(delimiter, missing_values, quotes, names, types, block_size=None):
+    import pyarrow.csv
+
+    read = pyarrow.csv.ReadOptions(**({"block_size": block_size} if block_size else {}))
+    parse = pyarrow.csv.ParseOptions(delimiter=delimiter, newlines_in_values=quotes)
+    convert = pyarrow.csv.ConvertOptions(include_columns=list(names), column_types=types, null_values=list(missing_values),
+                                         strings_can_be_null=True, quoted_strings_can_be_null=True)
+    return {"read_options": read, "parse_options": parse, "convert_options": convert}
+
+
+def arrow_number_blocks(path, groups, delimiter=",", missing_values=MISSING_VALUES, quotes=True, stream=False):
+    """For each list of column names (as the header spells them) in `groups`, a float64 array
+    (rows, len(names)), a block of rows at a time (the whole file at once unless `stream`).
+    Fallback on a cell that is missing, blank or not a number, and on anything pyarrow refuses:
+    CsvTable then finds the place."""
+    import pyarrow
+    import pyarrow.csv
+
+    names = list(dict.fromkeys(name for group in groups for name in group))
+    options = _options(delimiter, missing_values, quotes, names, {name: pyarrow.float64() for name in names},
+                       block_size=BLOCK_BYTES if stream else None)
+    try:
+        if stream:
+            with pyarrow.csv.open_csv(str(path), **options) as reader:
+                for batch in reader:
+                    yield _float_groups(batch, groups)
+        else:
+            yield _float_groups(pyarrow.csv.read_csv(str(path), **options), groups)
+    except (pyarrow.ArrowException, OSError, UnicodeError) as exc:
+        raise Fallback(str(exc)) from None
+
+
+def _float_groups(table, groups) -> list:
+    """Each group's columns copied once into one C-ordered array, a record batch at a time: the rows
+    of a batch fit in the CPU's cache while its columns are interleaved."""
+    if any(column.null_count for column in table.columns):
+        raise Fallback("a missing or blank cell")
+    out = [numpy.empty((table.num_rows, len(group))) for group in groups]
+    start = 0
+    for batch in (table.to_batches() if hasattr(table, "to_batches") else [table]):
+        stop = start + batch.num_rows
+        for array, group in zip(out, groups):
+            for j, name in enumerate(group):
+                array[start:stop, j] = batch.column(name).to_numpy()
+        start = stop
+    return out
+
+
+def column_indices(header: list, names, error, file, header_line, what: str) -> list:
+    """Where each of `names` is in `header`; a name it lacks (with a did-you-mean) or holds twice is
+    an `error` at the header's line."""
+    from nnctl.errors import did_you_mean
+
+    names = [names] if isinstance(names, str) else names
+    index = {name: i for i, name in enumerate(header)}
+    missing = [c for c in names if c not in index]
+    if missing:
+        raise error(Problem(
+            f"{what}: expected column {missing[0]!r}{did_you_mean(missing[0], header)}; the header has {', '.join(map(repr, header))}",
+            str(file), header_line,
+        ))
+    for name in names:
+        places = [i + 1 for i, h in enumerate(header) if h == name]
+        if len(places) > 1:
+            raise error(Problem(
+                f"{what}: expected column {name!r} once in the header, received it in columns {', '.join(map(str, places))}",
+                str(file), header_line, places[1],
+            ))
+    return [index[c] for c in names]
+
+
+@dataclass
+class Column:
+    """One column: numbers (float64, NaN where missing) or text (str, None where missing)."""
+
+    name: str
+    kind: str  # NUMBER or TEXT
+    values: numpy.ndarray
+    missing: numpy.ndarray  # bool, one per row
+
+
+@dataclass
+class Table:
+    """Typed columns of a table file, and where each cell is: `place(row, name)` gives Problem's
+    file, line and column keyword arguments (for a CSV the physical line, found by reading the file
+    again with CsvTable: only a problem pays for it) and `cell(row, name)` the cell as written."""
+
+    file: str
+    header: list
+    columns: dict  # name -> Column, in the order asked for
+    rows: int
+    delimiter: str | None = None  # None: not a CSV; places are rows
+    _found: dict = field(default_factory=dict, repr=False)
+
+    def _row(self, row: int):
+        if row not in self._found:
+            with CsvTable(self.file, ValueError, "a table", self.delimiter) as table:
+                for i, found in enumerate(table.rows()):
+                    if i == row:
+                        self._found[row] = found
+                        break
+        return self._found[row]
+
+    def line(self, row: int) -> int:
+        """The physical line row `row` starts on (CSV only)."""
+        return self._row(row)[0]
+
+    def place(self, row: int, name: str) -> dict:
+        index = self.header.index(name)
+        if self.delimiter is None:
+            return {"file": self.file}
+        line, cells = self._row(row)
+        return {"file": self.file, "line": CsvTable.cell_line(line, cells, index), "column": index + 1}
+
+    def where(self, row: int) -> str:
+        """' at row N' for files without lines (Parquet, Feather); '' for a CSV, whose place has them."""
+        return "" if self.delimiter is not None else f" at row {row + 1}"
+
+    def cell(self, row: int, name: str) -> str:
+        if self.delimiter is not None:
+            return self._row(row)[1][self.header.index(name)]
+        column = self.columns[name]
+        return "" if column.missing[row] else (number_text_of(column.values[row]) if column.kind == NUMBER else column.values[row])
+
+
+def number_text_of(value) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".feather", ".arrow")
+
+
+def read_table(path, error, what: str, names=None, delimiter: str = ",", missing_values=MISSING_VALUES, types=None) -> Table:
+    """The columns `names` (all when None) of a .csv, .parquet, .feather or .arrow file, typed over the
+    whole file: a column is NUMBER when every cell that is not a missing value is a number (`number`),
+    else TEXT, unless `types` (name -> NUMBER or TEXT) declares it; a declared NUMBER column holding
+    text is an `error` at its cell."""
+    suffix = Path(path).suffix.lower()
+    types = dict(types or {})
+    if suffix == ".csv":
+        return _read_csv_table(path, error, what, names, delimiter, tuple(missing_values), types)
+    return _read_arrow_file(path, error, what, suffix, names, types)
+
+
+def _read_csv_table(path, error, what, names, delimiter, missing_values, types) -> Table:
+    with CsvTable(path, error, what, delimiter) as table:
+        header, header_line, raw = table.header, table.header_line, table.raw_header
+    if header is None:
+        raise error(Problem("expected a header row of column names, received an empty file", str(path)))
+    names = list(header) if names is None else list(names)
+    indices = column_indices(header, names, error, path, header_line, "column")
+    result = Table(str(path), header, {}, 0, delimiter)
+    try:
+        columns, rows = _arrow_csv_columns(path, [raw[i] for i in indices], delimiter, missing_values,
+                                           {raw[header.index(n)]: t for n, t in types.items() if n in header})
+    except Fallback:
+        columns, rows = _python_csv_columns(path, error, what, indices, delimiter, missing_values)
+    result.rows = rows
+    for name, (values, missing, text) in zip(names, columns):
+        result.columns[name] = _typed(result, name, values, missing, text, types.get(name), error)
+    return result
+
+
+def _arrow_csv_columns(path, raw_names, delimiter, missing_values, types):
+    """(values, missing, is_text) per column by pyarrow: inferred types, then the integer columns
+    again as text where '0x' occurs (pyarrow reads hexadecimal) and dates, times and booleans as
+    the text they were written as."""
+    import pyarrow
+    import pyarrow.compute
+    import pyarrow.csv
+    import pyarrow.types as kinds
+
+    found = scan(path)
+    declared = {n: pyarrow.float64() if t == NUMBER else pyarrow.string() for n, t in types.items() if n in raw_names}
+    try:
+        table = pyarrow.csv.read_csv(str(path), **_options(delimiter, missing_values, found["quotes"], raw_names, declared))
+        again = {f.name: pyarrow.string() for f in table.schema if f.name not in declared and not (
+            kinds.is_floating(f.type) or kinds.is_null(f.type) or kinds.is_string(f.type)
+            or (kinds.is_integer(f.type) and not found["hexadecimal"]))}
+        if again:
+            table = pyarrow.csv.read_csv(str(path), **_options(delimiter, missing_values, found["quotes"], raw_names, {**declared, **again}))
+    except (pyarrow.ArrowException, OSError, UnicodeError) as exc:
+        raise Fallback(str(exc)) from None
+    if table.num_columns != len(raw_names):
+        raise Fallback("a column named twice")
+    columns, blank = [], numpy.ones(table.num_rows, dtype=bool)
+    for column in table.columns:
+        missing = numpy.asarray(column.is_null())
+        if kinds.is_string(column.type):
+            blank &= missing | numpy.asarray(pyarrow.compute.equal(pyarrow.compute.utf8_trim_whitespace(column), "").fill_null(False))
+            columns.append((column.to_numpy(), missing, True))
+        else:
+            blank &= missing
+            columns.append((numpy.asarray(column.cast(pyarrow.float64()).fill_null(math.nan), dtype=numpy.float64), missing, False))
+    if blank.any():  # CsvTable skips a row of blank cells, but a row of 'NA's is a row of missing values
+        raise Fallback("a row of blank or missing cells")
+    return columns, table.num_rows
+
+
+def _python_csv_columns(path, error, what, indices, delimiter, missing_values):
+    missing_set = set(missing_values)
+    cells = [[] for _ in indices]
+    rows = 0
+    with CsvTable(path, error, what, delimiter) as table:
+        for _, row in table.rows():
+            rows += 1
+            for out, i in zip(cells, indices):
+                out.append(row[i])
+    columns = []
+    for column in cells:
+        missing = numpy.fromiter((cell in missing_set for cell in column), dtype=bool, count=len(column))
+        values = numpy.empty(len(column), dtype=object)
+        values[:] = [None if m else cell for cell, m in zip(column, missing)]
+        columns.append((values, missing, True))
+    return columns, rows
+
+
+def _typed(table: Table, name, values, missing, text: bool, declared, error) -> Column:
+    """Text cells all numbers make a NUMBER column (unless declared TEXT); a declared NUMBER column
+    with other text is an `error` at the first such cell."""
+    if not text:
+        if declared == TEXT:
+            shown = numpy.array([None if m else number_text_of(v) for v, m in zip(values, missing)], dtype=object)
+            return Column(name, TEXT, shown, missing)
+        return Column(name, NUMBER, values, missing)
+    present = numpy.flatnonzero(~missing)
+    if declared != TEXT:
+        try:
+            numbers_ = numbers(values[present].tolist())
+        except NotNumbers as bad:
+            if declared == NUMBER:
+                row = int(present[bad.index])
+                raise error(Problem(f"column {name!r}: expected a number{table.where(row)}, received {values[row]!r}; "
+                                    "declare the column as text to read it as categories", **table.place(row, name))) from None
+        else:
+            out = numpy.full(len(values), math.nan)
+            out[present] = numbers_
+            return Column(name, NUMBER, out, missing)
+    return Column(name, TEXT, values, missing)
+
+
+def _arrow_kind(suffix: str) -> str:
+    return "Parquet" if suffix == ".parquet" else "Feather/Arrow IPC"
+
+
+def table_header(path, error, what: str) -> list:
+    """The column names of a .parquet, .feather or .arrow file, from its schema (no data read)."""
+    import pyarrow
+
+    with open_regular(path, error, what):
+        pass  # a FIFO or a device is refused before pyarrow opens it
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet
+
+            return list(pyarrow.parquet.read_schema(str(path)).names)
+        import pyarrow.ipc
+
+        with pyarrow.ipc.open_file(str(path)) as reader:
+            return list(reader.schema.names)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise error(Problem(f"expected a readable {_arrow_kind(suffix)} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+
+
+def _read_arrow_file(path, error, what, suffix, names, types) -> Table:
+    import pyarrow
+    import pyarrow.types as kinds
+
+    header = table_header(path, error, what)
+    if names is not None:
+        for name in names:
+            column_indices(header, name, error, path, None, "column")
+    names = list(header) if names is None else list(names)
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet
+
+            table = pyarrow.parquet.read_table(str(path), columns=names)
+        else:
+            import pyarrow.feather
+
+            table = pyarrow.feather.read_table(str(path), columns=names)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise error(Problem(f"expected a readable {_arrow_kind(suffix)} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+    result = Table(str(path), header, {}, table.num_rows)
+    for name, column in zip(names, table.columns):
+        if kinds.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        missing = numpy.asarray(column.is_null(), dtype=bool)
+        if kinds.is_integer(column.type) or kinds.is_floating(column.type) or kinds.is_null(column.type):
+            values = numpy.asarray(column.cast(pyarrow.float64()).fill_null(math.nan), dtype=numpy.float64)
+            result.columns[name] = _typed(result, name, values, missing, False, types.get(name), error)
+        else:
+            text = column if kinds.is_string(column.type) or kinds.is_large_string(column.type) else column.cast(pyarrow.string())
+            values = numpy.empty(len(text), dtype=object)
+            values[:] = text.to_pylist()
+            result.columns[name] = _typed(result, name, values, missing, True, types.get(name), error)
+    return result

@@ -55,7 +55,10 @@ TRAIN_OPTIONS = {
     "early_stopping": Option(EARLY_STOPPING, None, "stop when a monitored value stops improving (null: off; true: the defaults)"),
     "lr_schedule": Option(Typed(lambda: SCHEDULES, "learning-rate schedule"), "constant", "the learning rate of each epoch"),
 }
-DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation", "test", "preprocessing", "columns")
+DATA_KEYS = ("path", "inputs", "targets", "validation_split", "validation", "test", "delimiter", "missing_values", "cache",
+             "preprocessing", "columns")
+MISSING_VALUES = ("", "NA", "NaN", "null", "None")  # nnctl.io.tables.MISSING_VALUES, without importing pyarrow's side
+CACHE_FOLDER = "runs/.cache"  # nnctl.data.cache.DEFAULT_FOLDER
 
 
 @dataclass
@@ -75,6 +78,9 @@ class DataSpec:
     validation_split: float = 0.0
     validation: Path | None = None
     test: Path | None = None  # evaluated once, after training
+    delimiter: str = ","  # CSV field separator
+    missing_values: tuple = MISSING_VALUES  # cells that are missing values (matched exactly)
+    cache: Path | None = Path(CACHE_FOLDER)  # the data cache's folder (None: off)
     # Column preprocessing (nnctl.data.preprocessing): None when the spec declares none (the
     # columns are read as numbers, as they are); else the resolved options of every column read.
     columns: dict | None = None
@@ -120,6 +126,9 @@ class Spec:
                 "validation_split": self.data.validation_split,
                 "validation": str(self.data.validation) if self.data.validation else None,
                 "test": str(self.data.test) if self.data.test else None,
+                "delimiter": self.data.delimiter,
+                "missing_values": list(self.data.missing_values),
+                "cache": str(self.data.cache) if self.data.cache else False,
                 **({"columns": self.data.columns} if self.data.columns is not None else {}),
             }
         return {
@@ -424,6 +433,13 @@ def _validate_columns(raw, path, c: _Checker):
     return None
 
 
+DELIMITER = Check("one character other than a quote or a line break", lambda v: isinstance(v, str) and len(v) == 1 and v not in "\"\r\n",
+                  {"type": "string", "minLength": 1, "maxLength": 1, "not": {"enum": ["\"", "\r", "\n"]}})
+MISSING_LIST = Check("a list of distinct strings (cells that are missing values)",
+                     lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v),
+                     {"type": "array", "items": {"type": "string"}, "uniqueItems": True})
+
+
 def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec | None:
     if not isinstance(raw, dict):
         c.report(("data",), f"expected a data mapping (path, inputs, targets), received {describe(raw)}")
@@ -461,8 +477,17 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
     if raw.get("validation") is not None and raw.get("validation_split"):
         c.report(("data", "validation"), "expected either 'validation' or 'validation_split', received both")
     test = _optional_path(raw, "test", base, c)
+    delimiter = c.value(DELIMITER, raw.get("delimiter", ","), ("data", "delimiter"))
+    missing = c.value(MISSING_LIST, raw.get("missing_values", list(MISSING_VALUES)), ("data", "missing_values"))
+    cache = raw.get("cache", CACHE_FOLDER)
+    if cache is not False and (not isinstance(cache, str) or not cache):
+        c.report(("data", "cache"), f"expected a folder path, or false to turn the data cache off, received {describe(cache)}")
+        cache = False
+    # Relative to the working folder, as runs/ is: a place nnctl writes, not one of the spec's inputs.
+    cache = None if cache is False else Path(cache)
     columns = _validate_preprocessing(raw, data_inputs, targets, c)
-    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test, columns)
+    return DataSpec(base / raw["path"], data_inputs, targets, split or 0.0, validation, test,
+                    delimiter or ",", tuple(missing) if missing is not None else MISSING_VALUES, cache, columns)
 
 
 def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) -> dict | None:

@@ -18,7 +18,7 @@ from nnctl.train.losses import LOSSES
 from nnctl.train.metrics import METRICS
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.options import REQUIRED, Section, Typed
-from nnctl.spec.load import DATA_KEYS, DTYPES, TOP_LEVEL_KEYS, TRAIN_OPTIONS
+from nnctl.spec.load import CACHE_FOLDER, DATA_KEYS, DELIMITER, DTYPES, MISSING_LIST, MISSING_VALUES, TOP_LEVEL_KEYS, TRAIN_OPTIONS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:nnctl:spec"
@@ -32,10 +32,15 @@ REGISTRIES = {
 }
 # Descriptions of the data keys (spec.DATA_KEYS is the list; a key missing here is still allowed).
 DATA_DOCS = {
-    "path": ({"type": "string", "minLength": 1}, "a .csv (with a header), .npy or .npz file, relative to the spec"),
+    "path": ({"type": "string", "minLength": 1}, "a .csv (with a header), .parquet, .feather, .arrow, .npy or .npz file, relative to the spec"),
     "validation_split": ({"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.0}, "fraction of the samples held out for validation (seeded)"),
     "validation": ({"type": "string", "minLength": 1}, "a separate validation file (instead of validation_split)"),
     "test": ({"type": "string", "minLength": 1}, "a test file, evaluated once after training"),
+    "delimiter": (DELIMITER.schema | {"default": ","}, "the CSV field separator"),
+    "missing_values": (MISSING_LIST.schema | {"default": list(MISSING_VALUES)}, "cells that are missing values, matched exactly"),
+    "cache": ({"oneOf": [{"type": "string", "minLength": 1}, {"const": False}], "default": CACHE_FOLDER},
+              "the folder of the data cache (table files of 1 MB or more are parsed once); false: off. "
+              "Relative to the working folder, as runs/ is"),
 }
 
 

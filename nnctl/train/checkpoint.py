@@ -35,7 +35,8 @@ def spec_fingerprint(spec) -> str:
     resolved["train"] = {k: v for k, v in resolved["train"].items() if k != "epochs"}
     resolved.pop("backend", None)
     if resolved["data"] is not None:
-        resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in ("path", "validation", "test")}
+        # (and the cache folder: where parsed data is kept changes nothing it holds)
+        resolved["data"] = {k: v for k, v in resolved["data"].items() if k not in ("path", "validation", "test", "cache")}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 

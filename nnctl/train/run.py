@@ -84,6 +84,7 @@ class RunResult:
     test_samples: int
     restored_best: bool  # early_stopping.restore_best_weights ended the run with the best epoch
     preprocessing: dict  # data file -> {filled, dropped_rows, unknown} when the spec preprocesses columns
+    notes: list  # what reading the data had to say (a data cache rebuilt, and why)
 
     @property
     def final(self) -> dict:
@@ -188,6 +189,7 @@ def _train_locked(session, data, files: RunFiles, resume, restart, progress, sto
         spec, history, files, len(train_set), len(val_set) if val_set is not None else 0, len(history) - history_before,
         best, test, test_set.file if test_set is not None else None, len(test_set) if test_set is not None else 0,
         bool(es and es["restore_best_weights"]), {file: report.as_dict() for file, report in session.preprocessing_reports.items()},
+        list(dict.fromkeys(note for dataset in data if dataset is not None for note in dataset.notes)),
     )
 
 

@@ -14,6 +14,7 @@ from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data.batches import Batches
 from nnctl.data import prepared, preprocessing
 from nnctl.data.dataset import load_dataset, split, split_mask
+from nnctl.data.readers import ReadOptions
 from nnctl.io.weights import load_weights
 from nnctl.errors import Problem, SpecError, UsageError, WeightsError
 from nnctl.model.graph import ForwardContext, Model
@@ -180,10 +181,15 @@ def load_spec_data(session, path=None, targets=True):
     path = path or spec.data.path
     if spec.data.columns is None:
         return load_dataset(path, spec.data.inputs, spec.data.targets if targets else None,
-                            session.model.input_shapes, session.loss.targets, session.output_units, session.dtype)
+                            session.model.input_shapes, session.loss.targets, session.output_units, session.dtype,
+                            read_options(spec.data), spec.data.cache)
     if session.preprocessing is None:
         training_sets(session)
     return _prepared(session, path, prepared.read_raw(path, spec.data, targets), targets)[0]
+
+
+def read_options(data_spec) -> ReadOptions:
+    return ReadOptions(data_spec.delimiter, data_spec.missing_values)
 
 
 def _prepared(session, path, raw, targets=True):
@@ -232,7 +238,8 @@ def predict_file(session, path):
     if spec.data is None:
         raise UsageError("--input: expected a spec with data.inputs to say which columns feed which input, received a spec without a data section")
     if spec.data.columns is None:
-        dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype)
+        dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype,
+                               read=read_options(spec.data), cache_folder=spec.data.cache)
     else:
         if session.preprocessing is None:
             raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
