@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SEED_TWO_TOWER = 0
 SEED_LINEAR = 1
 SEED_PRODUCT = 2
+SEED_CUSTOMERS = 3
 
 LINEAR_KERNEL = [[2.0], [-3.4], [0.5]]
 LINEAR_BIAS = [4.2]
@@ -114,12 +115,56 @@ def make_sklearn() -> None:
     print("wrote", write_csv("digits.csv", header, rows))
 
 
+def make_iris_names() -> None:
+    """iris.csv with each species by its name, as a user's file would hold it."""
+    names = ["setosa", "versicolor", "virginica"]
+    with open(os.path.join(HERE, "iris.csv"), encoding="utf-8") as handle:
+        header, *lines = handle.read().splitlines()
+    rows = [line.split(",")[:-1] + [names[int(line.split(",")[-1])]] for line in lines]
+    path = os.path.join(HERE, "iris_names.csv")
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(header + "\n" + "".join(",".join(row) + "\n" for row in rows))
+    print("wrote", path)
+
+
+def make_customers() -> None:
+    """A raw table of the kind users have: text columns, numbers of very different scales, about
+    5% of cells empty, and a text target (what each customer did at renewal time)."""
+    rng = np.random.default_rng(SEED_CUSTOMERS)
+    n = 600
+    plan = rng.choice(["basic", "plus", "pro"], n, p=[0.5, 0.3, 0.2])
+    region = rng.choice(["north", "south", "east", "west"], n)
+    fee = 12.0 + rng.gamma(2.0, 8.0, n) + np.where(plan == "plus", 23.0, np.where(plan == "pro", 108.0, 0.0))
+    fee = np.round(fee, 2)
+    tenure = rng.integers(0, 121, n)
+    calls = rng.poisson(2.0, n)
+    autopay = rng.choice(["yes", "no"], n, p=[0.6, 0.4])
+    # Cancelled: many support calls, short tenure, no autopay; upgraded: long tenure on a small plan.
+    cancel = 0.45 * calls - 0.02 * tenure + 0.8 * (autopay == "no") + 0.3 * (region == "south") + rng.normal(0, 0.5, n)
+    upgrade = 0.025 * tenure - 1.2 * (plan == "pro") + 0.6 * (plan == "basic") - 0.2 * calls + rng.normal(0, 0.5, n)
+    outcome = np.where(cancel > 1.0, "cancelled", np.where(upgrade > 1.6, "upgraded", "renewed"))
+    columns = {"plan": plan, "region": region, "monthly_fee": fee, "tenure_months": tenure, "support_calls": calls, "autopay": autopay}
+    header = list(columns) + ["outcome"]
+    empty = rng.random((n, len(columns))) < 0.05
+    rows = []
+    for i in range(n):
+        cells = ["" if empty[i, j] else _fmt(values[i]) if not isinstance(values[i], str) else str(values[i])
+                 for j, values in enumerate(columns.values())]
+        rows.append(cells + [str(outcome[i])])
+    path = os.path.join(HERE, "customers.csv")
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(",".join(header) + "\n" + "".join(",".join(row) + "\n" for row in rows))
+    print("wrote", path)
+
+
 def main() -> None:
     make_two_tower()
     make_linear()
     make_product()
     make_fnn_sigmoid()
     make_sklearn()
+    make_iris_names()
+    make_customers()
 
 
 if __name__ == "__main__":

@@ -405,7 +405,7 @@ def test_init_writes_a_spec_that_trains(tmp_path, csv_text, args, task, loss, un
     trained = run_json("train", out, "--epochs", 2, cwd=tmp_path)
     assert trained["epochs"] == 2 and trained["validation_samples"] == 4
     if "name" in csv_text.split("\n")[0]:
-        assert facts["skipped"] == ["name"] and "Skipped (not numeric): name" in out.read_text()
+        assert facts["skipped"] == ["name"] and "name: skipped: 20 distinct texts" in out.read_text()
 
 
 def test_init_never_overwrites_without_force(tmp_path):
@@ -422,10 +422,10 @@ def test_init_never_overwrites_without_force(tmp_path):
 
 @pytest.mark.parametrize("csv_text, args, message", [
     ("a,y\n1,0\n", ["--target", "z"], "expected a column of the header"),
-    ("a,y\n1,cat\n2,dog\n", ["--target", "y", "--task", "classification"], "class labels 0, 1, 2"),
-    ("a,y\n1,cat\n2,dog\n", ["--target", "y"], "expected numbers for regression"),
+    ("a,y\n1,cat\n2,dog\n", ["--target", "y", "--task", "regression"], "expected numbers for regression"),
+    ("a,y\n1,cat\n2,cat\n", ["--target", "y"], "expected a target with at least two classes"),
     ("a,y\n", ["--target", "y"], "only a header"),
-    ("s,y\nu,1\n", ["--target", "y"], "numeric column"),
+    ("s,y\nu,1\nu,2\n", ["--target", "y"], "expected at least one usable column"),
     ("a,y\n1,0\n", ["--target", "y", "--task", "nonsense"], "nonsense"),
 ])
 def test_init_bad_input_exits_2(tmp_path, csv_text, args, message):

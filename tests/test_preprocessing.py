@@ -119,8 +119,11 @@ def test_index_encoding_and_an_unknown_value_under_error():
 
 
 def test_vocabulary_limits_and_a_declared_vocabulary():
-    _, _, _, fitted = _apply(TOKENS, type="category", missing="most_frequent", max_tokens=2)
-    assert fitted.vocabulary == ["red", "blue"]
+    with pytest.raises(DataError, match=r"column 'c': expected at most 2 distinct values \(max_tokens\), received 3"):
+        _apply(TOKENS, type="category", missing="most_frequent", max_tokens=2)
+    rare = numpy.array(["a"] * 20 + ["b"] * 15 + ["c"] * 5 + ["a"] * 20, dtype=object)  # training rows: a 20, b 15, c 5
+    _, _, _, fitted = _apply(rare, type="category", min_frequency=10)
+    assert fitted.vocabulary == ["a", "b"]
     _, _, _, fitted = _apply(TOKENS, type="category", missing="most_frequent", vocabulary=["green", "red", "blue", "violet"])
     assert fitted.vocabulary == ["green", "red", "blue", "violet"]
     with pytest.raises(DataError, match="expected a category column with at least two values"):

@@ -472,11 +472,13 @@ def config_yaml(resolved: dict, source: str | None = None) -> str:
 
 
 def init_view(facts: dict, path):
-    what = f"classification into {facts['classes']} classes" if facts["task"] == "classification" else "regression"
-    lines = [
-        Text.assemble(("Wrote ", ""), (str(path), "bold"), f": {what} of {facts['target']!r} from {len(facts['inputs'])} input columns"),
-    ]
-    if facts["skipped"]:
-        lines.append(Text(f"Skipped non-numeric columns: {', '.join(facts['skipped'])}"))
+    classes = facts["classes"]
+    what = f"classification into {len(classes)} classes" if facts["task"] == "classification" else "regression"
+    table = Table(title=f"Wrote {escape(str(path))}: {what} of {escape(repr(facts['target']))}", title_justify="left")
+    table.add_column("Column (what nnctl saw and chose)")
+    for note in facts["columns"]:
+        table.add_row(escape(note))
+    lines = [table, Text(f"{facts['width']} input values from {len(facts['inputs'])} columns"
+                         + (f"; classes: {', '.join(classes)}" if classes else ""))]
     lines.append(Text(f"Next: nnctl summary {path}   then: nnctl train {path}"))
     return Group(*lines)

@@ -44,7 +44,7 @@ COLUMN_OPTIONS = {
     "encode": Option(one_of(ENCODINGS), "one_hot", "category: one_hot (one input per token) or index (one input, for an embedding layer)"),
     "unknown": Option(one_of(UNKNOWN), "ignore", "category: a value never seen in training is an error, all zeros (ignore), or its own bucket"),
     "vocabulary": Option(optional(_VOCABULARY), None, "category: the tokens, in order (null: learned from the training rows, most frequent first)"),
-    "max_tokens": Option(optional(integer(1)), None, "category: keep at most this many learned tokens (null: all)"),
+    "max_tokens": Option(optional(integer(1)), None, "category: the most distinct values the column may have (null: any number)"),
     "min_frequency": Option(integer(1), 1, "category: keep learned tokens seen at least this often"),
     "positive": Option(optional(text), None, "binary: the value that is 1 (null: yes/true/1 and the like, else the second in sorted order)"),
 }
@@ -255,7 +255,12 @@ def fit_column(column: Column, config: dict, rows, path: tuple, problem):
     else:
         # Most frequent first, ties in sorted order: the same vocabulary from the same rows, always.
         ranked = sorted(counts, key=lambda t: (-counts[t], t))
-        vocabulary = [t for t in ranked if counts[t] >= config["min_frequency"]][:config["max_tokens"]]
+        vocabulary = [t for t in ranked if counts[t] >= config["min_frequency"]]
+        if config["max_tokens"] is not None and len(vocabulary) > config["max_tokens"]:
+            # Many more values than expected is most often an identifier or free text, not a category.
+            raise DataError(Problem(f"column {column.name!r}: expected at most {config['max_tokens']} distinct values (max_tokens), "
+                                    f"received {len(vocabulary)} ({_listed(vocabulary)}); raise max_tokens, raise min_frequency "
+                                    "to keep only the common ones, or leave the column out", column.file))
     if len(vocabulary) < 2 and config["vocabulary"] is None:
         raise DataError(Problem(f"column {column.name!r}: expected a category column with at least two values, received "
                                 f"{len(vocabulary)} ({_listed(vocabulary)})", column.file))

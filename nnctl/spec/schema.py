@@ -12,6 +12,7 @@ import math
 
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.core.backend import BACKENDS
+from nnctl.data.preprocessing import COLUMN_OPTIONS
 from nnctl.model.initializers import INITIALIZERS
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES
@@ -165,6 +166,13 @@ def spec_schema() -> dict:
             data_properties[key] = {"type": "object", "additionalProperties": columns, "description": "model input name -> its columns"}
         elif key == "targets":
             data_properties[key] = _columns("target columns (or an .npz array name)")
+        elif key == "preprocessing":
+            data_properties[key] = {"type": "object", "properties": builder.properties(COLUMN_OPTIONS), "additionalProperties": False,
+                                    "description": "the preprocessing of every column the spec reads, unless data.columns says otherwise"}
+        elif key == "columns":
+            data_properties[key] = {"type": "object", "description": "column name -> its preprocessing (overrides data.preprocessing)",
+                                    "additionalProperties": {"type": "object", "properties": builder.properties(COLUMN_OPTIONS),
+                                                             "additionalProperties": False}}
         else:
             schema, doc = DATA_DOCS.get(key, ({}, key))
             data_properties[key] = {**schema, "description": doc}
