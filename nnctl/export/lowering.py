@@ -79,16 +79,19 @@ def _softmax(g, x, rank, hint, axis=-1):
     axis %= rank
     # Before opset 13 Softmax flattens the array to 2-D at `axis`: per-row softmax only for the last axis.
     if axis != rank - 1:
-        g.require(13, f"softmax over axis {axis} of a {rank}-D array (not the last axis)")
+        g.require(13, f"softmax over axis {axis} of a {rank}-D array, not its last")
     return g.op("Softmax", [x], hint, axis=axis)
 
 
 def _leaky_relu(g, x, rank, hint, alpha=0.2):
-    return g.op("LeakyRelu", [x], hint, alpha=float(alpha))
+    # ops.leaky_relu: where(a > 0, a, a * alpha), alpha in the model's dtype (LeakyRelu's alpha
+    # attribute is a float32: 0.2 off by 1.5e-8 relative in a float64 model).
+    scaled = g.op("Mul", [x, g.constant(alpha, f"{hint}/alpha")], f"{hint}/scaled")
+    return g.op("Where", [_positive(g, x, hint, "leaky_relu"), x, scaled], hint)
 
 
-def _positive(g, x, hint):
-    g.require(9, "Where")
+def _positive(g, x, hint, what):
+    g.require(9, f"{what}, written with Where")
     return g.op("Greater", [x, g.constant(0, f"{hint}/zero")], f"{hint}/positive")
 
 
@@ -98,13 +101,13 @@ def _elu(g, x, rank, hint, alpha=1.0):
     negative = g.op("Min", [x, g.constant(0, f"{hint}/zero")], f"{hint}/negative")
     expm1 = g.op("Sub", [g.op("Exp", [negative], f"{hint}/exp"), g.constant(1, f"{hint}/one")], f"{hint}/expm1")
     scaled = g.op("Mul", [g.constant(alpha, f"{hint}/alpha"), expm1], f"{hint}/scaled")
-    return g.op("Where", [_positive(g, x, hint), x, scaled], hint)
+    return g.op("Where", [_positive(g, x, hint, "elu"), x, scaled], hint)
 
 
 def _softplus(g, x, rank, hint):
     # ops.softplus is logaddexp(a, 0) = max(a, 0) + log1p(exp(-|a|)): finite for any a, where
     # onnxruntime's Softplus has no float64 kernel.
-    g.require(9, "Where")
+    g.require(9, "softplus, written with Where")
     tail = g.op("Exp", [g.op("Neg", [g.op("Abs", [x], f"{hint}/abs")], f"{hint}/neg")], f"{hint}/exp")
     log1p = g.op("Log", [g.op("Add", [g.constant(1, f"{hint}/one"), tail], f"{hint}/1p")], f"{hint}/log1p")
     return g.op("Add", [g.op("Relu", [x], f"{hint}/relu"), log1p], hint)

@@ -190,7 +190,7 @@ def compare(expected, actual, rtol: float, atol: float) -> tuple[float, float, b
     if expected.shape != actual.shape:
         return float("inf"), float("inf"), False
     difference = numpy.abs(actual - expected)
-    relative = numpy.divide(difference, numpy.abs(expected), out=numpy.zeros_like(difference), where=difference > 0)
+    relative = numpy.divide(difference, numpy.abs(expected), out=numpy.zeros_like(difference), where=(difference > 0) & (expected != 0))
     relative[(difference > 0) & (expected == 0)] = numpy.inf
     passed = bool(numpy.all(difference <= atol + rtol * numpy.abs(expected)))
     return float(difference.max(initial=0)), float(relative.max(initial=0)), passed
