@@ -215,7 +215,7 @@ def test_every_shipped_spec_exports_and_equals_predict(project, name):
     spec, weights = _initial_weights(project, name)
     out = project / f"{name}.onnx"
     data = run_json("export", project / "specs" / f"{name}.yaml", "--weights", weights, "--output", out, cwd=project)
-    assert data["path"] == str(out) and data["opset"] == 17 and data["verified"] and data["passed"]
+    assert data["path"] == str(out) and data["opset"] == 17 and data["verified"] and data["passed"] and data["written"]
     assert data["bytes"] == out.stat().st_size and data["rows"] == min(256, {"mnist_mlp": 50}.get(name, data["rows"]))
     assert [p["name"] for p in data["inputs"]] == list(spec.inputs)
     rtol, atol = TOLERANCES[spec.dtype]
@@ -283,7 +283,7 @@ def test_no_verify_writes_without_onnxruntime(project, digits, tmp_path, monkeyp
     spec, weights = digits
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     data = run_json("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", "--no-verify", cwd=project)
-    assert data["verified"] is False and data["errors"] is None and (tmp_path / "d.onnx").stat().st_size == data["bytes"]
+    assert data["verified"] is False and data["errors"] is None and data["written"] and (tmp_path / "d.onnx").stat().st_size == data["bytes"]
     result = run("export", spec, "--weights", weights, "--output", tmp_path / "e.onnx", cwd=project)
     assert result.exit_code == 2 and "pip install 'nnctl[onnx]'" in result.stderr and "onnxruntime" in result.stderr
     assert not (tmp_path / "e.onnx").exists()
@@ -339,6 +339,18 @@ def test_an_opset_below_a_layers_need_names_the_layer_and_the_opset(tmp_path, op
                 f"--opset {opset}: expected an opset of at least {need} for {what}, received {opset}" for name, need, what in needs]
     assert result.exit_code == 2 and out.read_bytes() == b"previous"
     assert [line.strip().removeprefix("Error (usage error): ") for line in result.stderr.splitlines() if "--opset" in line] == expected
+
+
+def test_an_input_named_as_an_output_is_refused(tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump({"inputs": {"class": [3]}, "layers": [{"type": "dense", "units": 2}],
+                                    "loss": {"type": "sparse_categorical_crossentropy", "from_logits": True}}, sort_keys=False))
+    weights = tmp_path / "w.npz"
+    numpy.savez(weights, **Model(load_spec(spec)).initial_weights(0))
+    result = run("export", spec, "--weights", weights, "--output", tmp_path / "net.onnx", cwd=tmp_path)
+    assert result.exit_code == 2 and not (tmp_path / "net.onnx").exists()
+    assert result.stderr.strip() == (f"Error (usage error): {spec}:2:3: inputs.class: expected input names other than the exported "
+                                     "outputs' (prob, class), received input 'class'")
 
 
 def _layer_line(spec, name) -> int:

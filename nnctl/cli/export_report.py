@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nnctl.cli.report import human_bytes
+from nnctl.errors import shape_text
 
 
 def export_view(result):
@@ -17,7 +18,7 @@ def export_view(result):
         ports.add_column(column)
     for kind, group in (("input", exported.inputs), ("output", exported.outputs)):
         for port in group:
-            ports.add_row(kind, escape(port.name), port.dtype, "(" + ", ".join(map(str, port.shape)) + ")")
+            ports.add_row(kind, escape(port.name), port.dtype, shape_text(port.shape, batch=False))
     parts = [ports]
     if result.errors is None:
         parts.append(Text("Not verified (--no-verify)."))

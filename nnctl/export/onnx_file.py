@@ -5,10 +5,10 @@ per model input, named as it and shaped (batch, *per-sample) with a symbolic bat
 output named as `predict`'s columns are ("prob" for probabilities, else the output layer's name),
 plus "class" (int64) where `predict` shows the predicted class. Dropout is the identity.
 
-Verification runs `onnx.checker.check_model(full_check=True)` and onnxruntime on a seeded sample of
-the spec's data rows (seeded random inputs for a spec without data) at batch 1 and at the whole
-sample, against nnctl's own predictions. The file is written (atomically) only when it verifies or
-verification is skipped: a failed check leaves the previous file as it was.
+Verification runs `onnx.checker.check_model(full_check=True)` and onnxruntime on up to 256 of the
+spec's data rows, evenly spaced (seeded random inputs for a spec without data), at batch 1 and at
+the whole sample, against nnctl's own predictions. The file is written (atomically) only when it
+verifies or verification is skipped: a failed check leaves the previous file as it was.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy
 
 from nnctl import __version__
-from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data.dataset import Dataset
 from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.errors import MissingTool, Problem, UsageError
@@ -89,6 +88,10 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     outputs = [Port("prob" if loss.gives_probabilities else model.output, dtype, ["batch", *out_shape])]
     if loss.targets.shows_classes:
         outputs.append(Port(CLASS_OUTPUT, "int64", ["batch", *out_shape[:-1]]))
+    clash = [port.name for port in inputs if port.name in {out.name for out in outputs}]
+    if clash:
+        raise UsageError(spec.problem(("inputs", clash[0]), f"expected input names other than the exported outputs' "
+                                      f"({', '.join(o.name for o in outputs)}), received input {clash[0]!r}", key=True))
     for port in inputs + outputs:  # their names are the file's interface: no internal tensor takes them
         g.name(port.name)
 
@@ -143,15 +146,16 @@ class OutputError:
 
 
 def sample_inputs(session, rows: int = VERIFY_ROWS) -> dict:
-    """Host input arrays in the session's dtype: a seeded sample of up to `rows` of the spec's data
-    rows (file order kept), or `rows` seeded random samples for a spec without data."""
+    """Host input arrays in the session's dtype: up to `rows` of the spec's data rows, evenly spaced
+    over the file (a file sorted by class gives every class), or `rows` seeded random samples
+    (gradcheck's) for a spec without data."""
     if session.spec.data is None:
         inputs, _ = random_batch(session, rows)
         return {name: array.astype(session.dtype) for name, array in inputs.items()}
     dataset = load_spec_data(session, targets=False)
     picked = dataset.rows
     if len(picked) > rows:
-        picked = numpy.sort(rng_for(session.spec.seed, STREAM_SPLIT + 7).choice(picked, rows, replace=False))
+        picked = picked[numpy.linspace(0, len(picked) - 1, rows).round().astype(numpy.int64)]
     batch, _, _ = next(iter(session.batches(dataset.subset(picked), len(picked))(None)))
     return {name: numpy.array(session.backend.to_host(array)) for name, array in batch.items()}
 
@@ -221,6 +225,7 @@ class ExportResult:
     size: int
     rows: int
     errors: list[OutputError] | None  # None: not verified
+    written: bool = False
 
     @property
     def passed(self) -> bool:
@@ -229,7 +234,7 @@ class ExportResult:
     def as_dict(self) -> dict:
         return {
             "path": str(self.path), "opset": self.exported.opset, "bytes": self.size, "verified": self.errors is not None,
-            "passed": self.passed, "rows": self.rows,
+            "passed": self.passed, "written": self.written, "rows": self.rows,
             "inputs": [p.as_dict() for p in self.exported.inputs], "outputs": [p.as_dict() for p in self.exported.outputs],
             "errors": None if self.errors is None else [e.as_dict() for e in self.errors],
         }
@@ -250,4 +255,5 @@ def export(session, path: Path, opset: int = DEFAULT_OPSET, verify_rows: int | N
     if result.passed:
         with atomic_write(path) as handle:
             handle.write(exported.data)
+        result.written = True
     return result
