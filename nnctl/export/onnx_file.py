@@ -147,8 +147,8 @@ class OutputError:
 
 def sample_inputs(session, rows: int = VERIFY_ROWS) -> dict:
     """Host input arrays in the session's dtype: up to `rows` of the spec's data rows, evenly spaced
-    over the file (a file sorted by class gives every class), or `rows` seeded random samples
-    (gradcheck's) for a spec without data."""
+    over the file (a file sorted by class gives every class; a file of one row gives it twice), or
+    `rows` seeded random samples (gradcheck's) for a spec without data."""
     if session.spec.data is None:
         inputs, _ = random_batch(session, rows)
         return {name: array.astype(session.dtype) for name, array in inputs.items()}
@@ -156,6 +156,8 @@ def sample_inputs(session, rows: int = VERIFY_ROWS) -> dict:
     picked = dataset.rows
     if len(picked) > rows:
         picked = picked[numpy.linspace(0, len(picked) - 1, rows).round().astype(numpy.int64)]
+    if len(picked) == 1:  # twice: the symbolic batch dimension is checked beyond 1 too
+        picked = numpy.repeat(picked, 2)
     batch, _, _ = next(iter(session.batches(dataset.subset(picked), len(picked))(None)))
     return {name: numpy.array(session.backend.to_host(array)) for name, array in batch.items()}
 
