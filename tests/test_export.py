@@ -12,11 +12,14 @@ import numpy
 import pytest
 import yaml
 
+from nnctl.core.backend import get_backend
+from nnctl.data.dataset import Dataset
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.model.graph import Model
 from nnctl.model.layers import LAYERS
 from nnctl.spec.load import load_spec
 from nnctl.train.losses import LOSSES
+from nnctl.train.session import Session, load_spec_data
 from tests.helpers import ROOT, SPECS, run, run_json
 
 onnx = pytest.importorskip("onnx")
@@ -129,8 +132,6 @@ def _onnx_and_nnctl(session, exported, inputs):
     """onnxruntime's outputs on the serialized file and nnctl's predictions, run here independently."""
     runner = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
     got = runner.run(None, inputs)
-    from nnctl.data.dataset import Dataset
-
     values, classes = session.predict(Dataset(None, inputs, None, numpy.arange(len(next(iter(inputs.values()))))))
     return got, values, classes
 
@@ -216,6 +217,7 @@ def test_every_shipped_spec_exports_and_equals_predict(project, name):
     out = project / f"{name}.onnx"
     data = run_json("export", project / "specs" / f"{name}.yaml", "--weights", weights, "--output", out, cwd=project)
     assert data["path"] == str(out) and data["opset"] == 17 and data["verified"] and data["passed"] and data["written"]
+    assert data["sample"] == str(spec.data.path)
     inputs = _all_rows(spec)
     in_file = len(next(iter(inputs.values())))  # a file of one row is checked twice (batch 1 and 2)
     assert data["bytes"] == out.stat().st_size and data["rows"] == max(2, min(256, in_file))
@@ -236,9 +238,6 @@ def test_every_shipped_spec_exports_and_equals_predict(project, name):
 
 def _all_rows(spec):
     """Every row of the spec's data file, per input, as nnctl reads them (the run's dtype)."""
-    from nnctl.core.backend import get_backend
-    from nnctl.train.session import Session, load_spec_data
-
     session = Session(spec, get_backend("numpy"))
     dataset = load_spec_data(session, targets=False)
     batch, _, _ = next(iter(session.batches(dataset, len(dataset))(None)))
@@ -261,7 +260,7 @@ def test_export_writes_runs_name_model_onnx_by_default(project, digits):
     model = onnx.load(path)
     assert [i.name for i in model.graph.input] == ["x"] and [o.name for o in model.graph.output] == ["prob", "class"]
     assert model.opset_import[0].version == 17
-    assert "onnxruntime vs nnctl predict on 256 rows (batch 1 and 256)" in result.stdout
+    assert "onnxruntime vs nnctl predict on 256 rows of specs/../data/digits.csv, at batch 1 and 256:" in result.stdout
     assert "model: runs/digits/model.onnx" in result.stdout
 
 

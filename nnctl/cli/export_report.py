@@ -23,7 +23,10 @@ def export_view(result):
     if result.errors is None:
         parts.append(Text("Not verified (--no-verify)."))
     else:
-        errors = Table(title=f"onnxruntime vs nnctl predict on {result.rows} rows (batch 1 and {result.rows})", title_justify="left")
+        source = f"rows of {escape(result.sample)}" if result.sample else "seeded random samples (the spec has no data)"
+        # A line of its own: a title would wrap at the table's width.
+        parts.append(Text.from_markup(f"onnxruntime vs nnctl predict on {result.rows} {source}, at batch 1 and {result.rows}:"))
+        errors = Table()
         for column, justify in (("Output", "left"), ("Max abs error", "right"), ("Max rel error", "right"), ("Tolerance", "right"), ("Result", "left")):
             errors.add_column(column, justify=justify)
         for error in result.errors:

@@ -228,6 +228,7 @@ class ExportResult:
     rows: int
     errors: list[OutputError] | None  # None: not verified
     written: bool = False
+    sample: str | None = None  # the data file the rows came from; None: seeded random inputs
 
     @property
     def passed(self) -> bool:
@@ -236,7 +237,7 @@ class ExportResult:
     def as_dict(self) -> dict:
         return {
             "path": str(self.path), "opset": self.exported.opset, "bytes": self.size, "verified": self.errors is not None,
-            "passed": self.passed, "written": self.written, "rows": self.rows,
+            "passed": self.passed, "written": self.written, "rows": self.rows, "sample": self.sample,
             "inputs": [p.as_dict() for p in self.exported.inputs], "outputs": [p.as_dict() for p in self.exported.outputs],
             "errors": None if self.errors is None else [e.as_dict() for e in self.errors],
         }
@@ -253,7 +254,8 @@ def export(session, path: Path, opset: int = DEFAULT_OPSET, verify_rows: int | N
         inputs = sample_inputs(session, verify_rows)
         rows = len(next(iter(inputs.values())))
         errors = verify(session, exported, inputs)
-    result = ExportResult(Path(path), exported, len(exported.data), rows, errors)
+    data = session.spec.data
+    result = ExportResult(Path(path), exported, len(exported.data), rows, errors, sample=None if data is None else str(data.path))
     if result.passed:
         with atomic_write(path) as handle:
             handle.write(exported.data)
