@@ -390,3 +390,10 @@ def _reshaped(project, weights):
     arrays["dense/kernel"] = arrays["dense/kernel"].T
     numpy.savez(project / "wrong.npz", **arrays)
     return project / "wrong.npz"
+
+
+def test_export_has_help_json_and_quiet(project, digits, tmp_path):
+    assert "--json" in run("export", "--help").stdout and "export" in run("--help").stdout
+    spec, weights = digits
+    result = run("-q", "export", spec, "--weights", weights, "--output", tmp_path / "q.onnx", cwd=project)
+    assert result.exit_code == 0 and result.stdout == f"model: {tmp_path / 'q.onnx'}\n"
