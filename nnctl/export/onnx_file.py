@@ -31,7 +31,7 @@ DEFAULT_OPSET = 17
 TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-9, 1e-9)}
 VERIFY_ROWS = 256
 CLASS_OUTPUT = "class"
-_ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE"}
+_ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int64": "INT64"}
 
 
 def require(module: str):
@@ -72,7 +72,7 @@ class Exported:
     opset: int
     inputs: list[Port]
     outputs: list[Port]
-    data: bytes = field(repr=False, default=b"")
+    data: bytes = field(repr=False)  # the serialized model: what is checked, run and written
 
 
 def build(session, opset: int = DEFAULT_OPSET) -> Exported:
@@ -111,13 +111,13 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     _refuse_shortfalls(spec, g.shortfalls, opset)
 
     def info(port):
-        return helper.make_tensor_value_info(port.name, getattr(onnx.TensorProto, _ELEMENT_TYPES.get(port.dtype, "INT64")), port.shape)
+        return helper.make_tensor_value_info(port.name, getattr(onnx.TensorProto, _ELEMENT_TYPES[port.dtype]), port.shape)
 
     graph = helper.make_graph(g.nodes, spec.name, [info(p) for p in inputs], [info(p) for p in outputs], g.initializers)
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="nnctl", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
-    proto.doc_string = f"{spec.name}: exported by nnctl {__version__} from {spec.file}"
+    proto.doc_string = f"{spec.name}, exported by nnctl {__version__}"  # no local paths in a file that ships
     return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
 
 
