@@ -5,9 +5,10 @@
 
 Both run in this process on the same rows (every row of the spec's data file, tiled to --rows):
 nnctl as `nnctl predict` runs it (Session.predict: the compiled forward in chunks of 1024, then the
-probabilities), onnxruntime as a server would (one InferenceSession, one run per batch). Rows per
-second at whole-file batches and one row at a time; the best of --repeats runs. Start-up and
-file reading are not timed. Ratios are only meaningful within one run.
+probabilities), onnxruntime as a server would (one InferenceSession, one run per call). Rows per
+second for one call of --rows rows and for --single calls of one row; the best of --repeats
+rounds, the two taking turns within each round. Start-up and file reading are not timed. Ratios
+are only meaningful within one run.
 """
 from __future__ import annotations
 
@@ -30,15 +31,20 @@ from nnctl.spec.load import load_spec  # noqa: E402
 from nnctl.train.session import open_session  # noqa: E402
 
 
-def best_rate(run, rows: int, repeats: int) -> float:
-    """Rows per second of `run()` (which handles `rows` rows), the fastest of `repeats` runs after one warm-up."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_rates(runs: dict, rows: int, repeats: int) -> dict:
+    """Rows per second of each `runs[name]()` (each handles `rows` rows): the fastest of `repeats`
+    rounds after one warm-up, the implementations taking turns within a round so that both see
+    the same machine (a shared machine's load shifts from second to second)."""
+    for run in runs.values():
         run()
-        best = min(best, time.perf_counter() - start)
-    return rows / best
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    rates = {name: rows / seconds for name, seconds in best.items()}
+    return rates | {"ratio": rates["onnxruntime"] / rates["nnctl_predict"]}
 
 
 def measure(spec_path: Path, weights: Path | None, rows: int, single: int, repeats: int) -> dict:
@@ -63,17 +69,11 @@ def measure(spec_path: Path, weights: Path | None, rows: int, single: int, repea
     results = {
         "spec": str(spec_path), "rows": rows, "single_rows": single, "threads": options.intra_op_num_threads or "default",
         "bytes": len(exported.data),
-        "batch": {
-            "nnctl_predict": best_rate(lambda: session.predict(dataset), rows, repeats),
-            "onnxruntime": best_rate(lambda: runner.run(names, inputs), rows, repeats),
-        },
-        "one_row": {
-            "nnctl_predict": best_rate(lambda: [session.predict(d) for d in one_row_sets], single, repeats),
-            "onnxruntime": best_rate(lambda: [runner.run(names, feed) for feed in one_row], single, repeats),
-        },
+        "batch": best_rates({"nnctl_predict": lambda: session.predict(dataset),
+                             "onnxruntime": lambda: runner.run(names, inputs)}, rows, repeats),
+        "one_row": best_rates({"nnctl_predict": lambda: [session.predict(d) for d in one_row_sets],
+                               "onnxruntime": lambda: [runner.run(names, feed) for feed in one_row]}, single, repeats),
     }
-    for group in ("batch", "one_row"):
-        results[group]["ratio"] = results[group]["onnxruntime"] / results[group]["nnctl_predict"]
     return results
 
 
