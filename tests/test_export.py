@@ -397,3 +397,17 @@ def test_export_has_help_json_and_quiet(project, digits, tmp_path):
     spec, weights = digits
     result = run("-q", "export", spec, "--weights", weights, "--output", tmp_path / "q.onnx", cwd=project)
     assert result.exit_code == 0 and result.stdout == f"model: {tmp_path / 'q.onnx'}\n"
+
+
+def test_the_export_benchmark_runs():
+    """bench/export.py on a few rows: it measures both sides (no timing is asserted)."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("bench_export", ROOT / "bench" / "export.py")
+    bench = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(bench)
+    results = bench.measure(SPECS / "iris.yaml", None, rows=300, single=3, repeats=1)
+    assert results["rows"] == 300 and results["bytes"] > 0
+    for group in ("batch", "one_row"):
+        rates = results[group]
+        assert rates["nnctl_predict"] > 0 and rates["ratio"] == rates["onnxruntime"] / rates["nnctl_predict"]
