@@ -384,6 +384,7 @@ def export_command(spec, weights, output, opset, no_verify, as_json):
     from nnctl.cli.export_report import export_view
     from nnctl.export.onnx_file import VERIFY_ROWS, check_opset, check_output, default_output, export, require
     from nnctl.io.paths import refuse_inputs
+    from nnctl.train.session import open_session
 
     require("onnx")
     if not no_verify:
@@ -393,8 +394,6 @@ def export_command(spec, weights, output, opset, no_verify, as_json):
     path = output if output is not None else default_output(loaded)
     refuse_inputs(path, "--output", {"the spec": spec, "the --weights file": weights})
     check_output(path, explicit=output is not None)
-    from nnctl.train.session import open_session
-
     result = export(open_session(loaded, weights), path, opset, verify_rows=None if no_verify else VERIFY_ROWS)
     if as_json:
         emit_json(result.as_dict())
