@@ -136,11 +136,12 @@ def _onnx_and_nnctl(session, exported, inputs):
     return got, values, classes
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype,opset", [("float32", 17), ("float64", 17), ("float64", 9)])
 @pytest.mark.parametrize("seed,loss", GRAPHS, ids=[f"{s}-{l['type']}" for s, l in GRAPHS])
-def test_random_graph_exports_equal_to_nnctl(make_session, seed, loss, dtype):
+def test_random_graph_exports_equal_to_nnctl(make_session, seed, loss, dtype, opset):
+    """At the default opset, and at 9: the oldest these graphs' layers all run at (Where)."""
     session = make_session(random_graph(seed, loss), dtype=dtype)
-    exported = build(session)
+    exported = build(session, opset)
     inputs = sample_inputs(session, ROWS)
     shown = "prob" if session.loss.gives_probabilities else session.model.output
     outputs = [shown, "class"] if session.loss.targets.shows_classes else [shown]
@@ -265,11 +266,12 @@ def test_export_writes_runs_name_model_onnx_by_default(project, digits):
     assert "model: runs/digits/model.onnx" in result.stdout
 
 
-def test_export_json_names_path_opset_ports_and_errors(project, digits, tmp_path):
+@pytest.mark.parametrize("opset", [7, 13])
+def test_export_json_names_path_opset_ports_and_errors(project, digits, tmp_path, opset):
     spec, weights = digits
     out = tmp_path / "d.onnx"
-    data = run_json("export", spec, "--weights", weights, "--output", out, "--opset", "13", cwd=project)
-    assert data["opset"] == 13 and onnx.load(out).opset_import[0].version == 13
+    data = run_json("export", spec, "--weights", weights, "--output", out, "--opset", opset, cwd=project)
+    assert data["opset"] == opset and onnx.load(out).opset_import[0].version == opset
     assert data["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 64]}]
     assert data["outputs"] == [{"name": "prob", "dtype": "float32", "shape": ["batch", 10]},
                                {"name": "class", "dtype": "int64", "shape": ["batch"]}]
@@ -411,3 +413,25 @@ def test_the_export_benchmark_runs():
     for group in ("batch", "one_row"):
         rates = results[group]
         assert rates["nnctl_predict"] > 0 and rates["ratio"] == rates["onnxruntime"] / rates["nnctl_predict"]
+
+
+OPSET_7 = {"inputs": {"x": [3]}, "loss": "categorical_crossentropy", "layers": [
+    {"name": "a", "type": "dense", "units": 4, "activation": "gelu", "from": "x"},
+    {"name": "b", "type": "dense", "units": 4, "activation": "sigmoid", "use_bias": False, "from": "x"},
+    {"name": "c", "type": "add", "from": ["a", "b"]},
+    {"name": "d", "type": "tanh", "from": "c"},
+    {"name": "e", "type": "concat", "from": ["d", "a"]},
+    {"name": "f", "type": "dropout", "rate": 0.5, "from": "e"},
+    {"name": "g", "type": "relu", "from": "f"},
+    {"name": "h", "type": "linear", "from": "g"},
+    {"name": "out", "type": "dense", "units": 3, "activation": "softmax", "from": "h"},
+]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layers_that_need_no_newer_opset_run_at_opset_7(make_session, dtype):
+    session = make_session(OPSET_7, dtype=dtype)
+    exported = build(session, 7)
+    assert exported.model.opset_import[0].version == 7 and exported.model.ir_version == 4
+    assert not exported.model.graph.input[1:]  # the weights are initializers, not inputs a caller could override
+    _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), dtype, ["prob", "class"])

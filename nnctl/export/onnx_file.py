@@ -115,8 +115,10 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
 
     graph = helper.make_graph(g.nodes, spec.name, [info(p) for p in inputs], [info(p) for p in outputs], g.initializers)
     opsets = [helper.make_opsetid("", opset)]
+    # IR 4 at least: before it, every initializer had to be listed as a graph input too (opsets 7
+    # and 8 alone would ask only IR 3), which would make the weights inputs a caller could override.
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="nnctl", producer_version=__version__,
-                              ir_version=helper.find_min_ir_version_for(opsets))
+                              ir_version=max(4, helper.find_min_ir_version_for(opsets)))
     proto.doc_string = f"{spec.name}, exported by nnctl {__version__}"  # no local paths in a file that ships
     return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
 
