@@ -435,3 +435,13 @@ def test_layers_that_need_no_newer_opset_run_at_opset_7(make_session, dtype):
     assert exported.model.opset_import[0].version == 7 and exported.model.ir_version == 4
     assert not exported.model.graph.input[1:]  # the weights are initializers, not inputs a caller could override
     _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), dtype, ["prob", "class"])
+
+
+def test_a_model_over_protobufs_limit_is_refused(project, digits, tmp_path, monkeypatch):
+    from nnctl.export import onnx_file
+
+    spec, weights = digits
+    monkeypatch.setattr(onnx_file, "MAX_BYTES", 1000)  # 2 GB in earnest: the digits model is 70 KB
+    result = run("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", cwd=project)
+    assert result.exit_code == 2 and not (tmp_path / "d.onnx").exists()
+    assert result.stderr.startswith(f"Error (usage error): {spec}: expected a model that fits one ONNX file (1,000 bytes at most")

@@ -30,6 +30,8 @@ DEFAULT_OPSET = 17
 # (rtol, atol): a sample agrees when |onnxruntime - nnctl| <= atol + rtol * |nnctl|.
 TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-9, 1e-9)}
 VERIFY_ROWS = 256
+# protobuf's limit on one message: a bigger model needs its weights in external data files.
+MAX_BYTES = 2**31 - 1
 CLASS_OUTPUT = "class"
 _ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int64": "INT64"}
 
@@ -120,6 +122,10 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="nnctl", producer_version=__version__,
                               ir_version=max(4, helper.find_min_ir_version_for(opsets)))
     proto.doc_string = f"{spec.name}, exported by nnctl {__version__}"  # no local paths in a file that ships
+    size = proto.ByteSize()
+    if size > MAX_BYTES:
+        raise UsageError(Problem(f"expected a model that fits one ONNX file ({MAX_BYTES:,} bytes at most; weights in "
+                                 f"external data files are not written), received {size:,} bytes", str(spec.file)))
     return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
 
 
