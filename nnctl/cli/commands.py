@@ -370,5 +370,41 @@ def schema(as_json):
     emit_json(spec_schema())
 
 
+@cli.command("export")
+@spec_argument
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Trained weights (.npz).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the model [runs/<name>/model.onnx].")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version of the file.")
+@click.option("--no-verify", is_flag=True, help="Skip the full check and the comparison with onnxruntime.")
+@json_option
+def export_command(spec, weights, output, opset, no_verify, as_json):
+    """Write SPEC with WEIGHTS as an ONNX model, then check it and compare onnxruntime with nnctl's
+    predictions on the spec's data rows (exit 1 if they disagree; the file is then not written).
+
+    Needs the onnx extra: pip install 'nnctl[onnx]'."""
+    from nnctl.cli.export_report import export_view
+    from nnctl.export.onnx_file import VERIFY_ROWS, check_opset, check_output, default_output, export, require
+    from nnctl.io.paths import refuse_inputs
+    from nnctl.train.session import open_session
+
+    require("onnx")
+    if not no_verify:
+        require("onnxruntime")
+    check_opset(opset)
+    loaded = _load_spec(spec)
+    path = output if output is not None else default_output(loaded)
+    refuse_inputs(path, "--output", {"the spec": spec, "the --weights file": weights})
+    check_output(path, explicit=output is not None)
+    result = export(open_session(loaded, weights), path, opset, verify_rows=None if no_verify else VERIFY_ROWS)
+    if as_json:
+        emit_json(result.as_dict())
+    elif quiet():
+        if result.passed:
+            print_path("model", path)
+    else:
+        console().print(export_view(result))
+    sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
+
+
 def main():
     cli(prog_name="nnctl")

@@ -1,0 +1,271 @@
+"""`nnctl export`: a session's model as an ONNX file, checked and run by onnxruntime against nnctl.
+
+The graph is written with onnx.helper from the lowering table (nnctl.export.lowering): one input
+per model input, named as it and shaped (batch, *per-sample) with a symbolic batch dimension; one
+output named as `predict`'s columns are ("prob" for probabilities, else the output layer's name),
+plus "class" (int64) where `predict` shows the predicted class. Dropout is the identity.
+
+Verification runs `onnx.checker.check_model(full_check=True)` and onnxruntime on up to 256 of the
+spec's data rows, evenly spaced (seeded random inputs for a spec without data), at batch 1 and at
+the whole sample, against nnctl's own predictions. The file is written (atomically) only when it
+verifies or verification is skipped: a failed check leaves the previous file as it was.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy
+
+from nnctl import __version__
+from nnctl.data.dataset import Dataset
+from nnctl.diagnostics.gradcheck import random_batch
+from nnctl.errors import MissingTool, Problem, UsageError
+from nnctl.export.lowering import LOWERINGS, MIN_OPSET, Graph
+from nnctl.io.atomic import atomic_write
+from nnctl.train.session import load_spec_data
+
+DEFAULT_OPSET = 17
+# (rtol, atol): a sample agrees when |onnxruntime - nnctl| <= atol + rtol * |nnctl|.
+TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-9, 1e-9)}
+VERIFY_ROWS = 256
+# protobuf's limit on one message: a bigger model needs its weights in external data files.
+MAX_BYTES = 2**31 - 1
+CLASS_OUTPUT = "class"
+_ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int64": "INT64"}
+
+
+def require(module: str):
+    """`module` imported, or MissingTool naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingTool(f"nnctl export: expected {module} to be installed, received no module named {module!r}: "
+                          "install the extra with pip install 'nnctl[onnx]'") from None
+
+
+def max_opset() -> int:
+    return require("onnx").defs.onnx_opset_version()
+
+
+def check_opset(opset: int) -> None:
+    newest = max_opset()
+    if not MIN_OPSET <= opset <= newest:
+        raise UsageError(f"--opset: expected an opset in [{MIN_OPSET}, {newest}] (onnxruntime runs {MIN_OPSET} and later; "
+                         f"the installed onnx knows up to {newest}), received {opset}")
+
+
+@dataclass
+class Port:
+    """One input or output of the ONNX graph."""
+
+    name: str
+    dtype: str  # float32, float64, int64
+    shape: list  # "batch" first
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+
+@dataclass
+class Exported:
+    model: object  # onnx.ModelProto
+    opset: int
+    inputs: list[Port]
+    outputs: list[Port]
+    data: bytes = field(repr=False)  # the serialized model: what is checked, run and written
+
+
+def build(session, opset: int = DEFAULT_OPSET) -> Exported:
+    """The ONNX model of `session` (its weights as initializers); UsageError naming every layer that
+    needs a newer opset than `opset`."""
+    onnx = require("onnx")
+    helper = onnx.helper
+    spec, model, loss = session.spec, session.model, session.loss
+    dtype = session.dtype
+    g = Graph(helper, onnx.numpy_helper, dtype, opset)
+    inputs = [Port(name, dtype, ["batch", *shape]) for name, shape in model.input_shapes.items()]
+    out_shape = list(model.shapes[model.output])
+    outputs = [Port("prob" if loss.gives_probabilities else model.output, dtype, ["batch", *out_shape])]
+    if loss.targets.shows_classes:
+        outputs.append(Port(CLASS_OUTPUT, "int64", ["batch", *out_shape[:-1]]))
+    clash = [port.name for port in inputs if port.name in {out.name for out in outputs}]
+    if clash:
+        raise UsageError(spec.problem(("inputs", clash[0]), f"expected input names other than the exported outputs' "
+                                      f"({', '.join(o.name for o in outputs)}), received input {clash[0]!r}", key=True))
+    for port in inputs + outputs:  # their names are the file's interface: no internal tensor takes them
+        g.name(port.name)
+
+    weights = session.params.to_host()
+    tensors = {port.name: port.name for port in inputs}
+    for node in model.nodes:
+        g.where = ("layers", node.index), f"{node.layer.type_name} layer {node.name!r}"
+        own = {w.name: weights[f"{node.name}/{w.name}"] for w in node.layer.weights}
+        tensors[node.name] = LOWERINGS["layer", node.layer.type_name](g, node.layer, [tensors[r] for r in node.inputs], own)
+    g.where = ("loss",), f"the {spec.loss.name} output"
+    rank = len(out_shape) + 1
+    shown = LOWERINGS["output", spec.loss.name](g, loss, tensors[model.output], rank)
+    g.nodes.append(helper.make_node("Identity", [shown], [outputs[0].name], name=outputs[0].name))
+    if loss.targets.shows_classes:
+        # First index of the largest value, as NumPy's argmax (Loss.targets.predicted_classes).
+        g.nodes.append(helper.make_node("ArgMax", [outputs[0].name], [CLASS_OUTPUT], name=CLASS_OUTPUT, axis=rank - 1, keepdims=0))
+    _refuse_shortfalls(spec, g.shortfalls, opset)
+
+    def info(port):
+        return helper.make_tensor_value_info(port.name, getattr(onnx.TensorProto, _ELEMENT_TYPES[port.dtype]), port.shape)
+
+    graph = helper.make_graph(g.nodes, spec.name, [info(p) for p in inputs], [info(p) for p in outputs], g.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    # IR 4 at least: before it, every initializer had to be listed as a graph input too (opsets 7
+    # and 8 alone would ask only IR 3), which would make the weights inputs a caller could override.
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="nnctl", producer_version=__version__,
+                              ir_version=max(4, helper.find_min_ir_version_for(opsets)))
+    proto.doc_string = f"{spec.name}, exported by nnctl {__version__}"  # no local paths in a file that ships
+    size = proto.ByteSize()
+    if size > MAX_BYTES:
+        raise UsageError(Problem(f"expected a model that fits one ONNX file ({MAX_BYTES:,} bytes at most; weights in "
+                                 f"external data files are not written), received {size:,} bytes", str(spec.file)))
+    return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
+
+
+def _refuse_shortfalls(spec, shortfalls, opset):
+    needs = {}  # what was lowered -> (path, the highest opset it needs, why)
+    for (path, what), need, why in shortfalls:
+        if what not in needs or need > needs[what][1]:
+            needs[what] = (path, need, why)
+    if needs:
+        raise UsageError([spec.problem(path, f"--opset {opset}: expected an opset of at least {need} for {what} ({why}), received {opset}")
+                          for what, (path, need, why) in needs.items()])
+
+
+# --- verification ---------------------------------------------------------------------------------
+@dataclass
+class OutputError:
+    name: str
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def sample_inputs(session, rows: int = VERIFY_ROWS) -> dict:
+    """Host input arrays in the session's dtype: up to `rows` of the spec's data rows, evenly spaced
+    over the file (a file sorted by class gives every class; a file of one row gives it twice), or
+    `rows` seeded random samples (gradcheck's) for a spec without data."""
+    if session.spec.data is None:
+        inputs, _ = random_batch(session, rows)
+        return {name: array.astype(session.dtype) for name, array in inputs.items()}
+    dataset = load_spec_data(session, targets=False)
+    picked = dataset.rows
+    if len(picked) > rows:
+        picked = picked[numpy.linspace(0, len(picked) - 1, rows).round().astype(numpy.int64)]
+    if len(picked) == 1:  # twice: the symbolic batch dimension is checked beyond 1 too
+        picked = numpy.repeat(picked, 2)
+    batch, _, _ = next(iter(session.batches(dataset.subset(picked), len(picked))(None)))
+    return {name: numpy.array(session.backend.to_host(array)) for name, array in batch.items()}
+
+
+def nnctl_outputs(session, inputs: dict) -> list:
+    """What `nnctl predict` gives for `inputs`: the shown values, and the classes where it shows them."""
+    n = len(next(iter(inputs.values())))
+    values, classes = session.predict(Dataset(None, inputs, None, numpy.arange(n)))
+    return [values] if classes is None else [values, classes]
+
+
+def verify(session, exported: Exported, inputs: dict) -> list[OutputError]:
+    """Check the model in full and compare onnxruntime with nnctl at batch 1 and at all of `inputs`."""
+    onnx, ort = require("onnx"), require("onnxruntime")
+    onnx.checker.check_model(exported.model, full_check=True)
+    runner = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
+    n = len(next(iter(inputs.values())))
+    rtol, atol = TOLERANCES[session.dtype]
+    worst = {port.name: [0.0, 0.0, True] for port in exported.outputs}
+    for size in sorted({1, n}):
+        feed = {name: array[:size] for name, array in inputs.items()}
+        got = runner.run([port.name for port in exported.outputs], feed)
+        for port, expected, actual in zip(exported.outputs, nnctl_outputs(session, feed), got):
+            exact = port.dtype == "int64"  # classes: equal or not
+            max_abs, max_rel, passed = compare(expected, actual, 0.0 if exact else rtol, 0.0 if exact else atol)
+            entry = worst[port.name]
+            entry[0], entry[1], entry[2] = max(entry[0], max_abs), max(entry[1], max_rel), entry[2] and passed
+    return [OutputError(port.name, *worst[port.name][:2], 0.0 if port.dtype == "int64" else rtol,
+                        0.0 if port.dtype == "int64" else atol, worst[port.name][2]) for port in exported.outputs]
+
+
+def compare(expected, actual, rtol: float, atol: float) -> tuple[float, float, bool]:
+    """(max |actual - expected|, max of that over |expected|, whether every element is within
+    atol + rtol * |expected|); a shape mismatch fails with infinite errors."""
+    expected, actual = numpy.asarray(expected, dtype=numpy.float64), numpy.asarray(actual, dtype=numpy.float64)
+    if expected.shape != actual.shape:
+        return float("inf"), float("inf"), False
+    difference = numpy.abs(actual - expected)
+    relative = numpy.divide(difference, numpy.abs(expected), out=numpy.zeros_like(difference), where=(difference > 0) & (expected != 0))
+    relative[(difference > 0) & (expected == 0)] = numpy.inf
+    passed = bool(numpy.all(difference <= atol + rtol * numpy.abs(expected)))
+    return float(difference.max(initial=0)), float(relative.max(initial=0)), passed
+
+
+# --- the command ----------------------------------------------------------------------------------
+def default_output(spec) -> Path:
+    return Path("runs") / spec.name / "model.onnx"
+
+
+def check_output(path: Path, explicit: bool) -> None:
+    """Before any work: an .onnx path that can be written; a path given with --output must be in a
+    folder that exists (the default runs/<name>/ is made)."""
+    from nnctl.io.atomic import check_writable
+    from nnctl.io.paths import check_suffix
+
+    check_suffix(path, (".onnx",), "--output")
+    if explicit and not path.parent.is_dir():
+        received = "which is not a folder" if path.parent.exists() else "which does not exist"
+        raise UsageError(Problem(f"--output: expected a path in an existing folder, received a path in {path.parent}, {received}", str(path)))
+    check_writable(path)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    exported: Exported
+    size: int
+    rows: int
+    errors: list[OutputError] | None  # None: not verified
+    written: bool = False
+    sample: str | None = None  # the data file the rows came from; None: seeded random inputs
+
+    @property
+    def passed(self) -> bool:
+        return self.errors is None or all(e.passed for e in self.errors)
+
+    def as_dict(self) -> dict:
+        return {
+            "path": str(self.path), "opset": self.exported.opset, "bytes": self.size, "verified": self.errors is not None,
+            "passed": self.passed, "written": self.written, "rows": self.rows, "sample": self.sample,
+            "inputs": [p.as_dict() for p in self.exported.inputs], "outputs": [p.as_dict() for p in self.exported.outputs],
+            "errors": None if self.errors is None else [e.as_dict() for e in self.errors],
+        }
+
+
+def export(session, path: Path, opset: int = DEFAULT_OPSET, verify_rows: int | None = VERIFY_ROWS) -> ExportResult:
+    """Build, verify (unless `verify_rows` is None) and, when it verifies, write the ONNX file at `path`."""
+    check_opset(opset)
+    if verify_rows is not None:
+        require("onnxruntime")
+    exported = build(session, opset)
+    errors, rows = None, 0
+    if verify_rows is not None:
+        inputs = sample_inputs(session, verify_rows)
+        rows = len(next(iter(inputs.values())))
+        errors = verify(session, exported, inputs)
+    data = session.spec.data
+    result = ExportResult(Path(path), exported, len(exported.data), rows, errors, sample=None if data is None else str(data.path))
+    if result.passed:
+        with atomic_write(path) as handle:
+            handle.write(exported.data)
+        result.written = True
+    return result

@@ -1,0 +1,447 @@
+"""ONNX export: the lowering table covers every registry; every shipped spec and seeded random graphs
+holding every layer type and activation export, pass onnx's full check and give nnctl's own
+predictions under onnxruntime at batch 1 and 37 (float32: 1e-5 + 1e-4·|x|; float64: 1e-9 + 1e-9·|x|);
+the verification can fail; bad input exits 2 and overwrites nothing."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy
+import pytest
+import yaml
+
+from nnctl.core.backend import get_backend
+from nnctl.data.dataset import Dataset
+from nnctl.model.activations import ACTIVATIONS
+from nnctl.model.graph import Model
+from nnctl.model.layers import LAYERS
+from nnctl.spec.load import load_spec
+from nnctl.train.losses import LOSSES
+from nnctl.train.session import Session, load_spec_data
+from tests.helpers import ROOT, SPECS, run, run_json
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from nnctl.export import lowering  # noqa: E402  (after the skips: it needs nothing of onnx, the rest does)
+from nnctl.export.onnx_file import TOLERANCES, build, compare, export, sample_inputs, verify  # noqa: E402
+
+ROWS = 37  # the batch verified besides 1
+
+
+# --- the table -------------------------------------------------------------------------------------
+def test_every_registry_entry_has_a_lowering():
+    assert lowering.missing_lowerings() == []
+    stale = [key for key in lowering.LOWERINGS if key[1] not in lowering.REGISTRIES[key[0]]]
+    assert stale == []
+
+
+def test_a_new_layer_type_without_a_lowering_is_found(monkeypatch):
+    monkeypatch.setitem(LAYERS, "reshape", LAYERS["dense"])
+    monkeypatch.setitem(ACTIVATIONS, "swish", ACTIVATIONS["relu"])
+    monkeypatch.setitem(LOSSES, "poisson", LOSSES["mse"])
+    assert lowering.missing_lowerings() == ["layer reshape", "activation swish", "output poisson"]
+
+
+# --- seeded random graphs: every layer type, every activation --------------------------------------
+def _activation(rng, name):
+    options = {"leaky_relu": {"alpha": rng.choice([0.0, 0.1, 0.3])}, "elu": {"alpha": rng.choice([0.5, 1.0, 2.0])},
+               "softmax": {"axis": rng.choice([-1, 1])}}.get(name, {})
+    return {"type": name, **options}
+
+
+def random_graph(seed: int, loss: dict) -> dict:
+    """A spec whose layers are every layer type (dense with every activation) in a seeded random DAG
+    over two inputs; every layer leads to the output through a final concat and dense."""
+    rng = random.Random(seed)
+    width = {"a": 3, "b": 4}  # tensor -> per-sample width
+    unused = set(width)
+    layers = []
+    init = {"type": "random_normal", "stddev": 0.8}
+
+    def pick():
+        return rng.choice(sorted(width))
+
+    def add_layer(kind, sources, width_out, **config):
+        name = f"l{len(layers)}_{kind}"
+        layers.append({"name": name, "type": kind, "from": sources if len(sources) > 1 else sources[0], **config})
+        unused.difference_update(sources)
+        unused.add(name)
+        width[name] = width_out
+
+    def dense(source, units, activation):
+        add_layer("dense", [source], units, units=units, activation=activation, kernel_initializer=init, bias_initializer=init,
+                  use_bias=rng.random() < 0.8)
+
+    kinds = [*LAYERS, *(f"dense:{a}" for a in ACTIVATIONS)]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        source = pick()
+        if kind.startswith("dense:"):
+            dense(source, rng.randint(1, 5), _activation(rng, kind.split(":")[1]))
+        elif kind == "concat":
+            sources = rng.sample(sorted(width), min(len(width), rng.randint(2, 3)))
+            add_layer("concat", sources, sum(width[s] for s in sources))
+        elif kind == "add":
+            dense(pick(), width[source], {"type": "tanh"})
+            twin = layers[-1]["name"]
+            add_layer("add", [source, twin] + ([twin] if rng.random() < 0.5 else []), width[source])
+        elif kind == "dropout":
+            add_layer("dropout", [source], width[source], rate=0.4)
+        elif kind == "dense":
+            dense(source, rng.randint(1, 5), {"type": "linear"})
+        else:
+            add_layer(kind, [source], width[source], **{k: v for k, v in _activation(rng, kind).items() if k != "type"})
+    ends = sorted(unused)
+    if len(ends) > 1:
+        add_layer("concat", ends, sum(width[e] for e in ends))
+    dense(layers[-1]["name"], 1 if loss["type"] == "binary_crossentropy" else 4, {"type": "linear"})
+    return {"seed": seed, "inputs": {"a": [3], "b": [4]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
+
+
+LOSS_CASES = [
+    {"type": "mse"},
+    {"type": "sparse_categorical_crossentropy", "from_logits": True},
+    {"type": "categorical_crossentropy", "from_logits": False},
+    {"type": "binary_crossentropy", "from_logits": True},
+]
+GRAPHS = [(seed, loss) for seed, loss in enumerate(LOSS_CASES)]
+
+
+def test_random_graphs_hold_every_layer_type_and_activation():
+    layer_types, activations = set(), set()
+    for seed, loss in GRAPHS:
+        for layer in random_graph(seed, loss)["layers"]:
+            layer_types.add(layer["type"])
+            if layer["type"] == "dense":
+                activations.add(layer["activation"]["type"])
+    assert layer_types == set(LAYERS) and activations == set(ACTIVATIONS)
+
+
+def _assert_verified(errors, dtype, outputs):
+    rtol, atol = TOLERANCES[dtype]
+    assert [e.name for e in errors] == outputs
+    for error in errors:
+        assert error.passed, error
+        assert error.max_abs <= atol + rtol  # the values are O(1): the bound a pass implies, in numbers
+
+
+def _onnx_and_nnctl(session, exported, inputs):
+    """onnxruntime's outputs on the serialized file and nnctl's predictions, run here independently."""
+    runner = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
+    got = runner.run(None, inputs)
+    values, classes = session.predict(Dataset(None, inputs, None, numpy.arange(len(next(iter(inputs.values()))))))
+    return got, values, classes
+
+
+@pytest.mark.parametrize("dtype,opset", [("float32", 17), ("float64", 17), ("float64", 9)])
+@pytest.mark.parametrize("seed,loss", GRAPHS, ids=[f"{s}-{l['type']}" for s, l in GRAPHS])
+def test_random_graph_exports_equal_to_nnctl(make_session, seed, loss, dtype, opset):
+    """At the default opset, and at 9: the oldest these graphs' layers all run at (Where)."""
+    session = make_session(random_graph(seed, loss), dtype=dtype)
+    exported = build(session, opset)
+    inputs = sample_inputs(session, ROWS)
+    shown = "prob" if session.loss.gives_probabilities else session.model.output
+    outputs = [shown, "class"] if session.loss.targets.shows_classes else [shown]
+    _assert_verified(verify(session, exported, inputs), dtype, outputs)
+    rtol, atol = TOLERANCES[dtype]
+    for size in (1, ROWS):
+        feed = {k: v[:size] for k, v in inputs.items()}
+        got, values, classes = _onnx_and_nnctl(session, exported, feed)
+        assert got[0].dtype == numpy.dtype(dtype) and got[0].shape == values.shape == (size, values.shape[1])
+        numpy.testing.assert_allclose(got[0], values, rtol=rtol, atol=atol)
+        if classes is not None:
+            numpy.testing.assert_array_equal(got[1], classes)
+    assert not any(n.op_type == "Dropout" for n in exported.model.graph.node)
+    assert exported.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_multi_dimensional_inputs_and_softmax_over_a_middle_axis(make_session):
+    spec = {"inputs": {"x": [2, 3]}, "loss": "mse", "layers": [
+        {"name": "relu", "type": "elu", "alpha": 0.7, "from": "x"},
+        {"name": "middle", "type": "softmax", "axis": 1},
+        {"name": "out", "type": "gelu"},
+    ]}
+    session = make_session(spec, dtype="float64")
+    exported = build(session)
+    assert [d.dim_param or d.dim_value for d in exported.model.graph.output[0].type.tensor_type.shape.dim] == ["batch", 2, 3]
+    _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), "float64", ["out"])
+
+
+def test_verification_fails_when_the_file_computes_something_else(make_session):
+    session = make_session(random_graph(1, LOSS_CASES[1]), dtype="float64")
+    exported = build(session)
+    kernel = next(t for t in exported.model.graph.initializer if t.name.endswith("/kernel"))
+    value = onnx.numpy_helper.to_array(kernel).copy()
+    value.flat[0] += 1e-6
+    kernel.CopyFrom(onnx.numpy_helper.from_array(value, kernel.name))
+    exported.data = exported.model.SerializeToString()
+    errors = verify(session, exported, sample_inputs(session, ROWS))
+    assert not errors[0].passed and 1e-12 < errors[0].max_abs < 1e-3
+
+
+def test_compare_reports_abs_and_rel_errors():
+    assert compare([1.0, -2.0, 0.0], [1.0, -2.1, 0.0], 1e-4, 1e-5) == pytest.approx((0.1, 0.05, False))
+    assert compare([1.0, 0.0], [1.00001, 0.0], 1e-4, 1e-5)[2] is True
+    assert compare([0.0], [1e-6], 0.0, 1e-5) == (1e-6, float("inf"), True)
+    assert compare([[1.0]], [1.0], 1e-4, 1e-5) == (float("inf"), float("inf"), False)
+
+
+# --- every shipped spec, through the command ----------------------------------------------------------
+SHIPPED = sorted(p.stem for p in SPECS.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """specs/ and data/ copied, with a small stand-in for mnist_mlp's generated data file."""
+    folder = tmp_path_factory.mktemp("shipped")
+    shutil.copytree(SPECS, folder / "specs")
+    shutil.copytree(ROOT / "data", folder / "data")
+    rng = numpy.random.default_rng(0)
+    numpy.savez(folder / "data" / "mnist_like.npz", x=rng.random((50, 784), dtype=numpy.float32), y=rng.integers(0, 10, 50))
+    return folder
+
+
+def _initial_weights(project, name):
+    """The spec's seeded initial weights as a weights file (training is what other tests check)."""
+    spec = load_spec(project / "specs" / f"{name}.yaml")
+    path = project / f"{name}.npz"
+    numpy.savez(path, **Model(spec).initial_weights(spec.seed))
+    return spec, path
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_spec_exports_and_equals_predict(project, name):
+    spec, weights = _initial_weights(project, name)
+    out = project / f"{name}.onnx"
+    data = run_json("export", project / "specs" / f"{name}.yaml", "--weights", weights, "--output", out, cwd=project)
+    assert data["path"] == str(out) and data["opset"] == 17 and data["verified"] and data["passed"] and data["written"]
+    assert data["sample"] == str(spec.data.path)
+    inputs = _all_rows(spec)
+    in_file = len(next(iter(inputs.values())))  # a file of one row is checked twice (batch 1 and 2)
+    assert data["bytes"] == out.stat().st_size and data["rows"] == max(2, min(256, in_file))
+    assert [p["name"] for p in data["inputs"]] == list(spec.inputs)
+    rtol, atol = TOLERANCES[spec.dtype]
+    assert all(e["passed"] and e["max_abs"] <= atol + rtol for e in data["errors"])
+
+    # Independently of the command's own check: the file under onnxruntime gives predict's rows.
+    predicted = run_json("predict", project / "specs" / f"{name}.yaml", "--weights", weights, "--input", spec.data.path, cwd=project)
+    runner = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for size in (1, ROWS):
+        got = runner.run(None, {k: v[:size] for k, v in inputs.items()})
+        expected = numpy.array(predicted["outputs"][:size]).reshape(got[0].shape)
+        numpy.testing.assert_allclose(got[0], expected, rtol=rtol, atol=atol)
+        if predicted["classes"] is not None:
+            assert got[1].tolist() == predicted["classes"][:size]
+
+
+def _all_rows(spec):
+    """Every row of the spec's data file, per input, as nnctl reads them (the run's dtype)."""
+    session = Session(spec, get_backend("numpy"))
+    dataset = load_spec_data(session, targets=False)
+    batch, _, _ = next(iter(session.batches(dataset, len(dataset))(None)))
+    return {name: numpy.array(array) for name, array in batch.items()}
+
+
+# --- the command: output, bad input ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits(project):
+    """(spec path, weights path) of the digits spec at its initial weights."""
+    _, weights = _initial_weights(project, "digits")
+    return project / "specs" / "digits.yaml", weights
+
+
+def test_export_writes_runs_name_model_onnx_by_default(project, digits):
+    spec, weights = digits
+    result = run("export", spec, "--weights", weights, cwd=project)
+    assert result.exit_code == 0, result.output
+    path = project / "runs" / "digits" / "model.onnx"
+    model = onnx.load(path)
+    assert [i.name for i in model.graph.input] == ["x"] and [o.name for o in model.graph.output] == ["prob", "class"]
+    assert model.opset_import[0].version == 17
+    said = f"onnxruntime vs nnctl predict on 256 rows of {project}/specs/../data/digits.csv, at batch 1 and 256:"
+    assert "".join(said.split()) in "".join(result.stdout.split())  # rich wraps the long line
+    assert "model: runs/digits/model.onnx" in result.stdout
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+def test_export_json_names_path_opset_ports_and_errors(project, digits, tmp_path, opset):
+    spec, weights = digits
+    out = tmp_path / "d.onnx"
+    data = run_json("export", spec, "--weights", weights, "--output", out, "--opset", opset, cwd=project)
+    assert data["opset"] == opset and onnx.load(out).opset_import[0].version == opset
+    assert data["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 64]}]
+    assert data["outputs"] == [{"name": "prob", "dtype": "float32", "shape": ["batch", 10]},
+                               {"name": "class", "dtype": "int64", "shape": ["batch"]}]
+    prob, classes = data["errors"]
+    assert prob["name"] == "prob" and 0 < prob["max_abs"] <= 1e-5 and prob["rtol"] == 1e-4 and prob["atol"] == 1e-5
+    assert classes == {"name": "class", "max_abs": 0.0, "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": True}
+
+
+def test_no_verify_writes_without_onnxruntime(project, digits, tmp_path, monkeypatch):
+    import sys
+
+    spec, weights = digits
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    data = run_json("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", "--no-verify", cwd=project)
+    assert data["verified"] is False and data["errors"] is None and data["written"] and (tmp_path / "d.onnx").stat().st_size == data["bytes"]
+    result = run("export", spec, "--weights", weights, "--output", tmp_path / "e.onnx", cwd=project)
+    assert result.exit_code == 2 and "pip install 'nnctl[onnx]'" in result.stderr and "onnxruntime" in result.stderr
+    assert not (tmp_path / "e.onnx").exists()
+
+
+def test_without_onnx_the_command_names_the_extra(project, digits, tmp_path, monkeypatch):
+    import sys
+
+    spec, weights = digits
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = run("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", "--no-verify", cwd=project)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("Error (missing tool): nnctl export: expected onnx to be installed, received no module named 'onnx': "
+                                     "install the extra with pip install 'nnctl[onnx]'")
+
+
+def test_a_disagreement_exits_1_and_keeps_the_previous_file(project, digits, tmp_path, monkeypatch):
+    from nnctl.export import onnx_file
+
+    spec, weights = digits
+    out = tmp_path / "d.onnx"
+    out.write_bytes(b"previous")
+    monkeypatch.setitem(onnx_file.TOLERANCES, "float32", (0.0, 0.0))
+    result = run("export", spec, "--weights", weights, "--output", out, cwd=project)
+    assert result.exit_code == 1 and "onnxruntime disagrees with nnctl on prob" in result.stdout
+    assert out.read_bytes() == b"previous"
+
+
+OPSET_SPEC = {"inputs": {"x": [3]}, "loss": "mse", "layers": [
+    {"name": "hidden", "type": "dense", "units": 4, "activation": "elu"},
+    {"name": "batchwise", "type": "softmax", "axis": 0},
+]}
+
+
+@pytest.mark.parametrize("opset,needs", [
+    (8, [("hidden", 9, "dense layer 'hidden' (elu, written with Where)"), ("batchwise", 13, "softmax layer 'batchwise' (softmax over axis 0 of a 2-D array, not its last)")]),
+    (12, [("batchwise", 13, "softmax layer 'batchwise' (softmax over axis 0 of a 2-D array, not its last)")]),
+    (13, []),
+])
+def test_an_opset_below_a_layers_need_names_the_layer_and_the_opset(tmp_path, opset, needs):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump(OPSET_SPEC, sort_keys=False))
+    weights = tmp_path / "w.npz"
+    numpy.savez(weights, **Model(load_spec(spec)).initial_weights(0))
+    out = tmp_path / "net.onnx"
+    out.write_bytes(b"previous")
+    result = run("export", spec, "--weights", weights, "--output", out, "--opset", opset, cwd=tmp_path)
+    if not needs:
+        assert result.exit_code == 0, result.output
+        assert onnx.load(out).opset_import[0].version == 13
+        return
+    expected = [f"{spec}:{_layer_line(spec, name)}:3: layers[{['hidden', 'batchwise'].index(name)}]: "
+                f"--opset {opset}: expected an opset of at least {need} for {what}, received {opset}" for name, need, what in needs]
+    assert result.exit_code == 2 and out.read_bytes() == b"previous"
+    assert [line.strip().removeprefix("Error (usage error): ") for line in result.stderr.splitlines() if "--opset" in line] == expected
+
+
+def test_an_input_named_as_an_output_is_refused(tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(yaml.safe_dump({"inputs": {"class": [3]}, "layers": [{"type": "dense", "units": 2}],
+                                    "loss": {"type": "sparse_categorical_crossentropy", "from_logits": True}}, sort_keys=False))
+    weights = tmp_path / "w.npz"
+    numpy.savez(weights, **Model(load_spec(spec)).initial_weights(0))
+    result = run("export", spec, "--weights", weights, "--output", tmp_path / "net.onnx", cwd=tmp_path)
+    assert result.exit_code == 2 and not (tmp_path / "net.onnx").exists()
+    assert result.stderr.strip() == (f"Error (usage error): {spec}:2:3: inputs.class: expected input names other than the exported "
+                                     "outputs' (prob, class), received input 'class'")
+
+
+def _layer_line(spec, name) -> int:
+    return next(i for i, line in enumerate(spec.read_text().splitlines(), 1) if f"name: {name}" in line)
+
+
+BAD = {
+    "missing weights": (lambda p, w: ["--weights", p / "none.npz"], "Error (weights error): {p}/none.npz: expected a weights file, received a path that does not exist"),
+    "mismatched weights": (lambda p, w: ["--weights", _reshaped(p, w)], "Error (weights error): {p}/wrong.npz: array 'dense/kernel': expected shape (64, 128), received (128, 64)"),
+    "folder does not exist": (lambda p, w: ["--weights", w, "--output", p / "no" / "d.onnx"],
+                              "Error (usage error): {p}/no/d.onnx: --output: expected a path in an existing folder, received a path in {p}/no, which does not exist"),
+    "not .onnx": (lambda p, w: ["--weights", w, "--output", p / "d.txt"], "Error (usage error): {p}/d.txt: --output: expected a .onnx file, received 'd.txt'"),
+    "output is the weights": (lambda p, w: ["--weights", w, "--output", w], "received the --weights file"),
+    "opset too old": (lambda p, w: ["--weights", w, "--opset", "6"], "--opset: expected an opset in [7, "),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_with_one_message_and_writes_nothing(project, digits, case):
+    spec, weights = digits
+    args, message = BAD[case]
+    args = args(project, weights)
+    existing = project / "runs" / "digits" / "model.onnx"
+    existing.parent.mkdir(parents=True, exist_ok=True)
+    existing.write_bytes(b"previous")
+    before = sorted(p.name for p in project.rglob("*"))
+    result = run("export", spec, *args, cwd=project)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert message.format(p=project) in result.stderr and result.stderr.startswith("Error (")
+    assert existing.read_bytes() == b"previous" and sorted(p.name for p in project.rglob("*")) == before
+
+
+def _reshaped(project, weights):
+    """The digits weights with the first kernel transposed: every key right, one shape wrong."""
+    arrays = dict(numpy.load(weights))
+    arrays["dense/kernel"] = arrays["dense/kernel"].T
+    numpy.savez(project / "wrong.npz", **arrays)
+    return project / "wrong.npz"
+
+
+def test_export_has_help_json_and_quiet(project, digits, tmp_path):
+    assert "--json" in run("export", "--help").stdout and "export" in run("--help").stdout
+    spec, weights = digits
+    result = run("-q", "export", spec, "--weights", weights, "--output", tmp_path / "q.onnx", cwd=project)
+    assert result.exit_code == 0 and result.stdout == f"model: {tmp_path / 'q.onnx'}\n"
+
+
+def test_the_export_benchmark_runs():
+    """bench/export.py on a few rows: it measures both sides (no timing is asserted)."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("bench_export", ROOT / "bench" / "export.py")
+    bench = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(bench)
+    results = bench.measure(SPECS / "iris.yaml", None, rows=300, single=3, repeats=1)
+    assert results["rows"] == 300 and results["bytes"] > 0
+    for group in ("batch", "one_row"):
+        rates = results[group]
+        assert rates["nnctl_predict"] > 0 and rates["ratio"] == rates["onnxruntime"] / rates["nnctl_predict"]
+
+
+OPSET_7 = {"inputs": {"x": [3]}, "loss": "categorical_crossentropy", "layers": [
+    {"name": "a", "type": "dense", "units": 4, "activation": "gelu", "from": "x"},
+    {"name": "b", "type": "dense", "units": 4, "activation": "sigmoid", "use_bias": False, "from": "x"},
+    {"name": "c", "type": "add", "from": ["a", "b"]},
+    {"name": "d", "type": "tanh", "from": "c"},
+    {"name": "e", "type": "concat", "from": ["d", "a"]},
+    {"name": "f", "type": "dropout", "rate": 0.5, "from": "e"},
+    {"name": "g", "type": "relu", "from": "f"},
+    {"name": "h", "type": "linear", "from": "g"},
+    {"name": "out", "type": "dense", "units": 3, "activation": "softmax", "from": "h"},
+]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layers_that_need_no_newer_opset_run_at_opset_7(make_session, dtype):
+    session = make_session(OPSET_7, dtype=dtype)
+    exported = build(session, 7)
+    assert exported.model.opset_import[0].version == 7 and exported.model.ir_version == 4
+    assert not exported.model.graph.input[1:]  # the weights are initializers, not inputs a caller could override
+    _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), dtype, ["prob", "class"])
+
+
+def test_a_model_over_protobufs_limit_is_refused(project, digits, tmp_path, monkeypatch):
+    from nnctl.export import onnx_file
+
+    spec, weights = digits
+    monkeypatch.setattr(onnx_file, "MAX_BYTES", 1000)  # 2 GB in earnest: the digits model is 70 KB
+    result = run("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", cwd=project)
+    assert result.exit_code == 2 and not (tmp_path / "d.onnx").exists()
+    assert result.stderr.startswith(f"Error (usage error): {spec}: expected a model that fits one ONNX file (1,000 bytes at most")
