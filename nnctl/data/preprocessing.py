@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from nnctl.errors import DataError, Problem, describe
+from nnctl.errors import DataError, Problem, WeightsError, describe
 from nnctl.options import Check, Option, integer, one_of, optional, text
 
 KINDS = ("auto", "numeric", "category", "binary")
@@ -373,6 +373,10 @@ def state_from_arrays(arrays: dict, configs: dict, file: str) -> dict:
             else:
                 fitted[name] = Numeric(float(own["center"]), float(own["scale"]), float(own["fill"]) if "fill" in own else None)
         except (KeyError, TypeError, ValueError):
-            raise DataError(Problem(f"expected the fitted preprocessing of column {name!r} (arrays {PREFIX}{name}/...), received "
-                                    f"{', '.join(sorted(own)) or 'none'}", file)) from None
+            raise WeightsError(Problem(f"expected the fitted preprocessing of column {name!r} (arrays {PREFIX}{name}/...), received "
+                                       f"{', '.join(sorted(own)) or 'none'}", file)) from None
+        declared = config["vocabulary"]
+        if declared is not None and isinstance(fitted[name], Category) and fitted[name].vocabulary != list(declared):
+            raise WeightsError(Problem(f"array {PREFIX}{name}/vocabulary: expected the spec's vocabulary ({_listed(declared)}), "
+                                       f"received {_listed(fitted[name].vocabulary)}", file))
     return fitted
