@@ -55,3 +55,11 @@ def test_every_entry_and_option_is_in_the_reference(title, name):
     for option_name, option in SECTIONS[title][name].options.items():
         text = f"`{option_name}` = {_default(option)} ({_accepts(option)})"
         assert text in row, f"{title} `{name}`: {text!r} is not in {row!r}"
+
+
+def test_every_column_preprocessing_option_is_in_the_reference():
+    from nnctl.data.preprocessing import COLUMN_OPTIONS
+
+    section = _section("Column preprocessing")
+    for name, option in COLUMN_OPTIONS.items():
+        assert f"| `{name}` | {_default(option)} | {_accepts(option)}" in section, name

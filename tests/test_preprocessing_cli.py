@@ -158,3 +158,24 @@ def test_a_weights_file_whose_vocabulary_differs_from_the_declared_one(project):
     assert result.exit_code == 2, result.output
     assert "array preprocessing/city/vocabulary: expected the spec's vocabulary ('Nice', 'Lyon', 'Paris')" in result.stderr
     assert json.loads(run("config", "spec.yaml", "--json", cwd=project).stdout)["data"]["columns"]["city"]["vocabulary"] == ["Nice", "Lyon", "Paris"]
+
+
+def test_a_normalized_regression_target_is_predicted_in_its_units(tmp_path):
+    rng = numpy.random.default_rng(3)
+    x = rng.normal(size=(200, 2))
+    y = 5000 + 800 * x[:, 0] - 300 * x[:, 1]
+    (tmp_path / "data.csv").write_text("a,b,y\n" + "".join(f"{u},{v},{t}\n" for u, v, t in zip(x[:, 0], x[:, 1], y)))
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent("""\
+        name: units
+        inputs: {x: [2]}
+        layers: [{type: dense, units: 1}]
+        loss: mse
+        optimizer: {type: adam, learning_rate: 0.05}
+        data: {path: data.csv, inputs: {x: [a, b]}, targets: y, columns: {y: {normalize: zscore}}}
+        train: {epochs: 40, batch_size: 20}
+        """))
+    run_json("train", "spec.yaml", cwd=tmp_path)
+    with numpy.load(tmp_path / "runs/units/weights.npz") as weights:
+        assert float(weights["preprocessing/y/center"]) == pytest.approx(y.mean()) and float(weights["preprocessing/y/scale"]) == pytest.approx(y.std())
+    predicted = numpy.array(run_json("predict", "spec.yaml", "--weights", "runs/units/weights.npz", "--input", "data.csv", cwd=tmp_path)["outputs"])[:, 0]
+    assert numpy.abs(predicted - y).max() < 0.05 * y.std()  # in the target's units, not standardized ones

@@ -6,6 +6,7 @@ strings (layer names, paths) are escaped so that '[' in a name never becomes mar
 from __future__ import annotations
 
 import io
+import os
 import math
 import time
 
@@ -164,7 +165,7 @@ def training_view(result):
     parts += [Text(f"note: {note}") for note in result.notes]
     for file, report in result.preprocessing.items():
         if preprocessing_note(report):
-            parts.append(Text(f"preprocessing of {file}: ") + Text.from_markup(preprocessing_note(report)))
+            parts.append(Text(f"preprocessing of {os.path.normpath(file)}: ") + Text.from_markup(preprocessing_note(report)))
     if result.test is not None:
         parts += [history_view([result.test], title="Test set"),
                   Text(f"evaluated once after training on {result.test_file} ({result.test_samples} samples)")]

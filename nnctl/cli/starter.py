@@ -189,7 +189,8 @@ def _target(column, task, path):
             raise DataError(Problem(f"column {column.name!r}: expected a target with at least two classes, received {len(classes)}", str(path)))
         return task, classes, {**options, "type": "category"}, \
             f"{len(classes)} integer values, so classification with a class per value{note_missing}"
-    return task, None, options, f"numbers ({number_text_of(present.min())} to {number_text_of(present.max())}), so regression{note_missing}"
+    return task, None, {**options, "normalize": "zscore"}, \
+        f"numbers ({number_text_of(present.min())} to {number_text_of(present.max())}), so regression, trained standardized and predicted in its units{note_missing}"
 
 
 def _column_choice(column, rows: int):

@@ -88,9 +88,12 @@ def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, kind=V
     return Dataset(file, inputs, target_values, numpy.arange(int(keep.sum()))), keep, report
 
 
-def class_names(fitted: dict, data_spec) -> list | None:
+def target_transform(fitted: dict | None, data_spec):
+    """The fitted transform of the (first) target column, or None without preprocessing."""
+    return None if fitted is None else fitted.get(target_names(data_spec)[0])
+
+
+def class_names(fitted: dict | None, data_spec) -> list | None:
     """The classes of a text (category) target, in index order; None for numbers."""
-    if fitted is None:
-        return None
-    target = fitted.get(target_names(data_spec)[0])
+    target = target_transform(fitted, data_spec)
     return list(target.vocabulary) if isinstance(target, preprocessing.Category) else None

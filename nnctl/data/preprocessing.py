@@ -117,6 +117,10 @@ class Numeric:
             report.filled[column.name] = report.filled.get(column.name, 0) + int(missing.sum())
         return ((values - self.center) / self.scale)[:, None]
 
+    def restore(self, values):
+        """Normalized values back in the column's own units (a regression's predictions)."""
+        return values * self.scale + self.center
+
     def arrays(self) -> dict:
         return {"center": numpy.array(self.center), "scale": numpy.array(self.scale),
                 **({"fill": numpy.array(self.fill)} if self.fill is not None else {})}
@@ -293,16 +297,17 @@ def _token_fill(present, strategy, value, column):
 
 def target_config(config: dict) -> dict:
     """A target column's options: its values are classes (a text or category column: their index,
-    in sorted order unless declared, an unknown one an error) or numbers, never filled."""
-    return {**config, "normalize": "none", "encode": "index", "unknown": "error", "max_tokens": None, "min_frequency": 1,
-            "missing": "drop" if config["missing"] == "drop" else "error"}
+    in sorted order unless declared, an unknown one an error) or numbers (normalized if its own
+    entry says so), never filled."""
+    return {**config, "encode": "index", "unknown": "error", "max_tokens": None, "min_frequency": 1,
+            "missing": "drop" if config["missing"] == "drop" else "error", "fill_value": None}
 
 
 def fit_classes(column: Column, config: dict, rows):
-    """A target column's fitted transform: numbers as they are, or class indices."""
+    """A target column's fitted transform: numbers (normalized, for a regression), or class indices."""
     kind = resolve_kind(column, config)
     if kind == "numeric":
-        return Numeric()
+        return fit_column(column, {**config, "type": "numeric"}, rows, (), None)
     present = sorted({t for t in column.tokens()[rows] if t is not None})
     classes = list(config["vocabulary"]) if config["vocabulary"] is not None else present
     if len(classes) < 2:

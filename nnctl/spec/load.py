@@ -500,8 +500,9 @@ def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) 
     if not isinstance(per_column, dict):
         c.report(("data", "columns"), f"expected a mapping of column name -> preprocessing options, received {describe(per_column)}")
         per_column = {}
+    target_names = targets if isinstance(targets, list) else [targets] if isinstance(targets, str) else []
     read = [name for columns in data_inputs.values() if isinstance(columns, list) for name in columns]
-    read += targets if isinstance(targets, list) else [targets] if isinstance(targets, str) else []
+    read += [name for name in target_names if name not in read]
     resolved = {}
     for name in read:
         options = per_column.get(name, {})
@@ -509,7 +510,9 @@ def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) 
             c.report(("data", "columns", name), f"expected a mapping of preprocessing options, received {describe(options)}")
             continue
         given = c.options(options, COLUMN_OPTIONS, ("data", "columns", name), f"column {name!r}")
-        resolved[name] = {**defaults, **{key: value for key, value in given.items() if key in options}}
+        # data.preprocessing is the inputs' default; a target is transformed only as its own entry says.
+        base = c.defaults(COLUMN_OPTIONS) if name in target_names else defaults
+        resolved[name] = {**base, **{key: value for key, value in given.items() if key in options}}
     for name in per_column:
         if name not in read:
             c.report(("data", "columns", name), f"expected a column the spec reads ({', '.join(read)}), received {name!r}{did_you_mean(name, read)}", key=True)

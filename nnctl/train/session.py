@@ -246,6 +246,9 @@ def predict_file(session, path):
                                      "(train the spec to make one)", str(path)))
         dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
     values, classes = session.predict(dataset)
+    target = prepared.target_transform(session.preprocessing, spec.data)
+    if isinstance(target, preprocessing.Numeric):  # a normalized regression target: predictions in its units
+        values = target.restore(values)
     names = prepared.class_names(session.preprocessing, spec.data)
     prefix = "prob" if session.loss.gives_probabilities else session.model.output
     if names is not None and session.loss.targets.shows_classes and values.ndim == 2 and values.shape[1] == len(names):
