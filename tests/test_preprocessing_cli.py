@@ -179,3 +179,11 @@ def test_a_normalized_regression_target_is_predicted_in_its_units(tmp_path):
         assert float(weights["preprocessing/y/center"]) == pytest.approx(y.mean()) and float(weights["preprocessing/y/scale"]) == pytest.approx(y.std())
     predicted = numpy.array(run_json("predict", "spec.yaml", "--weights", "runs/units/weights.npz", "--input", "data.csv", cwd=tmp_path)["outputs"])[:, 0]
     assert numpy.abs(predicted - y).max() < 0.05 * y.std()  # in the target's units, not standardized ones
+
+
+def test_summary_shows_what_the_weights_were_fitted_with(project):
+    run_json("train", "spec.yaml", cwd=project)
+    rows = {row["column"]: row for row in run_json("summary", "spec.yaml", "--weights", "runs/raw/weights.npz", cwd=project)["preprocessing"]}
+    assert rows["city"]["kind"] == "category (one_hot)" and rows["city"]["width"] == 3 and rows["member"]["fitted"]["values"] == ["no", "yes"]
+    assert rows["kind"]["fitted"]["vocabulary"] == ["bird", "cat", "dog"] and rows["fee"]["fitted"]["scale"] > 0
+    assert "Fitted preprocessing" in run("summary", "spec.yaml", "--weights", "runs/raw/weights.npz", cwd=project).stdout

@@ -102,8 +102,10 @@ def cli(ctx, debug, quiet):
 @spec_argument
 @click.option("--graph", type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw the layer graph: .dot/.gv as text, .svg/.png/.pdf through Graphviz's dot.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also show what these weights were fitted with: the columns' preprocessing and classes.")
 @json_option
-def summary(spec, graph, as_json):
+def summary(spec, graph, weights, as_json):
     """Print the layer table, parameter counts and weight names of SPEC."""
     from nnctl.model.graph import Model
     from nnctl.cli.report import summary_data, summary_view
@@ -118,6 +120,11 @@ def summary(spec, graph, as_json):
     # No Session: the summary needs shapes only, not weights or arrays (so no NumPy import).
     loaded = load_spec(spec)
     data = summary_data(Model(loaded), loaded.dtype)
+    if weights is not None:
+        from nnctl.cli.report import preprocessing_data
+        from nnctl.train.session import open_session
+
+        data["preprocessing"] = preprocessing_data(open_session(loaded, weights).preprocessing)
     if graph is not None:
         from nnctl.cli.graphviz import to_dot, write_graph
 

@@ -63,6 +63,33 @@ def summary_data(model, dtype: str) -> dict:
     }
 
 
+def preprocessing_data(fitted: dict | None) -> list:
+    """The fitted preprocessing of a weights file as rows: column, kind, what was fitted."""
+    from nnctl.data.preprocessing import Binary, Category
+
+    rows = []
+    for name, transform in (fitted or {}).items():
+        if isinstance(transform, Category):
+            rows.append({"column": name, "kind": f"category ({transform.encode})", "width": transform.width,
+                         "fitted": {"vocabulary": transform.vocabulary, "fill": transform.fill, "unknown": transform.unknown}})
+        elif isinstance(transform, Binary):
+            rows.append({"column": name, "kind": "binary", "width": 1, "fitted": {"values": list(transform.values), "fill": transform.fill}})
+        else:
+            rows.append({"column": name, "kind": "numeric", "width": 1,
+                         "fitted": {"center": transform.center, "scale": transform.scale, "fill": transform.fill}})
+    return rows
+
+
+def _fitted_text(fitted: dict) -> str:
+    parts = []
+    for key, value in fitted.items():
+        if value is None:
+            continue
+        shown = ", ".join(map(str, value[:8])) + (", …" if len(value) > 8 else "") if isinstance(value, list) else _fmt(value) if isinstance(value, float) else str(value)
+        parts.append(f"{key} {shown}")
+    return escape("; ".join(parts))
+
+
 def summary_view(data: dict):
     table = Table(title=f'Model: "{escape(data["name"])}"', title_justify="left", show_lines=False)
     table.add_column("Layer (type)", no_wrap=True)
@@ -92,6 +119,13 @@ def summary_view(data: dict):
         for w in rows:
             weights.add_row(escape(w["name"]), shape_text(w["shape"], batch=False), f"{math.prod(w['shape']):,}")
         parts += [Text(""), weights]
+    if data.get("preprocessing"):
+        fitted = Table(title="Fitted preprocessing (in the weights file)", title_justify="left")
+        for column in ("Column", "Kind", "Width", "Fitted on the training rows"):
+            fitted.add_column(column, justify="right" if column == "Width" else "left")
+        for row in data["preprocessing"]:
+            fitted.add_row(escape(row["column"]), row["kind"], str(row["width"]), _fitted_text(row["fitted"]))
+        parts += [Text(""), fitted]
     return Group(*parts)
 
 
