@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from nnctl.errors import DataError, Problem, WeightsError, describe
+from nnctl.errors import DataError, Problem, SpecError, WeightsError, describe
+from nnctl.io.tables import number
 from nnctl.options import Check, Option, integer, one_of, optional, text
 
 KINDS = ("auto", "numeric", "category", "binary")
@@ -82,6 +83,14 @@ class Column:
 
     def where(self, row: int) -> str:
         return self.table.where(row)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        number(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _number_token(value: float) -> str:
@@ -222,7 +231,8 @@ def fit_column(column: Column, config: dict, rows, path: tuple, problem):
     strategy = config["missing"]
     if kind == "numeric":
         if not column.numeric:
-            bad = next(i for i in rows if column.values[i] is not None)
+            # The file's first cell that is no number: the column is text because of it, whichever split it is in.
+            bad = next(i for i, v in enumerate(column.values) if v is not None and not _is_number(v))
             raise DataError(Problem(f"column {column.name!r}: expected numbers for a numeric column, received {describe(column.values[bad])}"
                                     f"{column.where(bad)}; declare it `type: category` in data.columns", **column.place(bad)))
         present = column.values[rows][~missing]
@@ -247,7 +257,7 @@ def fit_column(column: Column, config: dict, rows, path: tuple, problem):
                                     f"{len(distinct)} ({_listed(distinct)}); declare it `type: category`", column.file))
         positive = config["positive"] or next((v for v in distinct if v.casefold() in POSITIVE_WORDS), distinct[1])
         if positive not in distinct:
-            raise problem(path + ("positive",), f"expected one of the column's values ({_listed(distinct)}), received {positive!r}")
+            raise SpecError(problem(path + ("positive",), f"expected one of the column's values ({_listed(distinct)}), received {positive!r}"))
         negative = distinct[0] if distinct[1] == positive else distinct[1]
         return Binary((negative, positive), _token_fill(present, strategy, config["fill_value"], column))
     fill = _token_fill(present, strategy, config["fill_value"], column)
@@ -282,7 +292,7 @@ def _numeric_fill(present, strategy, value, column, problem, path):
         values, counts = numpy.unique(present, return_counts=True)
         return float(values[counts.argmax()])  # ties: the smallest value, as scikit-learn's SimpleImputer
     if not isinstance(value, (int, float)):
-        raise problem(path + ("fill_value",), f"expected a number to fill the numeric column {column.name!r}, received {describe(value)}")
+        raise SpecError(problem(path + ("fill_value",), f"expected a number to fill the numeric column {column.name!r}, received {describe(value)}"))
     return float(value)
 
 
