@@ -217,3 +217,17 @@ def test_mixed_tables_never_crash(tmp_path_factory, table, a, b, width):
     assert result.exit_code in (0, 1, 2), result.output
     if result.exit_code:
         assert result.stderr.startswith("Error ("), result.output
+
+
+def test_predict_writes_any_layers_activations(project):
+    run_json("train", "spec.yaml", cwd=project)
+    (project / "new.csv").write_text("age,fee,city,member\n30,1200,Paris,yes\n,1500,Lyon,no\n")
+    hidden = run_json("predict", "spec.yaml", "--weights", "runs/raw/weights.npz", "--input", "new.csv", "--layer", "dense", cwd=project)
+    assert hidden["columns"] == [f"dense_{i}" for i in range(8)] and hidden["classes"] is None
+    assert numpy.min(hidden["outputs"]) >= 0  # after the relu
+    logits = run_json("predict", "spec.yaml", "--weights", "runs/raw/weights.npz", "--input", "new.csv", "--layer", "dense_1", cwd=project)
+    with numpy.load(project / "runs/raw/weights.npz") as w:
+        expected = numpy.array(hidden["outputs"], dtype=numpy.float32) @ w["dense_1/kernel"] + w["dense_1/bias"]
+    numpy.testing.assert_allclose(logits["outputs"], expected, rtol=1e-5, atol=1e-6)
+    wrong = run("predict", "spec.yaml", "--weights", "runs/raw/weights.npz", "--input", "new.csv", "--layer", "dens", cwd=project)
+    assert wrong.exit_code == 2 and "--layer: expected a layer or input of the model, received 'dens' (did you mean 'dense'?)" in wrong.stderr

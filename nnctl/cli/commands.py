@@ -199,9 +199,10 @@ def _graceful_stop():
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Trained weights (.npz).")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Rows to predict (.csv, .npy or .npz).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write predictions to a .csv or .npy file.")
+@click.option("--layer", help="Write this layer's activations (a tower's embedding, a hidden layer) instead of the outputs.")
 @backend_option
 @json_option
-def predict(spec, weights, input_path, output, backend, as_json):
+def predict(spec, weights, input_path, output, layer, backend, as_json):
     """Run SPEC with WEIGHTS on the rows of INPUT."""
     from nnctl.cli.report import predictions_view
     from nnctl.io.paths import check_suffix, refuse_inputs
@@ -211,7 +212,7 @@ def predict(spec, weights, input_path, output, backend, as_json):
     if output is not None:
         check_suffix(output, (".csv", ".npy"), "--output")
     refuse_inputs(output, "--output", {"the spec": spec, "the --weights file": weights, "the --input file": input_path})
-    values, classes, columns, report = predict_file(_session(spec, weights, backend=backend), input_path)
+    values, classes, columns, report = predict_file(_session(spec, weights, backend=backend), input_path, layer)
     if output is not None:
         save_predictions(output, values, classes, columns)
     if as_json:

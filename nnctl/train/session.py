@@ -16,7 +16,7 @@ from nnctl.data import prepared, preprocessing
 from nnctl.data.dataset import load_dataset, split, split_mask
 from nnctl.data.readers import ReadOptions
 from nnctl.io.weights import load_weights
-from nnctl.errors import Problem, SpecError, UsageError, WeightsError
+from nnctl.errors import Problem, SpecError, UsageError, WeightsError, did_you_mean
 from nnctl.model.graph import ForwardContext, Model
 from nnctl.model.parameters import Parameters
 from nnctl.train.losses import LOSSES
@@ -95,16 +95,19 @@ class Session:
             logs["loss"] += self.backend.scalar(penalty.value)
         return logs
 
-    def predict(self, dataset, batch_size: int = 1024):
-        """Host arrays of the outputs, in chunks (probabilities for logits), and class indices or None."""
+    def predict(self, dataset, batch_size: int = 1024, layer: str | None = None):
+        """Host arrays of the outputs, in chunks (probabilities for logits), and class indices or
+        None; or, for `layer`, that layer's activations as they are (and None)."""
         xp = self.backend.xp
         ctx = ForwardContext(self.backend)
         chunks = []
         for inputs, _, size in self.batches(dataset, batch_size)(None):
-            output = self._step(size).forward(inputs, ctx)
+            output = self._step(size).forward(inputs, ctx, layer)
             # A copy: on NumPy, to_host of the step's own buffer is that buffer.
-            chunks.append(numpy.array(self.backend.to_host(self.loss.probabilities(xp, output))))
+            chunks.append(numpy.array(self.backend.to_host(output if layer is not None else self.loss.probabilities(xp, output))))
         values = numpy.concatenate(chunks)
+        if layer is not None:
+            return values, None
         classes = self.loss.targets.predicted_classes(values) if self.loss.targets.shows_classes else None
         return values, classes
 
@@ -230,11 +233,15 @@ def training_sets(session):
     return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])
 
 
-def predict_file(session, path):
+def predict_file(session, path, layer: str | None = None):
     """(outputs, classes or None, column names, preprocessing report or None) for every row of the
     file at `path`, read with the spec's data.inputs (targets not needed); probabilities for
-    cross-entropies; classes by name for a text target."""
+    cross-entropies; classes by name for a text target. With `layer`, that layer's activations
+    (a tower's embedding, a hidden representation), flattened, columns `<layer>_<i>`."""
     spec = session.spec
+    if layer is not None and layer not in session.model.shapes:
+        names = list(session.model.shapes)
+        raise UsageError(f"--layer: expected a layer or input of the model, received {layer!r}{did_you_mean(layer, names)}")
     if spec.data is None:
         raise UsageError("--input: expected a spec with data.inputs to say which columns feed which input, received a spec without a data section")
     if spec.data.columns is None:
@@ -245,6 +252,10 @@ def predict_file(session, path):
             raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
                                      "(train the spec to make one)", str(path)))
         dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
+    if layer is not None:
+        values = session.predict(dataset, layer=layer)[0].reshape(len(dataset), -1)
+        report = session.preprocessing_reports.get(str(path))
+        return values, None, [f"{layer}_{i}" for i in range(values.shape[1])], report.as_dict() if report is not None else None
     values, classes = session.predict(dataset)
     target = prepared.target_transform(session.preprocessing, spec.data)
     if isinstance(target, preprocessing.Numeric):  # a normalized regression target: predictions in its units

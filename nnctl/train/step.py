@@ -24,6 +24,7 @@ class TrainStep:
         model, params, xp = session.model, session.params, session.backend.xp
         self.session = session
         slots = {name: i for i, name in enumerate([*model.input_shapes, *(node.name for node in model.nodes)])}
+        self.slots = slots  # input or layer name -> its place in a forward's values
         self.input_slots = [(name, slots[name]) for name in model.input_shapes]
         self.output_slot = slots[model.output]
         self.n_slots = len(slots)
@@ -65,10 +66,10 @@ class TrainStep:
         penalty = self._penalty() if self.session.regularized else None
         return (loss if penalty is None else loss + penalty), output, penalty
 
-    def forward(self, inputs: dict, ctx):
-        """The output for a batch, nothing else (evaluation, prediction). It lives in this step's
-        buffers: the next call overwrites it."""
-        return self._forward(inputs, ctx)[self.output_slot]
+    def forward(self, inputs: dict, ctx, layer: str | None = None):
+        """The output for a batch (or layer `layer`'s), nothing else (evaluation, prediction). It
+        lives in this step's buffers: the next call overwrites it."""
+        return self._forward(inputs, ctx)[self.output_slot if layer is None else self.slots[layer]]
 
     def _forward(self, inputs, ctx) -> list:
         values = [None] * self.n_slots
