@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nnctl"
-LAYERS = ["", "core", "io", "data", "model", "train", "spec", "diagnostics", "cli"]
+LAYERS = ["", "core", "io", "data", "model", "train", "spec", "diagnostics", "sweep", "cli"]
 
 
 def _modules():

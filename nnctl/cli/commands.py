@@ -369,5 +369,80 @@ def schema(as_json):
     emit_json(spec_schema())
 
 
+# --- sweeps --------------------------------------------------------------------------------------
+class _SweepGroup(click.Group):
+    """`nnctl sweep SPEC SWEEP.yaml` runs a sweep; `nnctl sweep status SWEEP.yaml` shows one."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+storage_option = click.option("--storage", metavar="URL", help="An Optuna RDB URL (postgresql://...) that workers on several "
+                              "machines share [a journal file under runs/<name>/sweeps/<sweep>/].")
+
+
+@cli.group(cls=_SweepGroup)
+def sweep():
+    """Hyper-parameter sweeps of a spec on Optuna (pip install 'nnctl[sweep]'): nnctl sweep SPEC SWEEP.yaml."""
+
+
+@sweep.command("run")
+@spec_argument
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trials", type=click.IntRange(min=1), help="Run the study to this many trials [the sweep file's trials].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
+@storage_option
+@json_option
+def sweep_run(spec, sweep_file, trials, workers, storage, as_json):
+    """Run the trials of SWEEP.yaml on SPEC until the study has its trial count (a rerun resumes it)."""
+    from nnctl.cli.sweep_report import SweepProgress, sweep_data, sweep_view
+    from nnctl.sweep.plan import load_plan
+    from nnctl.sweep.study import open_study, start_workers, summary, work, write_best
+
+    plan = load_plan(spec, sweep_file)
+    if trials is not None:
+        plan.trials = trials
+    study, _ = open_study(plan, storage)
+    live = SweepProgress(console(), lambda: summary(study), enabled=not (as_json or quiet()))
+    with live:
+        if workers == 1:
+            with _graceful_stop() as stop_requested:
+                work(plan, storage, stop_requested, on_change=live.refresh)
+        else:
+            processes = start_workers(plan, workers, storage)
+            while any(p.is_alive() for p in processes):
+                live.refresh()
+                for p in processes:
+                    p.join(timeout=0.5 / len(processes))
+            dead = [p.exitcode for p in processes if p.exitcode]
+            if dead:
+                click.echo(f"Note: {len(dead)} worker(s) ended with exit codes {dead}; rerun the command to complete the study.", file=STDERR)
+    data = summary(study)
+    best = write_best(plan, data["best"])
+    if as_json:
+        emit_json(sweep_data(data, best))
+        return
+    show(sweep_view(data, best))
+    if best is not None:
+        print_path("best spec", best["spec"])
+        if best["weights"]:
+            print_path("best weights", best["weights"])
+
+
+@sweep.command("status")
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@storage_option
+@json_option
+def sweep_status(sweep_file, storage, as_json):
+    """The trials of SWEEP.yaml's study so far, sorted by the metric."""
+    from nnctl.cli.sweep_report import sweep_data, sweep_view
+    from nnctl.sweep.study import find_study, summary
+
+    data = summary(find_study(sweep_file, storage))
+    emit_json(sweep_data(data, None)) if as_json else show(sweep_view(data, None))
+
+
 def main():
     cli(prog_name="nnctl")
