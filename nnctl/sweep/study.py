@@ -13,7 +13,8 @@ worker's connection): counting the study's live trials, picking a grid's next co
 asking happen as one step, so no trial is run twice and the study stops at its trial count.
 A worker holds an fcntl lock on its trial's folder while it runs it, so a RUNNING trial whose lock
 is free has lost its worker and is marked failed at the next ask; across hosts Optuna's
-heartbeats (RDB storages) do the same. Failed trials do not count: a rerun tops the study up.
+heartbeats (RDB storages) do the same. Such lost trials do not count toward the trial count (a
+rerun tops the study up); a trial that failed by itself (it diverged) does.
 """
 from __future__ import annotations
 
@@ -171,9 +172,11 @@ def open_study(plan, url=None):
     return study, gate
 
 
-def _live(trials):
-    states = _states()
-    return [t for t in trials if t.state in (states.COMPLETE, states.PRUNED, states.RUNNING, states.WAITING)]
+def _counted(trials):
+    """The trials that count toward the study's trial count: all but those lost to a dead worker or
+    a stop request (a rerun runs them again). A trial that failed by itself (it diverged) counts:
+    its parameters would fail again, and a grid would retry them for ever."""
+    return [t for t in trials if t.state != _states().FAIL or t.user_attrs.get("counts")]
 
 
 def _states():
@@ -204,7 +207,7 @@ def _reap(study) -> None:
 
 
 def _next_combination(plan, trials):
-    used = {tuple(_params(t).get(p.key) for p in plan.parameters) for t in _live(trials)}
+    used = {tuple(_params(t).get(p.key) for p in plan.parameters) for t in _counted(trials)}
     return next((combo for combo in plan.grid() if tuple(combo.values()) not in used), None)
 
 
@@ -219,7 +222,7 @@ def _ask(plan, study, gate, trials_folder: Path):
     with gate:
         _reap(study)
         trials = study.get_trials(deepcopy=False)
-        if len(_live(trials)) >= plan.target:
+        if len(_counted(trials)) >= plan.target:
             return None
         if plan.method == "grid":
             combo = _next_combination(plan, trials)
@@ -260,11 +263,12 @@ class _Reporter(Progress):
 
     def on_epoch_end(self, epoch, logs):
         value = logs.get(self.plan.metric)
-        if value is None or not math.isfinite(value):
+        if value is None:  # not a validation epoch
             return
         better = self.best is None or (value < self.best[0] if self.plan.goal == "minimize" else value > self.best[0])
-        if better:
+        if math.isfinite(value) and better:
             self.best = (value, epoch)
+        # An infinite or NaN value too: the pruner stops a diverging trial before its loss does.
         self.trial.report(value, epoch)
         if self.on_epoch:
             self.on_epoch()
@@ -306,7 +310,8 @@ def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: F
         trial.set_user_attr("weights", str(Path(best["weights"] if best else result.files.weights).resolve()))
         state = states.COMPLETE if reporter.best is not None else states.FAIL
         if reporter.best is None:
-            trial.set_user_attr("error", f"no epoch logged {plan.metric}")
+            trial.set_user_attr("error", f"no epoch logged a finite {plan.metric}")
+            trial.set_user_attr("counts", True)
     except _Pruned:
         state = states.PRUNED
     except RunInterrupted:
@@ -314,6 +319,7 @@ def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: F
         interrupted = True
     except NnctlError as exc:  # a diverged run, a data file that went missing mid-sweep
         trial.set_user_attr("error", str(exc))
+        trial.set_user_attr("counts", True)
     finally:
         stop_beating.set()
         trial.set_user_attr("seconds", time.monotonic() - started)
