@@ -119,12 +119,12 @@ class _Reader:
         line, column = self.marks.at(path, key=key)
         self.problems.append(Problem(message, str(self.file), line, column, shown if shown is not None else ".".join(map(str, path)) or None))
 
-    def value(self, check, value, path):
+    def value(self, check, value, path, shown=None):
         try:
             check(value)
             return value
         except Invalid as exc:
-            self.report(path, f"expected {exc}, received {describe(value)}")
+            self.report(path, f"expected {exc}, received {describe(value)}", shown=shown)
             return None
 
     def mapping(self, value, path, what, allowed) -> dict:
@@ -146,8 +146,8 @@ def read_sweep(file: Path) -> tuple[dict, object]:
         raw, marks = load_yaml(data.decode("utf-8"), str(file))
     except UnicodeDecodeError as exc:
         raise SweepError(Problem(f"expected a readable UTF-8 sweep file, received {exc}", str(file))) from None
-    except SpecError as exc:
-        raise SweepError(exc.problems) from None
+    except SpecError as exc:  # YAML's own problems, worded by the spec reader
+        raise SweepError([Problem(p.message.replace("spec keys", "sweep keys"), p.file, p.line, p.column, p.path) for p in exc.problems]) from None
     if not isinstance(raw, dict):
         raise SweepError(Problem(f"expected a mapping of sweep keys ({', '.join(SWEEP_KEYS)}), received {describe(raw)}", str(file)))
     return raw, marks
@@ -231,7 +231,7 @@ def _parameter(key, value, plan: Plan, spec, r: _Reader) -> Parameter | None:
             r.report(where + ("values",), f"expected a non-empty list of values, received {describe(values)}", shown=key)
             return None
         return Parameter(key, path, tuple(values)) if path else None
-    kind = r.value(one_of(DISTRIBUTIONS), value.get("distribution"), where + ("distribution",) if "distribution" in value else where)
+    kind = r.value(one_of(DISTRIBUTIONS), value.get("distribution"), where + ("distribution",) if "distribution" in value else where, key)
     integral = kind in ("int_uniform", "log_int_uniform")
     check = integer() if integral else number()
     bounds = []
@@ -239,7 +239,7 @@ def _parameter(key, value, plan: Plan, spec, r: _Reader) -> Parameter | None:
         if end not in value:
             r.report(where, f"expected key {end!r} of the distribution, received none", shown=key)
             return None
-        bounds.append(r.value(check, value[end], where + (end,)))
+        bounds.append(r.value(check, value[end], where + (end,), key))
     low, high = bounds
     if kind is None or low is None or high is None:
         return None

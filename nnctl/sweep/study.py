@@ -18,6 +18,7 @@ rerun tops the study up); a trial that failed by itself (it diverged) does.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -25,6 +26,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -122,11 +124,16 @@ def open_storage(plan_folder: Path, study_name: str, url: str | None, heartbeat_
         folder = plan_folder.resolve()
         backend = JournalFileBackend(str(folder / JOURNAL), lock_obj=_journal_lock(folder / "journal.lock"))
         return JournalStorage(backend), _Flock(folder / "ask.lock")
+    postgres = url.startswith("postgresql")
     try:
-        storage = module.storages.RDBStorage(url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds)
+        # Workers that start together would each create Optuna's tables (a duplicate-key error):
+        # on PostgreSQL one at a time.
+        with _AdvisoryGate(url, "nnctl schema") if postgres else contextlib.nullcontext(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna calls its heartbeats experimental
+            storage = module.storages.RDBStorage(url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds)
     except Exception as exc:  # SQLAlchemy's and the drivers' errors: a URL that cannot be used
         raise UsageError(Problem(f"expected an Optuna RDB storage URL it can open (postgresql://user@host/db), received {exc.__class__.__name__}: {exc}", "--storage")) from None
-    gate = _AdvisoryGate(url, study_name) if url.startswith("postgresql") else _Flock(plan_folder.resolve() / "ask.lock")
+    gate = _AdvisoryGate(url, study_name) if postgres else _Flock(plan_folder.resolve() / "ask.lock")
     return storage, gate
 
 
@@ -194,13 +201,15 @@ def _reap(study) -> None:
         folder = trial.user_attrs.get("folder")
         lock = _Flock(Path(folder) / WORKER_LOCK) if folder else None
         if lock is None or (Path(folder).exists() and lock.acquire(blocking=False)):
-            if lock is not None:
-                lock.release()
-            study._storage.set_trial_user_attr(trial._trial_id, "error", "its worker died")
-            study._storage.set_trial_state_values(trial._trial_id, states.FAIL)
+            try:
+                # Read again, holding its lock: a worker tells its trial's end before it lets go.
+                if study._storage.get_trial(trial._trial_id).state == states.RUNNING:
+                    study._storage.set_trial_user_attr(trial._trial_id, "error", "its worker died")
+                    study._storage.set_trial_state_values(trial._trial_id, states.FAIL)
+            finally:
+                if lock is not None:
+                    lock.release()
     if getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna calls its heartbeats experimental
             optuna().storages.fail_stale_trials(study)
@@ -229,7 +238,9 @@ def _ask(plan, study, gate, trials_folder: Path):
             if combo is None:
                 return None
             study.enqueue_trial(combo, skip_if_exists=False)
-        trial = study.ask()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's heartbeats are meant for its own loop; ours beat too
+            trial = study.ask()
         folder = trials_folder / f"trial-{trial.number:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         lock = _Flock(folder / WORKER_LOCK)
@@ -303,7 +314,7 @@ def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: F
     spec_file = folder / "spec.yaml"
     with atomic_write(spec_file) as handle:
         handle.write(yaml.safe_dump(plan.trial_raw(params, folder.name, folder), sort_keys=False).encode("utf-8"))
-    state, value, interrupted = states.FAIL, None, False
+    state, interrupted = states.FAIL, False
     try:
         result = train_run(load_spec(spec_file), root=folder.parent, progress=reporter, stop_requested=stop_requested)
         best = result.best if result.best and result.best["monitor"] == plan.metric else None
