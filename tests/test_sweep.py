@@ -2,6 +2,7 @@
 worker, resume, the pruner, best.yaml, status. Tiny specs and few epochs: seconds in all."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -36,20 +37,8 @@ def journal_trials(folder: Path) -> list:
     """The study's trials as Optuna reads them from the default storage."""
     from nnctl.sweep.study import find_study
 
-    with _cwd(folder):
+    with contextlib.chdir(folder):
         return find_study(Path("sweep.yaml")).get_trials()
-
-
-class _cwd:
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.old = os.getcwd()
-        os.chdir(self.path)
-
-    def __exit__(self, *exc):
-        os.chdir(self.old)
 
 
 GRID = """\
