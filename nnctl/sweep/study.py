@@ -183,7 +183,13 @@ def _counted(trials):
     """The trials that count toward the study's trial count: all but those lost to a dead worker or
     a stop request (a rerun runs them again). A trial that failed by itself (it diverged) counts:
     its parameters would fail again, and a grid would retry them for ever."""
-    return [t for t in trials if t.state != _states().FAIL or t.user_attrs.get("counts")]
+    return [t for t in trials if t.state != _states().FAIL or _facts(t).get("counts")]
+
+
+def _facts(trial) -> dict:
+    """What the worker recorded of a trial: where it ran ("worker", at the ask) and how it ended
+    ("result"): one attribute each, since every write is a synced append to the journal."""
+    return {**trial.user_attrs.get("worker", {}), **trial.user_attrs.get("result", {})}
 
 
 def _states():
@@ -196,15 +202,16 @@ def _reap(study) -> None:
     Optuna's heartbeats."""
     states, host = _states(), socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-        if trial.user_attrs.get("host") not in (None, host):
+        facts = _facts(trial)
+        if facts.get("host") not in (None, host):
             continue
-        folder = trial.user_attrs.get("folder")
+        folder = facts.get("folder")
         lock = _Flock(Path(folder) / WORKER_LOCK) if folder else None
         if lock is None or (Path(folder).exists() and lock.acquire(blocking=False)):
             try:
                 # Read again, holding its lock: a worker tells its trial's end before it lets go.
                 if study._storage.get_trial(trial._trial_id).state == states.RUNNING:
-                    study._storage.set_trial_user_attr(trial._trial_id, "error", "its worker died")
+                    study._storage.set_trial_user_attr(trial._trial_id, "result", {"error": "its worker died"})
                     study._storage.set_trial_state_values(trial._trial_id, states.FAIL)
             finally:
                 if lock is not None:
@@ -247,8 +254,7 @@ def _ask(plan, study, gate, trials_folder: Path):
         lock.acquire()
         os.ftruncate(lock.fd, 0)
         os.write(lock.fd, f"{os.getpid()}\n".encode())
-        trial.set_user_attr("folder", str(folder.resolve()))
-        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("worker", {"folder": str(folder.resolve()), "host": socket.gethostname(), "pid": os.getpid()})
         study.sampler = _sampler(plan, trial.number, module)
         params = {}
         for p in plan.parameters:
@@ -279,12 +285,13 @@ class _Reporter(Progress):
         better = self.best is None or (value < self.best[0] if self.plan.goal == "minimize" else value > self.best[0])
         if math.isfinite(value) and better:
             self.best = (value, epoch)
-        # An infinite or NaN value too: the pruner stops a diverging trial before its loss does.
-        self.trial.report(value, epoch)
         if self.on_epoch:
             self.on_epoch()
-        if self.trial.should_prune():
-            raise _Pruned(epoch)
+        if self.plan.early_terminate is not None:  # each report is a write to the study
+            # An infinite or NaN value too: the pruner stops a diverging trial before its loss does.
+            self.trial.report(value, epoch)
+            if self.trial.should_prune():
+                raise _Pruned(epoch)
 
 
 def _heartbeat(study, trial):
@@ -314,29 +321,27 @@ def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: F
     spec_file = folder / "spec.yaml"
     with atomic_write(spec_file) as handle:
         handle.write(yaml.safe_dump(plan.trial_raw(params, folder.name, folder), sort_keys=False).encode("utf-8"))
-    state, interrupted = states.FAIL, False
+    state, interrupted, facts = states.FAIL, False, {}
     try:
         result = train_run(load_spec(spec_file), root=folder.parent, progress=reporter, stop_requested=stop_requested)
         best = result.best if result.best and result.best["monitor"] == plan.metric else None
-        trial.set_user_attr("weights", str(Path(best["weights"] if best else result.files.weights).resolve()))
+        facts["weights"] = str(Path(best["weights"] if best else result.files.weights).resolve())
         state = states.COMPLETE if reporter.best is not None else states.FAIL
         if reporter.best is None:
-            trial.set_user_attr("error", f"no epoch logged a finite {plan.metric}")
-            trial.set_user_attr("counts", True)
+            facts.update(error=f"no epoch logged a finite {plan.metric}", counts=True)
     except _Pruned:
         state = states.PRUNED
     except RunInterrupted:
-        trial.set_user_attr("error", "interrupted")
+        facts["error"] = "interrupted"
         interrupted = True
     except NnctlError as exc:  # a diverged run, a data file that went missing mid-sweep
-        trial.set_user_attr("error", str(exc))
-        trial.set_user_attr("counts", True)
+        facts.update(error=str(exc), counts=True)
     finally:
         stop_beating.set()
-        trial.set_user_attr("seconds", time.monotonic() - started)
+        facts["seconds"] = time.monotonic() - started
         if reporter.best is not None:
-            trial.set_user_attr("best_epoch", reporter.best[1])
-            trial.set_user_attr("best_value", reporter.best[0])
+            facts.update(best_value=reporter.best[0], best_epoch=reporter.best[1])
+        trial.set_user_attr("result", facts)
     study.tell(trial, reporter.best[0] if state == states.COMPLETE else None, state=state)
     return not interrupted
 
@@ -394,11 +399,11 @@ def summary(study) -> dict:
     maximize = attrs.get("goal") == "maximize"
     rows = []
     for t in study.get_trials(deepcopy=False):
+        facts = _facts(t)
         rows.append({
-            "trial": t.number, "params": _params(t), "value": t.value if t.state == states.COMPLETE else t.user_attrs.get("best_value"),
-            "best_epoch": t.user_attrs.get("best_epoch"), "state": t.state.name.lower(), "seconds": t.user_attrs.get("seconds"),
-            "folder": t.user_attrs.get("folder"), "host": t.user_attrs.get("host"), "weights": t.user_attrs.get("weights"),
-            "error": t.user_attrs.get("error"),
+            "trial": t.number, "params": _params(t), "value": t.value if t.state == states.COMPLETE else facts.get("best_value"),
+            "best_epoch": facts.get("best_epoch"), "state": t.state.name.lower(), "seconds": facts.get("seconds"),
+            "folder": facts.get("folder"), "host": facts.get("host"), "weights": facts.get("weights"), "error": facts.get("error"),
         })
     order = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "fail": 4}
 
