@@ -190,3 +190,13 @@ def test_a_trial_that_diverges_counts_and_is_not_retried(tmp_path):
     data = run_json("sweep", "spec.yaml", "sweep.yaml", cwd=folder)
     assert sorted((t["params"]["optimizer.learning_rate"], t["state"]) for t in data["trials"]) == [(0.01, "complete"), (1000.0, "fail")]
     assert "loss became NaN or inf" in [t["error"] for t in data["trials"] if t["state"] == "fail"][0]
+
+
+def test_trials_takes_a_finished_study_further_and_a_changed_sweep_file_is_refused(tmp_path):
+    folder = project(tmp_path, sweep="method: random\ntrials: 2\nparameters:\n  optimizer.learning_rate: {values: [0.01, 0.02]}\n")
+    assert run_json("sweep", "spec.yaml", "sweep.yaml", cwd=folder)["counts"]["complete"] == 2
+    further = run_json("sweep", "spec.yaml", "sweep.yaml", "--trials", "3", cwd=folder)
+    assert further["counts"]["complete"] == 3 and further["target"] == 3
+    (folder / "sweep.yaml").write_text("method: random\ntrials: 2\nparameters:\n  optimizer.learning_rate: {values: [0.05]}\n")
+    result = run("sweep", "spec.yaml", "sweep.yaml", cwd=folder)
+    assert result.exit_code == 2 and "expected the sweep file that started this study" in result.stderr

@@ -33,6 +33,8 @@ BAD_SWEEPS = [
      ["sweep.yaml:2:31", "train.batch_size", "expected a positive integer, received 0"]),
     ("distribution bound out of range", "parameters:\n  data.validation_split: {distribution: uniform, min: 0.1, max: 1.5}\n",
      ["sweep.yaml:2:", "data.validation_split", "received 1.5"]),
+    ("a value that is a mapping", "parameters:\n  loss: {values: [mse, {type: huber}]}\n",
+     ["sweep.yaml:2:", "loss", "expected a number, string, true, false or null, received a mapping"]),
     ("empty values", "parameters:\n  layers.dense2.units: {values: []}\n",
      ["sweep.yaml:2:33", "expected a non-empty list of values, received []"]),
     ("min > max", "parameters:\n  optimizer.learning_rate: {distribution: uniform, min: 0.1, max: 0.01}\n",

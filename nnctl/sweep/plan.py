@@ -230,6 +230,9 @@ def _parameter(key, value, plan: Plan, spec, r: _Reader) -> Parameter | None:
         if not isinstance(values, list) or not values:
             r.report(where + ("values",), f"expected a non-empty list of values, received {describe(values)}", shown=key)
             return None
+        for i, item in enumerate(values):
+            if item is not None and not isinstance(item, (bool, int, float, str)):
+                r.report(where + ("values", i), f"expected a number, string, true, false or null, received {describe(item)}", shown=key)
         return Parameter(key, path, tuple(values)) if path else None
     kind = r.value(one_of(DISTRIBUTIONS), value.get("distribution"), where + ("distribution",) if "distribution" in value else where, key)
     integral = kind in ("int_uniform", "log_int_uniform")

@@ -172,10 +172,11 @@ def open_study(plan, url=None):
         recorded = study.user_attrs.get("sweep")
         if recorded is None:
             study.set_user_attr("sweep", fingerprint(plan))
-            study.set_user_attr("target", plan.target)
         elif recorded != fingerprint(plan):
             raise SweepError(Problem("expected the sweep file that started this study, received one with other method, metric, seed or "
                                      "parameters; give the changed sweep file another name, or remove the study's folder", str(plan.file)))
+        if study.user_attrs.get("target") != plan.target:  # --trials may take a study further
+            study.set_user_attr("target", plan.target)
     return study, gate
 
 
