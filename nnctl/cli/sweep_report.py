@@ -70,7 +70,7 @@ def sweep_view(data: dict, best_files: dict | None):
     table = Table(title=f"Sweep {escape(data['study'])}: {escape(str(data['metric']))} ({data['goal']})", title_justify="left")
     table.add_column("trial", justify="right")
     for name in data["parameters"]:
-        table.add_column(escape(name), justify="right")
+        table.add_column(escape(name), justify="right", overflow="fold")  # key paths are long; fold, never cut
     for column in (str(data["metric"]), "best epoch", "state", "seconds"):
         table.add_column(escape(column), justify="right" if column != "state" else "left")
     for row in data["trials"]:
