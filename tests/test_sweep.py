@@ -200,3 +200,32 @@ def test_trials_takes_a_finished_study_further_and_a_changed_sweep_file_is_refus
     (folder / "sweep.yaml").write_text("method: random\ntrials: 2\nparameters:\n  optimizer.learning_rate: {values: [0.05]}\n")
     result = run("sweep", "spec.yaml", "sweep.yaml", cwd=folder)
     assert result.exit_code == 2 and "expected the sweep file that started this study" in result.stderr
+
+
+def test_hyperband_runs_the_study_to_its_count(tmp_path):
+    spec = TWO_TOWER.replace("epochs: 3", "epochs: 9")
+    folder = project(tmp_path, spec, """\
+method: random
+trials: 5
+parameters:
+  optimizer.learning_rate: {distribution: log_uniform, min: 1.0e-4, max: 1.0}
+early_terminate: {type: hyperband, min_epochs: 1, reduction_factor: 3}
+""")
+    data = run_json("sweep", "spec.yaml", "sweep.yaml", cwd=folder)
+    assert data["counts"]["complete"] + data["counts"]["pruned"] == 5 and data["counts"]["complete"] >= 1
+    assert all(t["best_epoch"] is not None and 1 <= t["best_epoch"] <= 9 for t in data["trials"])
+
+
+def test_the_plot_is_a_picture_with_matplotlib_and_a_note_without(tmp_path):
+    from nnctl.cli.plotting import matplotlib_available
+
+    folder = project(tmp_path, sweep=GRID)
+    result = run("sweep", "spec.yaml", "sweep.yaml", "--plot", "sweep.png", "--json", cwd=folder)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    if matplotlib_available():
+        assert data["plot"] == "sweep.png" and (folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert data["plot"] is None and "pip install 'nnctl[plot]'" in result.stderr and not (folder / "sweep.png").exists()
+    refused = run("sweep", "status", "sweep.yaml", "--plot", "sweep.yaml", cwd=folder)
+    assert refused.exit_code == 2 and "--plot: expected a .png, .svg, .pdf file" in refused.stderr

@@ -379,6 +379,8 @@ class _SweepGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+                           help="Also save the metric against each parameter as .png/.svg/.pdf (needs matplotlib: pip install 'nnctl[plot]').")
 storage_option = click.option("--storage", metavar="URL", help="An Optuna RDB URL (postgresql://...) that workers on several "
                               "machines share [a journal file under runs/<name>/sweeps/<sweep>/].")
 
@@ -394,13 +396,16 @@ def sweep():
 @click.option("--trials", type=click.IntRange(min=1), help="Run the study to this many trials [the sweep file's trials].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
 @storage_option
+@plot_option
 @json_option
-def sweep_run(spec, sweep_file, trials, workers, storage, as_json):
+def sweep_run(spec, sweep_file, trials, workers, storage, plot, as_json):
     """Run the trials of SWEEP.yaml on SPEC until the study has its trial count (a rerun resumes it)."""
-    from nnctl.cli.sweep_report import SweepProgress, sweep_data, sweep_view
+    from nnctl.cli.sweep_report import SweepProgress
     from nnctl.sweep.plan import load_plan
     from nnctl.sweep.study import open_study, start_workers, summary, work, write_best
 
+    if plot is not None:
+        _check_plot(plot, {"the spec": spec, "the sweep file": sweep_file})
     plan = load_plan(spec, sweep_file)
     if trials is not None:
         plan.trials = trials
@@ -421,27 +426,49 @@ def sweep_run(spec, sweep_file, trials, workers, storage, as_json):
                 click.echo(f"Note: {len(dead)} worker(s) ended with exit codes {dead}; rerun the command to complete the study.", file=STDERR)
     data = summary(study)
     best = write_best(plan, data["best"])
+    _show_sweep(data, best, plot, as_json)
+
+
+def _check_plot(plot, inputs):
+    from nnctl.cli.plotting import PICTURE_SUFFIXES
+    from nnctl.io.paths import check_suffix, refuse_inputs
+
+    check_suffix(plot, PICTURE_SUFFIXES, "--plot")
+    refuse_inputs(plot, "--plot", inputs)
+
+
+def _show_sweep(data, best, plot, as_json):
+    from nnctl.cli.plotting import PlotUnavailable
+    from nnctl.cli.sweep_report import save_sweep_figure, sweep_data, sweep_view
+
+    written = None
+    if plot is not None:
+        try:
+            save_sweep_figure(data, plot)
+            written = plot
+        except PlotUnavailable as exc:
+            click.echo(f"Note: {exc}; the terminal chart is all there is.", file=STDERR)
     if as_json:
-        emit_json(sweep_data(data, best))
+        emit_json(sweep_data(data, best) | {"plot": str(written) if written else None})
         return
     show(sweep_view(data, best))
-    if best is not None:
-        print_path("best spec", best["spec"])
-        if best["weights"]:
-            print_path("best weights", best["weights"])
+    for label, path in (("best spec", best and best["spec"]), ("best weights", best and best["weights"]), ("plot", written)):
+        if path:
+            print_path(label, path)
 
 
 @sweep.command("status")
 @click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
+@plot_option
 @json_option
-def sweep_status(sweep_file, storage, as_json):
+def sweep_status(sweep_file, storage, plot, as_json):
     """The trials of SWEEP.yaml's study so far, sorted by the metric."""
-    from nnctl.cli.sweep_report import sweep_data, sweep_view
     from nnctl.sweep.study import find_study, summary
 
-    data = summary(find_study(sweep_file, storage))
-    emit_json(sweep_data(data, None)) if as_json else show(sweep_view(data, None))
+    if plot is not None:
+        _check_plot(plot, {"the sweep file": sweep_file})
+    _show_sweep(summary(find_study(sweep_file, storage)), None, plot, as_json)
 
 
 def main():

@@ -107,3 +107,39 @@ def metric_chart(data: dict, name: str, width: int = 40, height: int = 6):
     label = f"{data['metric']} against {name} ({axis}: {_g(min(xs) if numeric else xs[0])} .. {_g(max(xs) if numeric else xs[-1])})"
     lines = [f"{_g(max(ys)):>9} ┤{rows[0]}"] + [f"{'':>9} │{r}" for r in rows[1:-1]] + [f"{_g(min(ys)):>9} ┤{rows[-1]}"]
     return Text("\n".join([label, *lines]))
+
+
+def save_sweep_figure(data: dict, path) -> None:
+    """The metric of each finished trial against each parameter, one panel per parameter, with
+    matplotlib (the `[plot]` extra; no pyplot, so no global backend); a log axis for a parameter
+    whose values span over two decades."""
+    from pathlib import Path
+
+    from nnctl.cli.plotting import INSTALL_HINT, PlotUnavailable, matplotlib_available
+    from nnctl.io.atomic import atomic_write
+
+    path = Path(path)
+    if not matplotlib_available():
+        raise PlotUnavailable(f"matplotlib is not installed, so {path} was not written; {INSTALL_HINT}")
+    from matplotlib.figure import Figure
+
+    names = data["parameters"]
+    figure = Figure(figsize=(4.0 * len(names), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        for state, color in (("complete", "tab:blue"), ("pruned", "tab:gray")):
+            points = [(row["params"].get(name), row["value"]) for row in data["trials"]
+                      if row["state"] == state and isinstance(row["value"], (int, float)) and math.isfinite(row["value"])]
+            if points:
+                xs = [x if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x) for x, _ in points]
+                ax.scatter(xs, [y for _, y in points], color=color, label=state, s=18)
+        numbers = [row["params"].get(name) for row in data["trials"] if isinstance(row["params"].get(name), (int, float))]
+        if numbers and min(numbers) > 0 and max(numbers) / min(numbers) > 100:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(str(data["metric"]))
+        ax.grid(True, alpha=0.3)
+        ax.legend(frameon=False)
+    figure.suptitle(f"{data['study']}: {data['metric']} ({data['goal']})")
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format=path.suffix.lower()[1:], dpi=120)
