@@ -267,6 +267,9 @@ def _resolve(key, plan: Plan, spec, r: _Reader) -> tuple | None:
     if parts[0] not in TOP_LEVEL_KEYS:
         r.report(where, f"expected a path starting with a top-level spec key ({', '.join(TOP_LEVEL_KEYS)}), received {parts[0]!r}{did_you_mean(parts[0], TOP_LEVEL_KEYS)}", key=True, shown=key)
         return None
+    if parts[0] == "name":
+        r.report(where, "expected a spec key other than `name`, which the sweep gives each trial (its folder's name), received 'name'", key=True, shown=key)
+        return None
     path = (parts[0],)
     rest = parts[1:]
     if parts[0] == "layers":
@@ -280,9 +283,7 @@ def _resolve(key, plan: Plan, spec, r: _Reader) -> tuple | None:
             r.report(where, "expected a layer option after the layer's name (e.g. layers.hidden.units), received none", key=True, shown=key)
             return None
     path += tuple(rest)
-    resolved = spec.resolved()
-    resolved["layers"] = list(resolved["layers"])
-    node, known = plan.raw, resolved
+    node, known = plan.raw, spec.resolved()
     for i, part in enumerate(path[:-1]):
         known = known[part] if isinstance(known, (dict, list)) and (isinstance(known, list) or part in known) else None
         child = node[part] if isinstance(node, list) else node.get(part)
@@ -290,7 +291,7 @@ def _resolve(key, plan: Plan, spec, r: _Reader) -> tuple | None:
             child = {"type": child}
         elif child is None:
             child = {"type": known["type"]} if isinstance(known, dict) and "type" in known else {}
-        if not isinstance(child, (dict, list)):
+        if not isinstance(child, dict) and not (path[:i + 1] == ("layers",) and isinstance(child, list)):
             r.report(where, f"expected a path through mappings of the spec, received {'.'.join(map(str, path[:i + 1]))} = {describe(child)}", key=True, shown=key)
             return None
         node[part] = child
