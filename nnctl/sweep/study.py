@@ -30,6 +30,8 @@ import warnings
 import zlib
 from pathlib import Path
 
+import yaml
+
 from nnctl.errors import MissingExtra, NnctlError, Problem, SweepError, UsageError
 from nnctl.io.atomic import atomic_write
 from nnctl.spec.load import load_spec
@@ -311,14 +313,14 @@ def _heartbeat(study, trial):
     return stop
 
 
-def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: False, on_epoch=None) -> None:
-    """Train one trial with the training-run function `nnctl train` uses, and tell the study."""
+def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: False, on_epoch=None) -> bool:
+    """Train one trial with the training-run function `nnctl train` uses, and tell the study how
+    it ended (whatever ended it: a bug's exception still leaves the trial failed, not running).
+    False when a stop request ended it."""
     states = _states()
     started = time.monotonic()
     reporter = _Reporter(plan, trial, on_epoch)
     stop_beating = _heartbeat(study, trial)
-    import yaml
-
     spec_file = folder / "spec.yaml"
     with atomic_write(spec_file) as handle:
         handle.write(yaml.safe_dump(plan.trial_raw(params, folder.name, folder), sort_keys=False).encode("utf-8"))
@@ -337,13 +339,16 @@ def run_trial(plan, study, trial, params, folder: Path, stop_requested=lambda: F
         interrupted = True
     except NnctlError as exc:  # a diverged run, a data file that went missing mid-sweep
         facts.update(error=str(exc), counts=True)
+    except BaseException as exc:
+        facts["error"] = f"stopped by {exc.__class__.__name__}"
+        raise
     finally:
         stop_beating.set()
         facts["seconds"] = time.monotonic() - started
         if reporter.best is not None:
             facts.update(best_value=reporter.best[0], best_epoch=reporter.best[1])
         trial.set_user_attr("result", facts)
-    study.tell(trial, reporter.best[0] if state == states.COMPLETE else None, state=state)
+        study.tell(trial, reporter.best[0] if state == states.COMPLETE else None, state=state)
     return not interrupted
 
 
@@ -425,8 +430,6 @@ def write_best(plan, best: dict | None) -> dict | None:
     """best.yaml (a spec `nnctl train` accepts) and best.npz (its trial's weights, when on this host)."""
     if best is None:
         return None
-    import yaml
-
     folder = plan.folder
     spec_file = folder / "best.yaml"
     raw = plan.trial_raw(best["params"], f"{plan.spec_name}-{plan.name}-best", folder)
