@@ -156,6 +156,7 @@ def test_the_other_workers_carry_on_past_a_killed_one(tmp_path):
     assert [t["trial"] for t in data["trials"] if t["state"] == "fail"] == [0]
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # it diverges on purpose
 def test_the_median_pruner_stops_a_diverging_trial_early(tmp_path):
     spec = TWO_TOWER.replace("epochs: 3", "epochs: 12").replace("{type: adam, learning_rate: 0.01}", "{type: sgd, learning_rate: 0.01}")
     folder = project(tmp_path, spec, """\
@@ -184,6 +185,7 @@ def test_without_optuna_the_command_names_the_extra(tmp_path, monkeypatch):
     assert "pip install 'nnctl[sweep]'" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # it diverges on purpose
 def test_a_trial_that_diverges_counts_and_is_not_retried(tmp_path):
     spec = TWO_TOWER.replace("{type: adam, learning_rate: 0.01}", "{type: sgd, learning_rate: 0.01}")
     folder = project(tmp_path, spec, "method: grid\nparameters:\n  optimizer.learning_rate: {values: [0.01, 1000.0]}\n")

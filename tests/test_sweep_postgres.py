@@ -7,6 +7,7 @@ and says why; `.ci/run` installs them.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,24 @@ def test_three_hosts_finish_one_study_on_postgresql(tmp_path, postgres):
     assert sum(ran.values()) == 9
     assert {t["folder"] for t in trials} == {str(p.resolve()) for h in hosts for p in (h / "runs/two_tower/sweeps/sweep/trials").glob("trial-*")}
     assert final["best"]["trial"] == status["best"]["trial"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # this test asks as a bare Optuna worker would
+def test_a_silent_worker_on_another_host_is_failed_by_its_heartbeat(tmp_path, postgres):
+    from nnctl.sweep.plan import load_plan
+    from nnctl.sweep.study import open_study
+    from tests.helpers import run_json
+
+    write_project(tmp_path)
+    (tmp_path / "sweep.yaml").write_text("method: random\ntrials: 2\nheartbeat_seconds: 1\nparameters:\n  optimizer.learning_rate: {values: [0.01, 0.02]}\n")
+    with contextlib.chdir(tmp_path):
+        study, _ = open_study(load_plan("spec.yaml", "sweep.yaml"), postgres)
+    # A worker on another machine asked for a trial, beat once, and went silent (its machine was lost).
+    trial = study.ask()
+    trial.set_user_attr("worker", {"folder": "/elsewhere/trial-0000", "host": "another-host"})
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # past 3 heartbeats
+    data = run_json("sweep", "spec.yaml", "sweep.yaml", "--storage", postgres, cwd=tmp_path)
+    assert data["counts"] == {"complete": 2, "running": 0, "pruned": 0, "fail": 1}
+    lost = [t for t in data["trials"] if t["state"] == "fail"][0]
+    assert lost["trial"] == 0 and lost["error"].startswith("its heartbeat stopped") and lost["host"] == "another-host"

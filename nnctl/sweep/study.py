@@ -200,10 +200,10 @@ def _states():
 
 
 def _reap(study) -> None:
-    """Mark failed each RUNNING trial of this host whose worker died (its folder lock is free, or
-    it has no folder yet: its worker died inside the gate, which we now hold); across hosts,
-    Optuna's heartbeats."""
-    states, host = _states(), socket.gethostname()
+    """Mark failed each RUNNING trial whose worker died: on this host, its folder lock is free (or
+    it has no folder yet: its worker died inside the gate, which we now hold); on any host of an
+    RDB storage, its heartbeat stopped."""
+    storage, states, host = study._storage, _states(), socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         facts = _facts(trial)
         if facts.get("host") not in (None, host):
@@ -212,17 +212,25 @@ def _reap(study) -> None:
         lock = _Flock(Path(folder) / WORKER_LOCK) if folder else None
         if lock is None or (Path(folder).exists() and lock.acquire(blocking=False)):
             try:
-                # Read again, holding its lock: a worker tells its trial's end before it lets go.
-                if study._storage.get_trial(trial._trial_id).state == states.RUNNING:
-                    study._storage.set_trial_user_attr(trial._trial_id, "result", {"error": "its worker died"})
-                    study._storage.set_trial_state_values(trial._trial_id, states.FAIL)
-            finally:
+                _fail_lost(storage, trial._trial_id, "its worker died")  # read again holding its lock:
+            finally:  # a worker tells its trial's end before it lets go
                 if lock is not None:
                     lock.release()
-    if getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna calls its heartbeats experimental
-            optuna().storages.fail_stale_trials(study)
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            _fail_lost(storage, trial_id, f"its heartbeat stopped (no beat for {storage.get_heartbeat_interval() * 3} s)")
+
+
+def _fail_lost(storage, trial_id: int, why: str) -> None:
+    """A trial lost with its worker: failed, and not counted (a rerun runs another)."""
+    states = _states()
+    if storage.get_trial(trial_id).state != states.RUNNING:
+        return
+    try:
+        storage.set_trial_user_attr(trial_id, "result", {**storage.get_trial(trial_id).user_attrs.get("result", {}), "error": why})
+        storage.set_trial_state_values(trial_id, states.FAIL)
+    except optuna().exceptions.UpdateFinishedTrialError:  # its worker told its end meanwhile (another host)
+        pass
 
 
 def _next_combination(plan, trials):
