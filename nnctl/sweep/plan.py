@@ -283,7 +283,7 @@ def _resolve(key, plan: Plan, spec, r: _Reader) -> tuple | None:
             r.report(where, "expected a layer option after the layer's name (e.g. layers.hidden.units), received none", key=True, shown=key)
             return None
     path += tuple(rest)
-    node, known = plan.raw, spec.resolved()
+    node, known = plan.raw, spec.resolved() | {"description": spec.description}
     for i, part in enumerate(path[:-1]):
         known = known[part] if isinstance(known, (dict, list)) and (isinstance(known, list) or part in known) else None
         child = node[part] if isinstance(node, list) else node.get(part)
@@ -296,6 +296,13 @@ def _resolve(key, plan: Plan, spec, r: _Reader) -> tuple | None:
             return None
         node[part] = child
         node = child
+    if isinstance(known, dict) and path[-1] not in known:
+        # Every option is in the resolved spec, defaults too: anything else is a typo, reported at
+        # the key (load_spec would report it at the value).
+        options = [k for k in known if k != "type"]
+        r.report(where, f"expected an option of {'.'.join(parts[:-1]) or 'the spec'} ({', '.join(options)}), received unknown key "
+                        f"{path[-1]!r}{did_you_mean(path[-1], options)}", key=True, shown=key)
+        return None
     return path
 
 
