@@ -9,6 +9,7 @@ import contextlib
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -417,11 +418,10 @@ def sweep_run(spec, sweep_file, trials, workers, storage, plot, as_json):
                 work(plan, storage, stop_requested, on_change=live.refresh)
         else:
             processes = start_workers(plan, workers, storage)
-            while any(p.is_alive() for p in processes):
+            while any(p.poll() is None for p in processes):
                 live.refresh()
-                for p in processes:
-                    p.join(timeout=0.5 / len(processes))
-            dead = [p.exitcode for p in processes if p.exitcode]
+                time.sleep(0.1)
+            dead = [p.returncode for p in processes if p.returncode]
             if dead:
                 click.echo(f"Note: {len(dead)} worker(s) ended with exit codes {dead}; rerun the command to complete the study.", file=STDERR)
     data = summary(study)
