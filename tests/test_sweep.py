@@ -231,3 +231,19 @@ def test_the_plot_is_a_picture_with_matplotlib_and_a_note_without(tmp_path):
         assert data["plot"] is None and "pip install 'nnctl[plot]'" in result.stderr and not (folder / "sweep.png").exists()
     refused = run("sweep", "status", "sweep.yaml", "--plot", "sweep.yaml", cwd=folder)
     assert refused.exit_code == 2 and "--plot: expected a .png, .svg, .pdf file" in refused.stderr
+
+
+def test_a_journal_lock_whose_holder_was_killed_mid_write_is_free_at_once(tmp_path):
+    """Optuna's own file locks wait out a stale-lock timeout (or never recover, given a relative
+    path); the sweep's journal lock is the kernel's, released with a SIGKILLed holder."""
+    folder = project(tmp_path, sweep="method: random\ntrials: 1\nparameters:\n  optimizer.learning_rate: {values: [0.01]}\n")
+    lock = folder / FOLDER / "journal.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl, os, time; fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    started = time.monotonic()
+    assert run_json("sweep", "spec.yaml", "sweep.yaml", cwd=folder)["counts"]["complete"] == 1
+    assert time.monotonic() - started < 10  # not a 30 s stale-lock timeout
