@@ -144,3 +144,15 @@ class FileSystemError(NnctlError):
     a folder should be, no permission. What the user's machine refused, not a bug in nnctl."""
 
     kind = "file error"
+
+
+class SweepError(NnctlError):
+    """A sweep file that cannot run: a bad key, a parameter path the spec lacks, a value its options refuse."""
+
+    kind = "sweep error"
+
+
+class MissingExtra(NnctlError):
+    """An optional extra a command needs (Optuna for `nnctl sweep`) is not installed."""
+
+    kind = "missing extra"

@@ -1,7 +1,7 @@
 """The house's layout: each folder of nnctl imports only folders below it, and an install ships them all.
 
 The order, lowest first (the README's "Layout" section says what lives in each):
-the package root (errors, options), core, io, data, model, train, spec, diagnostics, export, cli.
+the package root (errors, options), core, io, data, model, train, spec, diagnostics, export, sweep, cli.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nnctl"
-LAYERS = ["", "core", "io", "data", "model", "train", "spec", "diagnostics", "export", "cli"]
+LAYERS = ["", "core", "io", "data", "model", "train", "spec", "diagnostics", "export", "sweep", "cli"]
 
 
 def _modules():

@@ -9,6 +9,7 @@ import contextlib
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -412,6 +413,105 @@ def export_command(spec, weights, output, opset, no_verify, as_json):
     else:
         console().print(export_view(result))
     sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
+# --- sweeps --------------------------------------------------------------------------------------
+class _SweepGroup(click.Group):
+    """`nnctl sweep SPEC SWEEP.yaml` runs a sweep; `nnctl sweep status SWEEP.yaml` shows one."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+                           help="Also save the metric against each parameter as .png/.svg/.pdf (needs matplotlib: pip install 'nnctl[plot]').")
+storage_option = click.option("--storage", metavar="URL", help="An Optuna RDB URL (postgresql://...) that workers on several "
+                              "machines share [a journal file under runs/<name>/sweeps/<sweep>/].")
+
+
+@cli.group(cls=_SweepGroup)
+def sweep():
+    """Hyper-parameter sweeps of a spec on Optuna (pip install 'nnctl[sweep]'): nnctl sweep SPEC SWEEP.yaml."""
+
+
+@sweep.command("run")
+@spec_argument
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trials", type=click.IntRange(min=1), help="Run the study to this many trials [the sweep file's trials].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
+@storage_option
+@plot_option
+@json_option
+def sweep_run(spec, sweep_file, trials, workers, storage, plot, as_json):
+    """Run the trials of SWEEP.yaml on SPEC until the study has its trial count (a rerun resumes it)."""
+    from nnctl.cli.sweep_report import SweepProgress
+    from nnctl.sweep.plan import load_plan
+    from nnctl.sweep.study import open_study, start_workers, summary, work, write_best
+
+    if plot is not None:
+        _check_plot(plot, {"the spec": spec, "the sweep file": sweep_file})
+    plan = load_plan(spec, sweep_file)
+    if trials is not None:
+        plan.trials = trials
+    study, _ = open_study(plan, storage)
+    live = SweepProgress(console(), lambda: summary(study), enabled=not (as_json or quiet()))
+    with live:
+        if workers == 1:
+            with _graceful_stop() as stop_requested:
+                work(plan, storage, stop_requested, on_change=live.refresh)
+        else:
+            processes = start_workers(plan, workers, storage)
+            while any(p.poll() is None for p in processes):
+                live.refresh()
+                time.sleep(0.1)
+            dead = [p.returncode for p in processes if p.returncode]
+            if dead:
+                click.echo(f"Note: {len(dead)} worker(s) ended with exit codes {dead}; rerun the command to complete the study.", file=STDERR)
+    data = summary(study)
+    best = write_best(plan, data["best"])
+    _show_sweep(data, best, plot, as_json)
+
+
+def _check_plot(plot, inputs):
+    from nnctl.cli.plotting import PICTURE_SUFFIXES
+    from nnctl.io.paths import check_suffix, refuse_inputs
+
+    check_suffix(plot, PICTURE_SUFFIXES, "--plot")
+    refuse_inputs(plot, "--plot", inputs)
+
+
+def _show_sweep(data, best, plot, as_json):
+    from nnctl.cli.plotting import PlotUnavailable
+    from nnctl.cli.sweep_report import save_sweep_figure, sweep_data, sweep_view
+
+    written = None
+    if plot is not None:
+        try:
+            save_sweep_figure(data, plot)
+            written = plot
+        except PlotUnavailable as exc:
+            click.echo(f"Note: {exc}; the terminal chart is all there is.", file=STDERR)
+    if as_json:
+        emit_json(sweep_data(data, best) | {"plot": str(written) if written else None})
+        return
+    show(sweep_view(data, best))
+    for label, path in (("best spec", best and best["spec"]), ("best weights", best and best["weights"]), ("plot", written)):
+        if path:
+            print_path(label, path)
+
+
+@sweep.command("status")
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@storage_option
+@plot_option
+@json_option
+def sweep_status(sweep_file, storage, plot, as_json):
+    """The trials of SWEEP.yaml's study so far, sorted by the metric."""
+    from nnctl.sweep.study import find_study, summary
+
+    if plot is not None:
+        _check_plot(plot, {"the sweep file": sweep_file})
+    _show_sweep(summary(find_study(sweep_file, storage)), None, plot, as_json)
 
 
 def main():
