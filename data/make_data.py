@@ -28,13 +28,16 @@ SEED_TWO_TOWER = 0
 SEED_LINEAR = 1
 SEED_PRODUCT = 2
 SEED_CUSTOMERS = 3
+SEED_CLICKS = 4
 
 LINEAR_KERNEL = [[2.0], [-3.4], [0.5]]
 LINEAR_BIAS = [4.2]
 
 
 def _fmt(v) -> str:
-    """Exact text for one value: ints as ints, floats as repr (round-trips)."""
+    """Exact text for one value: text as it is, ints as ints, floats as repr (round-trips)."""
+    if isinstance(v, str):
+        return v
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     f = float(v)
@@ -157,6 +160,30 @@ def make_customers() -> None:
     print("wrote", path)
 
 
+def make_clicks() -> None:
+    """Synthetic recommender interactions whose structure is known: each user and item has a hidden
+    3-d taste; a click is likelier the closer the tastes (cosine), and for popular items. User
+    features (age, region) and item features (category, price) carry part of the taste."""
+    rng = np.random.default_rng(SEED_CLICKS)
+    users, items, n = 200, 100, 6000
+    regions, categories = ["north", "south", "east", "west"], ["books", "games", "music", "tools", "garden"]
+    user_region = rng.integers(0, len(regions), users)
+    item_category = rng.integers(0, len(categories), items)
+    region_taste, category_taste = rng.normal(size=(len(regions), 3)), rng.normal(size=(len(categories), 3))
+    user_taste = region_taste[user_region] + 0.7 * rng.normal(size=(users, 3))
+    item_taste = category_taste[item_category] + 0.7 * rng.normal(size=(items, 3))
+    user_age = rng.integers(18, 75, users)
+    item_price = np.round(rng.gamma(2.0, 15.0, items), 2)
+    popularity = rng.normal(0, 0.6, items)
+    u, i = rng.integers(0, users, n), rng.integers(0, items, n)
+    cosine = (user_taste[u] * item_taste[i]).sum(1) / np.linalg.norm(user_taste[u], axis=1) / np.linalg.norm(item_taste[i], axis=1)
+    click = rng.random(n) < 1 / (1 + np.exp(-(3.0 * cosine + popularity[i] - 1.0)))
+    header = ["user_id", "user_age", "user_region", "item_id", "item_category", "item_price", "click"]
+    rows = [[int(u[k]), int(user_age[u[k]]), regions[user_region[u[k]]], int(i[k]), categories[item_category[i[k]]],
+             float(item_price[i[k]]), int(click[k])] for k in range(n)]
+    print("wrote", write_csv("clicks.csv", header, rows))
+
+
 def main() -> None:
     make_two_tower()
     make_linear()
@@ -165,6 +192,7 @@ def main() -> None:
     make_sklearn()
     make_iris_names()
     make_customers()
+    make_clicks()
 
 
 if __name__ == "__main__":

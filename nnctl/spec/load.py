@@ -283,10 +283,17 @@ def _apply(data: dict, override: Override, c: _Checker) -> None:
     """Set `override` in the raw data; its problems are reported at its source, not in the file."""
     c.sources[override.path] = override.source
     node = data
-    for key in override.path[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
+    for key, below in zip(override.path, override.path[1:]):
+        if isinstance(node, list):  # a list index ("layers", 2, "units"): the list is the spec's own
+            if not (isinstance(key, int) and -len(node) <= key < len(node)):
+                c.report(override.path[:1], f"expected a key path into the spec, received {path_text(override.path)}")
+                return
+        elif not isinstance(node.get(key), (dict, list)):
+            node[key] = [] if isinstance(below, int) else {}
         node = node[key]
+    if isinstance(node, list) and not isinstance(override.path[-1], int):
+        c.report(override.path[:1], f"expected a key path into the spec, received {path_text(override.path)}")
+        return
     node[override.path[-1]] = override.value
 
 

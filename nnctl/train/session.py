@@ -124,7 +124,7 @@ def open_session(spec, weights=None, dtype: str | None = None, backend: str | No
         session = Session(spec, get_backend(backend or spec.backend), weights=values, dtype=dtype)
     except WeightsError as exc:  # values that overflow the run's dtype: say which file they came from
         raise WeightsError([p if p.file else Problem(p.message, str(weights)) for p in exc.problems]) from None
-    if state is not None and spec.data.columns is not None:
+    if state is not None and columns is not None:
         session.preprocessing = preprocessing.state_from_arrays(state, prepared.configs_of(spec.data), str(weights))
     return session
 
