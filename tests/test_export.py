@@ -4,7 +4,6 @@ predictions under onnxruntime at batch 1 and 37 (float32: 1e-5 + 1e-4·|x|; floa
 the verification can fail; bad input exits 2 and overwrites nothing."""
 from __future__ import annotations
 
-import json
 import random
 import shutil
 
@@ -26,7 +25,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from nnctl.export import lowering  # noqa: E402  (after the skips: it needs nothing of onnx, the rest does)
-from nnctl.export.onnx_file import TOLERANCES, build, compare, export, sample_inputs, verify  # noqa: E402
+from nnctl.export.onnx_file import TOLERANCES, build, compare, sample_inputs, verify  # noqa: E402
 
 ROWS = 37  # the batch verified besides 1
 
@@ -39,10 +38,10 @@ def test_every_registry_entry_has_a_lowering():
 
 
 def test_a_new_layer_type_without_a_lowering_is_found(monkeypatch):
-    monkeypatch.setitem(LAYERS, "reshape", LAYERS["dense"])
+    monkeypatch.setitem(LAYERS, "cropping", LAYERS["dense"])
     monkeypatch.setitem(ACTIVATIONS, "swish", ACTIVATIONS["relu"])
     monkeypatch.setitem(LOSSES, "poisson", LOSSES["mse"])
-    assert lowering.missing_lowerings() == ["layer reshape", "activation swish", "output poisson"]
+    assert lowering.missing_lowerings() == ["layer cropping", "activation swish", "output poisson"]
 
 
 # --- seeded random graphs: every layer type, every activation --------------------------------------
@@ -54,7 +53,9 @@ def _activation(rng, name):
 
 def random_graph(seed: int, loss: dict) -> dict:
     """A spec whose layers are every layer type (dense with every activation) in a seeded random DAG
-    over two inputs; every layer leads to the output through a final concat and dense."""
+    over two inputs and one of ids (the embedding's); every layer leads to the output through a
+    final concat and dense. Tensors are 1-D per sample: the 2-D ones (reshape, embedding) are
+    flattened back."""
     rng = random.Random(seed)
     width = {"a": 3, "b": 4}  # tensor -> per-sample width
     unused = set(width)
@@ -75,6 +76,10 @@ def random_graph(seed: int, loss: dict) -> dict:
         add_layer("dense", [source], units, units=units, activation=activation, kernel_initializer=init, bias_initializer=init,
                   use_bias=rng.random() < 0.8)
 
+    def flatten_2d():
+        grid = layers[-1]["name"]
+        add_layer("flatten", [grid], width.pop(grid))
+
     kinds = [*LAYERS, *(f"dense:{a}" for a in ACTIVATIONS)]
     rng.shuffle(kinds)
     for kind in kinds:
@@ -84,10 +89,26 @@ def random_graph(seed: int, loss: dict) -> dict:
         elif kind == "concat":
             sources = rng.sample(sorted(width), min(len(width), rng.randint(2, 3)))
             add_layer("concat", sources, sum(width[s] for s in sources))
-        elif kind == "add":
+        elif kind in ("add", "multiply", "average", "maximum", "minimum", "subtract", "dot"):
             dense(pick(), width[source], {"type": "tanh"})
             twin = layers[-1]["name"]
-            add_layer("add", [source, twin] + ([twin] if rng.random() < 0.5 else []), width[source])
+            many = kind not in ("subtract", "dot") and rng.random() < 0.5
+            config = {"normalize": rng.random() < 0.5} if kind == "dot" else {}
+            add_layer(kind, [source, twin] + ([twin] if many else []), 1 if kind == "dot" else width[source], **config)
+        elif kind == "batch_normalization":
+            stats = {"type": "random_uniform", "minval": 0.5, "maxval": 2.0}
+            add_layer(kind, [source], width[source], momentum=0.9, center=rng.random() < 0.7, scale=rng.random() < 0.7,
+                      moving_mean_initializer=init, moving_variance_initializer=stats, gamma_initializer=init, beta_initializer=init)
+        elif kind == "layer_normalization":
+            add_layer(kind, [source], width[source], epsilon=rng.choice([1e-3, 1e-5]), gamma_initializer=init, beta_initializer=init)
+        elif kind == "reshape":
+            add_layer("reshape", [source], width[source], target_shape=[-1, 1])
+            flatten_2d()
+        elif kind == "embedding":
+            add_layer("embedding", ["ids"], 2 * 3, input_dim=5, output_dim=3, embeddings_initializer=init)
+            flatten_2d()
+        elif kind == "flatten":
+            add_layer("flatten", [source], width[source])
         elif kind == "dropout":
             add_layer("dropout", [source], width[source], rate=0.4)
         elif kind == "dense":
@@ -98,7 +119,7 @@ def random_graph(seed: int, loss: dict) -> dict:
     if len(ends) > 1:
         add_layer("concat", ends, sum(width[e] for e in ends))
     dense(layers[-1]["name"], 1 if loss["type"] == "binary_crossentropy" else 4, {"type": "linear"})
-    return {"seed": seed, "inputs": {"a": [3], "b": [4]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
+    return {"seed": seed, "inputs": {"a": [3], "b": [4], "ids": [2]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
 
 
 LOSS_CASES = [
@@ -168,6 +189,30 @@ def test_multi_dimensional_inputs_and_softmax_over_a_middle_axis(make_session):
     exported = build(session)
     assert [d.dim_param or d.dim_value for d in exported.model.graph.output[0].type.tensor_type.shape.dim] == ["batch", 2, 3]
     _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), "float64", ["out"])
+
+
+GRIDS = {"inputs": {"x": [2, 3], "y": [3, 4]}, "loss": "mse", "layers": [
+    {"name": "cosine", "type": "dot", "axes": [2, 1], "normalize": True, "from": ["x", "y"]},
+    {"name": "paired", "type": "dot", "axes": [2, 2], "from": ["cosine", "y"]},
+    {"name": "rows", "type": "layer_normalization", "axis": 1, "from": "paired",
+     "gamma_initializer": {"type": "random_normal"}, "beta_initializer": {"type": "random_normal"}},
+    {"name": "grid", "type": "batch_normalization", "from": "rows", "moving_mean_initializer": {"type": "random_normal"},
+     "moving_variance_initializer": {"type": "random_uniform", "minval": 0.5, "maxval": 2}},
+    {"name": "turned", "type": "reshape", "target_shape": [3, -1], "from": "grid"},
+    {"name": "flat", "type": "flatten", "from": "turned"},
+    {"name": "flat_cosine", "type": "flatten", "from": "cosine"},
+    {"name": "out", "type": "concat", "from": ["flat", "flat_cosine"]},
+]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layers_over_several_axes(make_session, dtype):
+    """dot over chosen axes (normalized or not), layer normalization over a middle axis, batch
+    normalization and reshape of 2-D samples."""
+    session = make_session(GRIDS, dtype=dtype)
+    exported = build(session)
+    assert [d.dim_param or d.dim_value for d in exported.model.graph.output[0].type.tensor_type.shape.dim] == ["batch", 14]
+    _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), dtype, ["out"])
 
 
 def test_verification_fails_when_the_file_computes_something_else(make_session):
