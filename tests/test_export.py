@@ -12,20 +12,22 @@ import pytest
 import yaml
 
 from nnctl.core.backend import get_backend
+from nnctl.data import prepared
+from nnctl.data.preprocessing import state_arrays
 from nnctl.data.dataset import Dataset
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.model.graph import Model
 from nnctl.model.layers import LAYERS
 from nnctl.spec.load import load_spec
 from nnctl.train.losses import LOSSES
-from nnctl.train.session import Session, load_spec_data
+from nnctl.train.session import Session, load_spec_data, open_session, training_sets
 from tests.helpers import ROOT, SPECS, run, run_json
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from nnctl.export import lowering  # noqa: E402  (after the skips: it needs nothing of onnx, the rest does)
-from nnctl.export.onnx_file import TOLERANCES, build, compare, sample_inputs, verify  # noqa: E402
+from nnctl.export.onnx_file import TOLERANCES, build, compare, raw_feeds, sample_inputs, verify  # noqa: E402
 
 ROWS = 37  # the batch verified besides 1
 
@@ -490,3 +492,93 @@ def test_a_model_over_protobufs_limit_is_refused(project, digits, tmp_path, monk
     result = run("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", cwd=project)
     assert result.exit_code == 2 and not (tmp_path / "d.onnx").exists()
     assert result.stderr.startswith(f"Error (usage error): {spec}: expected a model that fits one ONNX file (1,000 bytes at most")
+
+
+# --- column preprocessing: raw rows in, predict's outputs out ------------------------------------------
+def _init_spec(project, csv, target, dtype, edit=None):
+    """`nnctl init` on a shipped raw table, in `dtype`, edited by `edit(spec dict)`; its weights file:
+    the initial weights and the preprocessing fitted on the training rows (training is other tests')."""
+    name = f"{csv}_{dtype}_{edit.__name__ if edit else 'init'}"
+    path = project / f"{name}.yaml"
+    result = run("init", project / "data" / f"{csv}.csv", "--target", target, "--out", path, cwd=project)
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load(path.read_text())
+    spec.update(name=name, dtype=dtype)
+    if edit:
+        edit(spec)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    loaded = load_spec(path)
+    session = Session(loaded, get_backend("numpy"))
+    training_sets(session)
+    weights = project / f"{name}.npz"
+    numpy.savez(weights, **Model(loaded).initial_weights(loaded.seed), **state_arrays(session.preprocessing))
+    return path, weights
+
+
+def region_as_ids(spec):
+    """plan with an unknown bucket, region encoded as an index into an embedding (its unknown id
+    is len(vocabulary): input_dim one more), autopay binary, the numbers filled and standardized."""
+    spec["data"]["columns"]["plan"]["unknown"] = "bucket"
+    spec["data"]["columns"]["region"].update(encode="index", missing="constant", fill_value="west")
+    spec["data"]["inputs"] = {"x": [c for c in spec["data"]["inputs"]["x"] if c != "region"], "region_id": ["region"]}
+    spec["inputs"] = {"x": [8], "region_id": [1]}
+    spec["layers"] = [
+        {"name": "region_vector", "type": "embedding", "input_dim": 5, "output_dim": 2, "from": "region_id"},
+        {"name": "region_flat", "type": "flatten"},
+        {"name": "joined", "type": "concat", "from": ["x", "region_flat"]},
+        {"name": "hidden", "type": "dense", "units": 8, "activation": "tanh"},
+        {"name": "logits", "type": "dense", "units": 3},
+    ]
+
+
+def _with_surprises(project):
+    """customers.csv with unknown categories ('platinum', 'mars') and blank
+    cells in the first rows, besides its own missing cells."""
+    lines = (project / "data" / "customers.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    for i, (column, value) in enumerate([("plan", "platinum"), ("region", "mars"), ("plan", ""), ("region", ""),
+                                         ("monthly_fee", ""), ("tenure_months", ""), ("autopay", "")]):
+        rows[i][header.index(column)] = value
+    path = project / "customers_surprises.csv"
+    path.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    return path
+
+
+COLUMN_CASES = [(csv, target, dtype, edit) for csv, target, edit in [("customers", "outcome", None), ("customers", "outcome", region_as_ids),
+                                                                     ("iris_names", "species", None)]
+                for dtype in ("float32", "float64")]
+
+
+@pytest.mark.parametrize("csv,target,dtype,edit", COLUMN_CASES, ids=[f"{c}-{d}-{e.__name__ if e else 'init'}" for c, _, d, e in COLUMN_CASES])
+def test_raw_columns_export_equal_to_predict(project, csv, target, dtype, edit):
+    """One input per raw column; the file's prob and class texts equal `nnctl predict` on the raw
+    rows, unknown categories and missing cells included, at batch 1 and 37."""
+    spec_path, weights = _init_spec(project, csv, target, dtype, edit)
+    out = project / f"{spec_path.stem}.onnx"
+    data = run_json("export", spec_path, "--weights", weights, "--output", out, cwd=project)
+    spec = load_spec(spec_path)
+    columns = [c for group in spec.data.inputs.values() for c in group]
+    assert [p["name"] for p in data["inputs"]] == columns
+    session = open_session(spec, weights)
+    assert [p["dtype"] for p in data["inputs"]] == ["string" if c in (spec.data.columns or {}) and
+                                                    spec.data.columns[c]["type"] in ("category", "binary") else "float64" for c in columns]
+    assert [(p["name"], p["dtype"]) for p in data["outputs"]] == [("prob", dtype), ("class", "string")]
+    rtol, atol = TOLERANCES[dtype]
+    assert data["passed"] and all(e["max_abs"] <= atol + rtol for e in data["errors"])
+
+    table = _with_surprises(project) if csv == "customers" else project / "data" / f"{csv}.csv"
+    predicted = run_json("predict", spec_path, "--weights", weights, "--input", table, cwd=project)
+    if csv == "customers":
+        assert predicted["preprocessing"]["unknown"] == {"plan": 1, "region": 1}  # the surprises reached nnctl
+    feeds = raw_feeds(prepared.read_raw(table, spec.data, targets=False), numpy.arange(ROWS))
+    runner = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for size in (1, ROWS):
+        prob, classes = runner.run(None, {k: v[:size] for k, v in feeds.items()})
+        assert prob.dtype == numpy.dtype(dtype)
+        numpy.testing.assert_allclose(prob, numpy.array(predicted["outputs"][:size]), rtol=rtol, atol=atol)
+        assert classes.tolist() == predicted["classes"][:size]
+        assert set(classes) <= set(session.preprocessing[target].vocabulary)
+    # The verification itself, on these rows: it passes, and would catch a wrong class text.
+    exported = build(session)
+    _assert_verified(verify(session, exported, feeds), dtype, ["prob", "class"])
