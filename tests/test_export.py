@@ -500,7 +500,7 @@ def _init_spec(project, csv, target, dtype, edit=None):
     the initial weights and the preprocessing fitted on the training rows (training is other tests')."""
     name = f"{csv}_{dtype}_{edit.__name__ if edit else 'init'}"
     path = project / f"{name}.yaml"
-    result = run("init", project / "data" / f"{csv}.csv", "--target", target, "--out", path, cwd=project)
+    result = run("init", project / "data" / f"{csv}.csv", "--target", target, "--out", path, "--force", cwd=project)
     assert result.exit_code == 0, result.output
     spec = yaml.safe_load(path.read_text())
     spec.update(name=name, dtype=dtype)
@@ -582,3 +582,21 @@ def test_raw_columns_export_equal_to_predict(project, csv, target, dtype, edit):
     # The verification itself, on these rows: it passes, and would catch a wrong class text.
     exported = build(session)
     _assert_verified(verify(session, exported, feeds), dtype, ["prob", "class"])
+
+
+def test_raw_columns_below_opset_9_name_the_input_and_the_opset(project):
+    spec_path, weights = _init_spec(project, "customers", "outcome", "float32")
+    out = project / "opset8.onnx"
+    result = run("export", spec_path, "--weights", weights, "--output", out, "--opset", 8, cwd=project)
+    assert result.exit_code == 2 and not out.exists()
+    assert ("data.inputs.x: --opset 8: expected an opset of at least 9 for the columns of input 'x' (filling missing numbers, "
+            "written with IsNaN and Where), received 8") in " ".join(result.stderr.split())
+
+
+def test_raw_columns_need_a_weights_file_with_their_preprocessing(project, tmp_path):
+    spec_path, _ = _init_spec(project, "iris_names", "species", "float64")
+    weights = tmp_path / "bare.npz"
+    numpy.savez(weights, **Model(load_spec(spec_path)).initial_weights(0))
+    result = run("export", spec_path, "--weights", weights, "--output", tmp_path / "m.onnx", cwd=project)
+    assert result.exit_code == 2 and not (tmp_path / "m.onnx").exists()
+    assert result.stderr == f"Error (data error): {weights}: expected the fitted preprocessing of column 'sepal_length' (arrays preprocessing/sepal_length/...), received none\n"
