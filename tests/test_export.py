@@ -600,3 +600,26 @@ def test_raw_columns_need_a_weights_file_with_their_preprocessing(project, tmp_p
     result = run("export", spec_path, "--weights", weights, "--output", tmp_path / "m.onnx", cwd=project)
     assert result.exit_code == 2 and not (tmp_path / "m.onnx").exists()
     assert result.stderr == f"Error (data error): {weights}: expected the fitted preprocessing of column 'sepal_length' (arrays preprocessing/sepal_length/...), received none\n"
+
+
+def plan_unknown_error(spec):
+    spec["data"]["columns"]["plan"]["unknown"] = "error"
+
+
+def test_what_nnctl_refuses_reads_as_documented(project):
+    """Inside ONNX nothing raises: an unknown plan under `unknown: error` is what `ignore` gives,
+    a third autopay value is the binary column's first (0)."""
+    from nnctl.export.onnx_file import nnctl_outputs
+
+    spec_path, weights = _init_spec(project, "customers", "outcome", "float64", plan_unknown_error)
+    session = open_session(load_spec(spec_path), weights)
+    runner = ort.InferenceSession(build(session).data, providers=["CPUExecutionProvider"])
+    feeds = raw_feeds(prepared.read_raw(project / "data" / "customers.csv", session.spec.data, targets=False), numpy.arange(ROWS))
+    feeds["plan"][:] = "platinum"
+    negative = session.preprocessing["autopay"].values[0]
+    surprising = {**feeds, "autopay": numpy.full_like(feeds["autopay"], "maybe")}
+    prob, classes = runner.run(None, surprising)
+    session.preprocessing["plan"].unknown = "ignore"
+    expected, expected_classes = nnctl_outputs(session, {**feeds, "autopay": numpy.full_like(feeds["autopay"], negative)})
+    numpy.testing.assert_allclose(prob, expected, rtol=1e-9, atol=1e-9)
+    assert classes.tolist() == expected_classes.tolist()
