@@ -623,3 +623,20 @@ def test_what_nnctl_refuses_reads_as_documented(project):
     expected, expected_classes = nnctl_outputs(session, {**feeds, "autopay": numpy.full_like(feeds["autopay"], negative)})
     numpy.testing.assert_allclose(prob, expected, rtol=1e-9, atol=1e-9)
     assert classes.tolist() == expected_classes.tolist()
+
+
+def test_a_raw_column_named_as_an_output_is_refused(project):
+    """Its input would take the name of the probabilities' output."""
+    spec_path, weights = _init_spec(project, "iris_names", "species", "float32")
+    table = project / "iris_prob.csv"
+    table.write_text((project / "data" / "iris_names.csv").read_text().replace("sepal_width", "prob", 1))
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["data"]["inputs"]["x"] = ["prob" if c == "sepal_width" else c for c in spec["data"]["inputs"]["x"]]
+    spec["data"]["path"] = str(table)
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    session = Session(load_spec(spec_path), get_backend("numpy"))
+    training_sets(session)
+    numpy.savez(weights, **Model(load_spec(spec_path)).initial_weights(0), **state_arrays(session.preprocessing))
+    result = run("export", spec_path, "--weights", weights, "--output", project / "prob.onnx", cwd=project)
+    assert result.exit_code == 2 and not (project / "prob.onnx").exists()
+    assert "data.inputs.x: expected input names other than the exported outputs' (prob, class), received input 'prob'" in result.stderr

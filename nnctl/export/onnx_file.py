@@ -118,9 +118,8 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
         g.name(port.name)
 
     weights = session.params.to_host()
-    tensors = {port.name: port.name for port in inputs}
-    if fitted is not None:
-        tensors = {}
+    tensors = {port.name: port.name for port in inputs} if fitted is None else {}
+    if fitted is not None:  # the model's inputs from the raw columns
         for group, columns in groups.items():
             g.where = ("data", "inputs", group), f"the columns of input {group!r}"
             parts = [LOWERINGS["column", type(fitted[c]).__name__.lower()](g, fitted[c], c, f"{group}/{c}") for c in columns]
