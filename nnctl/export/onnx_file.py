@@ -238,18 +238,19 @@ def _raw_sample(session, rows: int) -> dict:
     spec, fitted = session.spec, fitted_columns(session)
     raw = prepared.read_raw(spec.data.path, spec.data, targets=False)
     keep = keep_rows(raw, fitted, prepared.configs_of(spec.data, targets=False))
-    return raw_feeds(raw, _spread(numpy.flatnonzero(keep), rows))
+    return raw_feeds(raw, _spread(numpy.flatnonzero(keep), rows), fitted)
 
 
-def raw_feeds(raw: dict, rows) -> dict:
-    """The ONNX feeds of `rows` of raw columns ({name: preprocessing.Column}): numbers as float64
-    (NaN where missing), text as strings ("" where missing), each (rows, 1)."""
+def raw_feeds(raw: dict, rows, fitted: dict) -> dict:
+    """The ONNX feeds of `rows` of raw columns ({name: preprocessing.Column}) with `fitted`
+    transforms: a numeric column's floats (NaN where missing), any other's text as nnctl reads it
+    (numbers as tokens, "" where missing), each (rows, 1)."""
     feeds = {}
     for name, column in raw.items():
-        if column.numeric:
+        if isinstance(fitted[name], Numeric):
             feeds[name] = column.values[rows].astype(numpy.float64)[:, None]
         else:
-            feeds[name] = numpy.array(["" if t is None else t for t in column.values[rows]], dtype=object)[:, None]
+            feeds[name] = numpy.array(["" if t is None else t for t in column.tokens()[rows]], dtype=object)[:, None]
     return feeds
 
 
