@@ -5,7 +5,8 @@
 
 Both run in this process on the same rows (every row of the spec's data file, tiled to --rows):
 nnctl as `nnctl predict` runs it (Session.predict: the compiled forward in chunks of 1024, then the
-probabilities), onnxruntime as a server would (one InferenceSession, one run per call). Rows per
+probabilities; for a spec with column preprocessing, from the raw columns through it), onnxruntime
+as a server would (one InferenceSession, one run per call). Rows per
 second for one call of --rows rows and for --single calls of one row; the best of --repeats
 rounds, the two taking turns within each round. Start-up and file reading are not timed. Ratios
 are only meaningful within one run.
@@ -24,8 +25,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from nnctl.data.dataset import Dataset  # noqa: E402
-from nnctl.export.onnx_file import build, sample_inputs  # noqa: E402
+from nnctl.export.onnx_file import build, nnctl_outputs, sample_inputs  # noqa: E402
 from nnctl.model.graph import Model  # noqa: E402
 from nnctl.spec.load import load_spec  # noqa: E402
 from nnctl.train.session import open_session  # noqa: E402
@@ -59,19 +59,17 @@ def measure(spec_path: Path, weights: Path | None, rows: int, single: int, repea
     data = sample_inputs(session, 10**9)  # every row of the data file
     reps = -(-rows // len(next(iter(data.values()))))
     inputs = {name: np.ascontiguousarray(np.concatenate([a] * reps)[:rows]) for name, a in data.items()}
-    dataset = Dataset(None, inputs, None, np.arange(rows))
     exported = build(session)
     options = ort.SessionOptions()
     runner = ort.InferenceSession(exported.data, options, providers=["CPUExecutionProvider"])
     names = [port.name for port in exported.outputs]
     one_row = [{name: a[i:i + 1] for name, a in inputs.items()} for i in range(single)]
-    one_row_sets = [Dataset(None, feed, None, np.arange(1)) for feed in one_row]
     results = {
         "spec": str(spec_path), "rows": rows, "single_rows": single, "threads": options.intra_op_num_threads or "default",
         "bytes": len(exported.data),
-        "batch": best_rates({"nnctl_predict": lambda: session.predict(dataset),
+        "batch": best_rates({"nnctl_predict": lambda: nnctl_outputs(session, inputs),
                              "onnxruntime": lambda: runner.run(names, inputs)}, rows, repeats),
-        "one_row": best_rates({"nnctl_predict": lambda: [session.predict(d) for d in one_row_sets],
+        "one_row": best_rates({"nnctl_predict": lambda: [nnctl_outputs(session, feed) for feed in one_row],
                                "onnxruntime": lambda: [runner.run(names, feed) for feed in one_row]}, single, repeats),
     }
     return results

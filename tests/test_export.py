@@ -4,7 +4,6 @@ predictions under onnxruntime at batch 1 and 37 (float32: 1e-5 + 1e-4·|x|; floa
 the verification can fail; bad input exits 2 and overwrites nothing."""
 from __future__ import annotations
 
-import json
 import random
 import shutil
 
@@ -13,20 +12,22 @@ import pytest
 import yaml
 
 from nnctl.core.backend import get_backend
+from nnctl.data import prepared
+from nnctl.data.preprocessing import state_arrays
 from nnctl.data.dataset import Dataset
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.model.graph import Model
 from nnctl.model.layers import LAYERS
 from nnctl.spec.load import load_spec
 from nnctl.train.losses import LOSSES
-from nnctl.train.session import Session, load_spec_data
+from nnctl.train.session import Session, load_spec_data, open_session, training_sets
 from tests.helpers import ROOT, SPECS, run, run_json
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from nnctl.export import lowering  # noqa: E402  (after the skips: it needs nothing of onnx, the rest does)
-from nnctl.export.onnx_file import TOLERANCES, build, compare, export, sample_inputs, verify  # noqa: E402
+from nnctl.export.onnx_file import TOLERANCES, build, compare, raw_feeds, sample_inputs, verify  # noqa: E402
 
 ROWS = 37  # the batch verified besides 1
 
@@ -39,10 +40,10 @@ def test_every_registry_entry_has_a_lowering():
 
 
 def test_a_new_layer_type_without_a_lowering_is_found(monkeypatch):
-    monkeypatch.setitem(LAYERS, "reshape", LAYERS["dense"])
+    monkeypatch.setitem(LAYERS, "cropping", LAYERS["dense"])
     monkeypatch.setitem(ACTIVATIONS, "swish", ACTIVATIONS["relu"])
     monkeypatch.setitem(LOSSES, "poisson", LOSSES["mse"])
-    assert lowering.missing_lowerings() == ["layer reshape", "activation swish", "output poisson"]
+    assert lowering.missing_lowerings() == ["layer cropping", "activation swish", "output poisson"]
 
 
 # --- seeded random graphs: every layer type, every activation --------------------------------------
@@ -54,7 +55,9 @@ def _activation(rng, name):
 
 def random_graph(seed: int, loss: dict) -> dict:
     """A spec whose layers are every layer type (dense with every activation) in a seeded random DAG
-    over two inputs; every layer leads to the output through a final concat and dense."""
+    over two inputs and one of ids (the embedding's); every layer leads to the output through a
+    final concat and dense. Tensors are 1-D per sample: the 2-D ones (reshape, embedding) are
+    flattened back."""
     rng = random.Random(seed)
     width = {"a": 3, "b": 4}  # tensor -> per-sample width
     unused = set(width)
@@ -75,6 +78,10 @@ def random_graph(seed: int, loss: dict) -> dict:
         add_layer("dense", [source], units, units=units, activation=activation, kernel_initializer=init, bias_initializer=init,
                   use_bias=rng.random() < 0.8)
 
+    def flatten_2d():
+        grid = layers[-1]["name"]
+        add_layer("flatten", [grid], width.pop(grid))
+
     kinds = [*LAYERS, *(f"dense:{a}" for a in ACTIVATIONS)]
     rng.shuffle(kinds)
     for kind in kinds:
@@ -84,10 +91,26 @@ def random_graph(seed: int, loss: dict) -> dict:
         elif kind == "concat":
             sources = rng.sample(sorted(width), min(len(width), rng.randint(2, 3)))
             add_layer("concat", sources, sum(width[s] for s in sources))
-        elif kind == "add":
+        elif kind in ("add", "multiply", "average", "maximum", "minimum", "subtract", "dot"):
             dense(pick(), width[source], {"type": "tanh"})
             twin = layers[-1]["name"]
-            add_layer("add", [source, twin] + ([twin] if rng.random() < 0.5 else []), width[source])
+            many = kind not in ("subtract", "dot") and rng.random() < 0.5
+            config = {"normalize": rng.random() < 0.5} if kind == "dot" else {}
+            add_layer(kind, [source, twin] + ([twin] if many else []), 1 if kind == "dot" else width[source], **config)
+        elif kind == "batch_normalization":
+            stats = {"type": "random_uniform", "minval": 0.5, "maxval": 2.0}
+            add_layer(kind, [source], width[source], momentum=0.9, center=rng.random() < 0.7, scale=rng.random() < 0.7,
+                      moving_mean_initializer=init, moving_variance_initializer=stats, gamma_initializer=init, beta_initializer=init)
+        elif kind == "layer_normalization":
+            add_layer(kind, [source], width[source], epsilon=rng.choice([1e-3, 1e-5]), gamma_initializer=init, beta_initializer=init)
+        elif kind == "reshape":
+            add_layer("reshape", [source], width[source], target_shape=[-1, 1])
+            flatten_2d()
+        elif kind == "embedding":
+            add_layer("embedding", ["ids"], 2 * 3, input_dim=5, output_dim=3, embeddings_initializer=init)
+            flatten_2d()
+        elif kind == "flatten":
+            add_layer("flatten", [source], width[source])
         elif kind == "dropout":
             add_layer("dropout", [source], width[source], rate=0.4)
         elif kind == "dense":
@@ -98,7 +121,7 @@ def random_graph(seed: int, loss: dict) -> dict:
     if len(ends) > 1:
         add_layer("concat", ends, sum(width[e] for e in ends))
     dense(layers[-1]["name"], 1 if loss["type"] == "binary_crossentropy" else 4, {"type": "linear"})
-    return {"seed": seed, "inputs": {"a": [3], "b": [4]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
+    return {"seed": seed, "inputs": {"a": [3], "b": [4], "ids": [2]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
 
 
 LOSS_CASES = [
@@ -168,6 +191,30 @@ def test_multi_dimensional_inputs_and_softmax_over_a_middle_axis(make_session):
     exported = build(session)
     assert [d.dim_param or d.dim_value for d in exported.model.graph.output[0].type.tensor_type.shape.dim] == ["batch", 2, 3]
     _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), "float64", ["out"])
+
+
+GRIDS = {"inputs": {"x": [2, 3], "y": [3, 4]}, "loss": "mse", "layers": [
+    {"name": "cosine", "type": "dot", "axes": [2, 1], "normalize": True, "from": ["x", "y"]},
+    {"name": "paired", "type": "dot", "axes": [2, 2], "from": ["cosine", "y"]},
+    {"name": "rows", "type": "layer_normalization", "axis": 1, "from": "paired",
+     "gamma_initializer": {"type": "random_normal"}, "beta_initializer": {"type": "random_normal"}},
+    {"name": "grid", "type": "batch_normalization", "from": "rows", "moving_mean_initializer": {"type": "random_normal"},
+     "moving_variance_initializer": {"type": "random_uniform", "minval": 0.5, "maxval": 2}},
+    {"name": "turned", "type": "reshape", "target_shape": [3, -1], "from": "grid"},
+    {"name": "flat", "type": "flatten", "from": "turned"},
+    {"name": "flat_cosine", "type": "flatten", "from": "cosine"},
+    {"name": "out", "type": "concat", "from": ["flat", "flat_cosine"]},
+]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layers_over_several_axes(make_session, dtype):
+    """dot over chosen axes (normalized or not), layer normalization over a middle axis, batch
+    normalization and reshape of 2-D samples."""
+    session = make_session(GRIDS, dtype=dtype)
+    exported = build(session)
+    assert [d.dim_param or d.dim_value for d in exported.model.graph.output[0].type.tensor_type.shape.dim] == ["batch", 14]
+    _assert_verified(verify(session, exported, sample_inputs(session, ROWS)), dtype, ["out"])
 
 
 def test_verification_fails_when_the_file_computes_something_else(make_session):
@@ -445,3 +492,160 @@ def test_a_model_over_protobufs_limit_is_refused(project, digits, tmp_path, monk
     result = run("export", spec, "--weights", weights, "--output", tmp_path / "d.onnx", cwd=project)
     assert result.exit_code == 2 and not (tmp_path / "d.onnx").exists()
     assert result.stderr.startswith(f"Error (usage error): {spec}: expected a model that fits one ONNX file (1,000 bytes at most")
+
+
+# --- column preprocessing: raw rows in, predict's outputs out ------------------------------------------
+def _init_spec(project, csv, target, dtype, edit=None):
+    """`nnctl init` on a shipped raw table, in `dtype`, edited by `edit(spec dict)`; its weights file:
+    the initial weights and the preprocessing fitted on the training rows (training is other tests')."""
+    name = f"{csv}_{dtype}_{edit.__name__ if edit else 'init'}"
+    path = project / f"{name}.yaml"
+    result = run("init", project / "data" / f"{csv}.csv", "--target", target, "--out", path, "--force", cwd=project)
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load(path.read_text())
+    spec.update(name=name, dtype=dtype)
+    if edit:
+        edit(spec)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    loaded = load_spec(path)
+    session = Session(loaded, get_backend("numpy"))
+    training_sets(session)
+    weights = project / f"{name}.npz"
+    numpy.savez(weights, **Model(loaded).initial_weights(loaded.seed), **state_arrays(session.preprocessing))
+    return path, weights
+
+
+def region_as_ids(spec):
+    """plan with an unknown bucket, region encoded as an index into an embedding (its unknown id
+    is len(vocabulary): input_dim one more), autopay binary, the numbers filled and standardized."""
+    spec["data"]["columns"]["plan"]["unknown"] = "bucket"
+    spec["data"]["columns"]["region"].update(encode="index", missing="constant", fill_value="west")
+    spec["data"]["inputs"] = {"x": [c for c in spec["data"]["inputs"]["x"] if c != "region"], "region_id": ["region"]}
+    spec["inputs"] = {"x": [8], "region_id": [1]}
+    spec["layers"] = [
+        {"name": "region_vector", "type": "embedding", "input_dim": 5, "output_dim": 2, "from": "region_id"},
+        {"name": "region_flat", "type": "flatten"},
+        {"name": "joined", "type": "concat", "from": ["x", "region_flat"]},
+        {"name": "hidden", "type": "dense", "units": 8, "activation": "tanh"},
+        {"name": "logits", "type": "dense", "units": 3},
+    ]
+
+
+def calls_as_category(spec):
+    """support_calls, numbers in the file, as a category: its input takes them as text ("3")."""
+    spec["data"]["columns"]["support_calls"] = {"type": "category", "missing": "most_frequent", "unknown": "bucket"}
+    spec["inputs"]["x"] = [10 + 8 + 1]  # the other columns' 10, the 8 counts in the training rows, the bucket
+
+
+def _with_surprises(project):
+    """customers.csv with unknown categories ('platinum', 'mars') and blank
+    cells in the first rows, besides its own missing cells."""
+    lines = (project / "data" / "customers.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    for i, (column, value) in enumerate([("plan", "platinum"), ("region", "mars"), ("plan", ""), ("region", ""),
+                                         ("monthly_fee", ""), ("tenure_months", ""), ("autopay", "")]):
+        rows[i][header.index(column)] = value
+    path = project / "customers_surprises.csv"
+    path.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    return path
+
+
+COLUMN_CASES = [(csv, target, dtype, edit) for csv, target, edit in [("customers", "outcome", None), ("customers", "outcome", region_as_ids),
+                                                                     ("customers", "outcome", calls_as_category),
+                                                                     ("iris_names", "species", None)]
+                for dtype in ("float32", "float64")]
+
+
+@pytest.mark.parametrize("csv,target,dtype,edit", COLUMN_CASES, ids=[f"{c}-{d}-{e.__name__ if e else 'init'}" for c, _, d, e in COLUMN_CASES])
+def test_raw_columns_export_equal_to_predict(project, csv, target, dtype, edit):
+    """One input per raw column; the file's prob and class texts equal `nnctl predict` on the raw
+    rows, unknown categories and missing cells included, at batch 1 and 37."""
+    spec_path, weights = _init_spec(project, csv, target, dtype, edit)
+    out = project / f"{spec_path.stem}.onnx"
+    data = run_json("export", spec_path, "--weights", weights, "--output", out, cwd=project)
+    spec = load_spec(spec_path)
+    columns = [c for group in spec.data.inputs.values() for c in group]
+    assert [p["name"] for p in data["inputs"]] == columns
+    session = open_session(spec, weights)
+    assert [p["dtype"] for p in data["inputs"]] == ["string" if c in (spec.data.columns or {}) and
+                                                    spec.data.columns[c]["type"] in ("category", "binary") else "float64" for c in columns]
+    assert [(p["name"], p["dtype"]) for p in data["outputs"]] == [("prob", dtype), ("class", "string")]
+    rtol, atol = TOLERANCES[dtype]
+    assert data["passed"] and all(e["max_abs"] <= atol + rtol for e in data["errors"])
+
+    table = _with_surprises(project) if csv == "customers" else project / "data" / f"{csv}.csv"
+    predicted = run_json("predict", spec_path, "--weights", weights, "--input", table, cwd=project)
+    if csv == "customers":
+        # the surprises reached nnctl (and support_calls as a category meets a count unseen in training)
+        assert predicted["preprocessing"]["unknown"] == {"plan": 1, "region": 1, **({"support_calls": 1} if edit is calls_as_category else {})}
+    feeds = raw_feeds(prepared.read_raw(table, spec.data, targets=False), numpy.arange(ROWS), session.preprocessing)
+    runner = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for size in (1, ROWS):
+        prob, classes = runner.run(None, {k: v[:size] for k, v in feeds.items()})
+        assert prob.dtype == numpy.dtype(dtype)
+        numpy.testing.assert_allclose(prob, numpy.array(predicted["outputs"][:size]), rtol=rtol, atol=atol)
+        assert classes.tolist() == predicted["classes"][:size]
+        assert set(classes) <= set(session.preprocessing[target].vocabulary)
+    # The verification itself, on these rows: it passes, and would catch a wrong class text.
+    exported = build(session)
+    _assert_verified(verify(session, exported, feeds), dtype, ["prob", "class"])
+
+
+def test_raw_columns_below_opset_9_name_the_input_and_the_opset(project):
+    spec_path, weights = _init_spec(project, "customers", "outcome", "float32")
+    out = project / "opset8.onnx"
+    result = run("export", spec_path, "--weights", weights, "--output", out, "--opset", 8, cwd=project)
+    assert result.exit_code == 2 and not out.exists()
+    assert ("data.inputs.x: --opset 8: expected an opset of at least 9 for the columns of input 'x' (filling missing numbers, "
+            "written with IsNaN and Where), received 8") in " ".join(result.stderr.split())
+
+
+def test_raw_columns_need_a_weights_file_with_their_preprocessing(project, tmp_path):
+    spec_path, _ = _init_spec(project, "iris_names", "species", "float64")
+    weights = tmp_path / "bare.npz"
+    numpy.savez(weights, **Model(load_spec(spec_path)).initial_weights(0))
+    result = run("export", spec_path, "--weights", weights, "--output", tmp_path / "m.onnx", cwd=project)
+    assert result.exit_code == 2 and not (tmp_path / "m.onnx").exists()
+    assert result.stderr == f"Error (data error): {weights}: expected the fitted preprocessing of column 'sepal_length' (arrays preprocessing/sepal_length/...), received none\n"
+
+
+def plan_unknown_error(spec):
+    spec["data"]["columns"]["plan"]["unknown"] = "error"
+
+
+def test_what_nnctl_refuses_reads_as_documented(project):
+    """Inside ONNX nothing raises: an unknown plan under `unknown: error` is what `ignore` gives,
+    a third autopay value is the binary column's first (0)."""
+    from nnctl.export.onnx_file import nnctl_outputs
+
+    spec_path, weights = _init_spec(project, "customers", "outcome", "float64", plan_unknown_error)
+    session = open_session(load_spec(spec_path), weights)
+    runner = ort.InferenceSession(build(session).data, providers=["CPUExecutionProvider"])
+    feeds = raw_feeds(prepared.read_raw(project / "data" / "customers.csv", session.spec.data, targets=False), numpy.arange(ROWS),
+                      session.preprocessing)
+    feeds["plan"][:] = "platinum"
+    negative = session.preprocessing["autopay"].values[0]
+    surprising = {**feeds, "autopay": numpy.full_like(feeds["autopay"], "maybe")}
+    prob, classes = runner.run(None, surprising)
+    session.preprocessing["plan"].unknown = "ignore"
+    expected, expected_classes = nnctl_outputs(session, {**feeds, "autopay": numpy.full_like(feeds["autopay"], negative)})
+    numpy.testing.assert_allclose(prob, expected, rtol=1e-9, atol=1e-9)
+    assert classes.tolist() == expected_classes.tolist()
+
+
+def test_a_raw_column_named_as_an_output_is_refused(project):
+    """Its input would take the name of the probabilities' output."""
+    spec_path, weights = _init_spec(project, "iris_names", "species", "float32")
+    table = project / "iris_prob.csv"
+    table.write_text((project / "data" / "iris_names.csv").read_text().replace("sepal_width", "prob", 1))
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["data"]["inputs"]["x"] = ["prob" if c == "sepal_width" else c for c in spec["data"]["inputs"]["x"]]
+    spec["data"]["path"] = str(table)
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    session = Session(load_spec(spec_path), get_backend("numpy"))
+    training_sets(session)
+    numpy.savez(weights, **Model(load_spec(spec_path)).initial_weights(0), **state_arrays(session.preprocessing))
+    result = run("export", spec_path, "--weights", weights, "--output", project / "prob.onnx", cwd=project)
+    assert result.exit_code == 2 and not (project / "prob.onnx").exists()
+    assert "data.inputs.x: expected input names other than the exported outputs' (prob, class), received input 'prob'" in result.stderr

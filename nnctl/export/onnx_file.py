@@ -5,9 +5,17 @@ per model input, named as it and shaped (batch, *per-sample) with a symbolic bat
 output named as `predict`'s columns are ("prob" for probabilities, else the output layer's name),
 plus "class" (int64) where `predict` shows the predicted class. Dropout is the identity.
 
+A spec with column preprocessing (data.columns) takes the raw rows instead: one input per raw
+column, named as the column and shaped (batch, 1): float64 for a numeric column (NaN where
+missing), string for a category or binary one ("" where missing). The graph fills, normalizes
+and encodes each column as nnctl does, puts each model input's columns side by side as
+data.inputs lists them, and, for a text target, "class" is the class's text (column j of "prob"
+is predict's prob_<class j>).
+
 Verification runs `onnx.checker.check_model(full_check=True)` and onnxruntime on up to 256 of the
-spec's data rows, evenly spaced (seeded random inputs for a spec without data), at batch 1 and at
-the whole sample, against nnctl's own predictions. The file is written (atomically) only when it
+spec's data rows, evenly spaced (seeded random inputs for a spec without data; raw rows, with
+their missing cells, for column preprocessing), at batch 1 and at the whole sample, against
+nnctl's own predictions. The file is written (atomically) only when it
 verifies or verification is skipped: a failed check leaves the previous file as it was.
 """
 from __future__ import annotations
@@ -19,11 +27,14 @@ from pathlib import Path
 import numpy
 
 from nnctl import __version__
+from nnctl.data import prepared
 from nnctl.data.dataset import Dataset
+from nnctl.data.preprocessing import Column, Numeric, keep_rows
 from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.errors import MissingTool, Problem, UsageError
-from nnctl.export.lowering import LOWERINGS, MIN_OPSET, Graph
+from nnctl.export.lowering import LOWERINGS, MIN_OPSET, ML_DOMAIN, ML_OPSET, Graph
 from nnctl.io.atomic import atomic_write
+from nnctl.io.tables import Table
 from nnctl.train.session import load_spec_data
 
 DEFAULT_OPSET = 17
@@ -33,7 +44,8 @@ VERIFY_ROWS = 256
 # protobuf's limit on one message: a bigger model needs its weights in external data files.
 MAX_BYTES = 2**31 - 1
 CLASS_OUTPUT = "class"
-_ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int64": "INT64"}
+_ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int64": "INT64", "string": "STRING"}
+EXACT = ("int64", "string")  # outputs compared for equality
 
 
 def require(module: str):
@@ -61,7 +73,7 @@ class Port:
     """One input or output of the ONNX graph."""
 
     name: str
-    dtype: str  # float32, float64, int64
+    dtype: str  # float32, float64, int64, string
     shape: list  # "batch" first
 
     def as_dict(self) -> dict:
@@ -85,20 +97,35 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     spec, model, loss = session.spec, session.model, session.loss
     dtype = session.dtype
     g = Graph(helper, onnx.numpy_helper, dtype, opset)
-    inputs = [Port(name, dtype, ["batch", *shape]) for name, shape in model.input_shapes.items()]
+    fitted = fitted_columns(session)
+    if fitted is None:
+        inputs = [Port(name, dtype, ["batch", *shape]) for name, shape in model.input_shapes.items()]
+        places = {name: ("inputs", name) for name in model.input_shapes}
+    else:
+        groups = column_groups(spec.data)
+        places = {column: ("data", "inputs", group) for group, columns in groups.items() for column in columns}
+        inputs = [Port(column, "float64" if isinstance(fitted[column], Numeric) else "string", ["batch", 1]) for column in places]
     out_shape = list(model.shapes[model.output])
     outputs = [Port("prob" if loss.gives_probabilities else model.output, dtype, ["batch", *out_shape])]
+    names = class_names(session)
     if loss.targets.shows_classes:
-        outputs.append(Port(CLASS_OUTPUT, "int64", ["batch", *out_shape[:-1]]))
+        outputs.append(Port(CLASS_OUTPUT, "int64" if names is None else "string", ["batch", *out_shape[:-1]]))
     clash = [port.name for port in inputs if port.name in {out.name for out in outputs}]
     if clash:
-        raise UsageError(spec.problem(("inputs", clash[0]), f"expected input names other than the exported outputs' "
-                                      f"({', '.join(o.name for o in outputs)}), received input {clash[0]!r}", key=True))
+        raise UsageError(spec.problem(places[clash[0]], f"expected input names other than the exported outputs' "
+                                      f"({', '.join(o.name for o in outputs)}), received input {clash[0]!r}", key=fitted is None))
     for port in inputs + outputs:  # their names are the file's interface: no internal tensor takes them
         g.name(port.name)
 
     weights = session.params.to_host()
-    tensors = {port.name: port.name for port in inputs}
+    tensors = {port.name: port.name for port in inputs} if fitted is None else {}
+    if fitted is not None:  # the model's inputs from the raw columns
+        for group, columns in groups.items():
+            g.where = ("data", "inputs", group), f"the columns of input {group!r}"
+            parts = [LOWERINGS["column", type(fitted[c]).__name__.lower()](g, fitted[c], c, f"{group}/{c}") for c in columns]
+            joined = parts[0] if len(parts) == 1 else g.op("Concat", parts, f"{group}/columns", axis=1)
+            shape = model.input_shapes[group]
+            tensors[group] = joined if len(shape) == 1 else g.reshape(joined, shape, group)
     for node in model.nodes:
         g.where = ("layers", node.index), f"{node.layer.type_name} layer {node.name!r}"
         own = {w.name: weights[f"{node.name}/{w.name}"] for w in node.layer.weights}
@@ -109,14 +136,18 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     g.nodes.append(helper.make_node("Identity", [shown], [outputs[0].name], name=outputs[0].name))
     if loss.targets.shows_classes:
         # First index of the largest value, as NumPy's argmax (Loss.targets.predicted_classes).
-        g.nodes.append(helper.make_node("ArgMax", [outputs[0].name], [CLASS_OUTPUT], name=CLASS_OUTPUT, axis=rank - 1, keepdims=0))
+        index = CLASS_OUTPUT if names is None else g.name(f"{CLASS_OUTPUT}/index")
+        g.nodes.append(helper.make_node("ArgMax", [outputs[0].name], [index], name=index, axis=rank - 1, keepdims=0))
+        if names is not None:
+            g.nodes.append(helper.make_node("Gather", [g.constant(names, f"{CLASS_OUTPUT}/names", str), index], [CLASS_OUTPUT],
+                                            name=CLASS_OUTPUT, axis=0))
     _refuse_shortfalls(spec, g.shortfalls, opset)
 
     def info(port):
         return helper.make_tensor_value_info(port.name, getattr(onnx.TensorProto, _ELEMENT_TYPES[port.dtype]), port.shape)
 
     graph = helper.make_graph(g.nodes, spec.name, [info(p) for p in inputs], [info(p) for p in outputs], g.initializers)
-    opsets = [helper.make_opsetid("", opset)]
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(ML_DOMAIN, ML_OPSET)] if g.ml else [])
     # IR 4 at least: before it, every initializer had to be listed as a graph input too (opsets 7
     # and 8 alone would ask only IR 3), which would make the weights inputs a caller could override.
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="nnctl", producer_version=__version__,
@@ -127,6 +158,30 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
         raise UsageError(Problem(f"expected a model that fits one ONNX file ({MAX_BYTES:,} bytes at most; weights in "
                                  f"external data files are not written), received {size:,} bytes", str(spec.file)))
     return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
+
+
+def fitted_columns(session):
+    """The fitted column transforms of a spec with data.columns, else None."""
+    spec = session.spec
+    if spec.data is None or spec.data.columns is None:
+        return None
+    if session.preprocessing is None:
+        raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
+                                 "(train the spec to make one)", str(spec.file)))
+    return session.preprocessing
+
+
+def column_groups(data_spec) -> dict:
+    """{model input: its raw columns, in data.inputs' order}."""
+    return {name: [columns] if isinstance(columns, str) else list(columns) for name, columns in data_spec.inputs.items()}
+
+
+def class_names(session):
+    """The class texts "class" gives (a text target's, in index order), or None for indices."""
+    fitted = fitted_columns(session)
+    names = None if fitted is None else prepared.class_names(fitted, session.spec.data)
+    shape = session.model.shapes[session.model.output]
+    return names if names is not None and session.loss.targets.shows_classes and shape == (len(names),) else None
 
 
 def _refuse_shortfalls(spec, shortfalls, opset):
@@ -154,26 +209,68 @@ class OutputError:
 
 
 def sample_inputs(session, rows: int = VERIFY_ROWS) -> dict:
-    """Host input arrays in the session's dtype: up to `rows` of the spec's data rows, evenly spaced
-    over the file (a file sorted by class gives every class; a file of one row gives it twice), or
-    `rows` seeded random samples (gradcheck's) for a spec without data."""
+    """The ONNX feeds of up to `rows` of the spec's data rows, evenly spaced over the file (a file
+    sorted by class gives every class; a file of one row gives it twice): host arrays in the
+    session's dtype, or raw columns (`raw_feeds`) for column preprocessing; `rows` seeded random
+    samples (gradcheck's) for a spec without data."""
     if session.spec.data is None:
         inputs, _ = random_batch(session, rows)
         return {name: array.astype(session.dtype) for name, array in inputs.items()}
+    if session.spec.data.columns is not None:
+        return _raw_sample(session, rows)
     dataset = load_spec_data(session, targets=False)
-    picked = dataset.rows
-    if len(picked) > rows:
-        picked = picked[numpy.linspace(0, len(picked) - 1, rows).round().astype(numpy.int64)]
-    if len(picked) == 1:  # twice: the symbolic batch dimension is checked beyond 1 too
-        picked = numpy.repeat(picked, 2)
+    picked = _spread(dataset.rows, rows)
     batch, _, _ = next(iter(session.batches(dataset.subset(picked), len(picked))(None)))
     return {name: numpy.array(session.backend.to_host(array)) for name, array in batch.items()}
 
 
+def _spread(rows, count: int):
+    if len(rows) > count:
+        rows = rows[numpy.linspace(0, len(rows) - 1, count).round().astype(numpy.int64)]
+    if len(rows) == 1:  # twice: the symbolic batch dimension is checked beyond 1 too
+        rows = numpy.repeat(rows, 2)
+    return rows
+
+
+def _raw_sample(session, rows: int) -> dict:
+    """Raw rows of the data file that nnctl predicts on (a row that `missing: drop` drops has no
+    prediction to compare), missing cells and all."""
+    spec, fitted = session.spec, fitted_columns(session)
+    raw = prepared.read_raw(spec.data.path, spec.data, targets=False)
+    keep = keep_rows(raw, fitted, prepared.configs_of(spec.data, targets=False))
+    return raw_feeds(raw, _spread(numpy.flatnonzero(keep), rows), fitted)
+
+
+def raw_feeds(raw: dict, rows, fitted: dict) -> dict:
+    """The ONNX feeds of `rows` of raw columns ({name: preprocessing.Column}) with `fitted`
+    transforms: a numeric column's floats (NaN where missing), any other's text as nnctl reads it
+    (numbers as tokens, "" where missing), each (rows, 1)."""
+    feeds = {}
+    for name, column in raw.items():
+        if isinstance(fitted[name], Numeric):
+            feeds[name] = column.values[rows].astype(numpy.float64)[:, None]
+        else:
+            feeds[name] = numpy.array(["" if t is None else t for t in column.tokens()[rows]], dtype=object)[:, None]
+    return feeds
+
+
 def nnctl_outputs(session, inputs: dict) -> list:
-    """What `nnctl predict` gives for `inputs`: the shown values, and the classes where it shows them."""
+    """What `nnctl predict` gives for the feeds `inputs`: the shown values, and the classes (by
+    name for a text target) where it shows them."""
+    fitted = fitted_columns(session)
     n = len(next(iter(inputs.values())))
-    values, classes = session.predict(Dataset(None, inputs, None, numpy.arange(n)))
+    if fitted is None:
+        dataset = Dataset(None, inputs, None, numpy.arange(n))
+    else:
+        # predict_file's path from the raw columns (read_raw's types: float64 with NaN, text with None)
+        table = Table("the exported model's feeds", list(inputs), {}, n)
+        raw = {name: Column(name, values[:, 0] if values.dtype.kind == "f" else numpy.array([None if t == "" else t for t in values[:, 0]], dtype=object), table)
+               for name, values in inputs.items()}
+        dataset = prepared.prepare(table.file, raw, fitted, session.spec.data, session.model.input_shapes, dtype=session.dtype, targets=False)[0]
+    values, classes = session.predict(dataset)
+    names = class_names(session)
+    if classes is not None and names is not None:
+        classes = numpy.array(names, dtype=object)[classes]
     return [values] if classes is None else [values, classes]
 
 
@@ -189,12 +286,16 @@ def verify(session, exported: Exported, inputs: dict) -> list[OutputError]:
         feed = {name: array[:size] for name, array in inputs.items()}
         got = runner.run([port.name for port in exported.outputs], feed)
         for port, expected, actual in zip(exported.outputs, nnctl_outputs(session, feed), got):
-            exact = port.dtype == "int64"  # classes: equal or not
-            max_abs, max_rel, passed = compare(expected, actual, 0.0 if exact else rtol, 0.0 if exact else atol)
+            if port.dtype == "string":  # class names: 1 where any differs
+                passed = numpy.array_equal(numpy.asarray(expected, dtype=object), numpy.asarray(actual, dtype=object))
+                max_abs = max_rel = 0.0 if passed else 1.0
+            else:
+                exact = port.dtype in EXACT  # classes: equal or not
+                max_abs, max_rel, passed = compare(expected, actual, 0.0 if exact else rtol, 0.0 if exact else atol)
             entry = worst[port.name]
             entry[0], entry[1], entry[2] = max(entry[0], max_abs), max(entry[1], max_rel), entry[2] and passed
-    return [OutputError(port.name, *worst[port.name][:2], 0.0 if port.dtype == "int64" else rtol,
-                        0.0 if port.dtype == "int64" else atol, worst[port.name][2]) for port in exported.outputs]
+    return [OutputError(port.name, *worst[port.name][:2], 0.0 if port.dtype in EXACT else rtol,
+                        0.0 if port.dtype in EXACT else atol, worst[port.name][2]) for port in exported.outputs]
 
 
 def compare(expected, actual, rtol: float, atol: float) -> tuple[float, float, bool]:
