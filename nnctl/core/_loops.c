@@ -1,12 +1,17 @@
-/* nnctl.core._loops: Adam's update as one loop over the flat buffers (see nnctl/train/optimizers.py).
+/* nnctl.core._loops: each optimizer's update as one loop over the flat buffers (see
+   nnctl/train/optimizers.py).
 
    NumPy runs an update as whole-buffer passes, one per operation: 10 passes over 5 buffers for
-   Adam, a quarter of a training step on an MLP. This loop reads each element once. It performs
-   the same IEEE operations in the same order with the same roundings as those passes (no FMA
+   Adam, a quarter of a training step on an MLP. These loops read each element once. Each performs
+   the same IEEE operations in the same order with the same roundings as its NumPy passes (no FMA
    contraction: -ffp-contract=off; sqrt and division are correctly rounded in both), so the
    weights are bit-identical whether or not this module was built; tests/test_optimizers.py
    holds that. It is optional: pip builds it when a C compiler is present, and nnctl falls back to
    the NumPy passes when it is not.
+
+   A factor of exactly 1 (x * 1 == x for every IEEE value) lets one loop serve two optimizers:
+   AdamW's decoupled decay is Adam's with decay 1 skipped, Adagrad's accumulator is RMSprop's
+   with rho = 1 and 1 - rho = 1.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,14 +29,16 @@
 #define VECTOR_CLONES
 #endif
 
-/* The NumPy passes, element by element: m_sum = m_sum * beta_1 + g; v_sum = v_sum * beta_2 + g * g;
+/* Adam's (and AdamW's) passes, element by element: params = params * decay (AdamW only);
+   m_sum = m_sum * beta_1 + g; v_sum = v_sum * beta_2 + g * g;
    params = params + (m_sum / (sqrt(v_sum) + epsilon)) * step. */
 #define ADAM_LOOP(NAME, T, SQRT)                                                                 \
     VECTOR_CLONES static void NAME(T *restrict params, const T *restrict grads, T *restrict m_sum, \
                                    T *restrict v_sum, Py_ssize_t n, T beta_1, T beta_2,          \
-                                   T epsilon, T step) {                                          \
+                                   T epsilon, T step, T decay) {                                 \
         for (Py_ssize_t i = 0; i < n; i++) {                                                     \
             T g = grads[i];                                                                      \
+            T p = params[i] * decay;                                                             \
             T m = m_sum[i] * beta_1;                                                             \
             m = m + g;                                                                           \
             m_sum[i] = m;                                                                        \
@@ -43,12 +50,65 @@
             denominator = denominator + epsilon;                                                 \
             T update = m / denominator;                                                          \
             update = update * step;                                                              \
-            params[i] = params[i] + update;                                                      \
+            params[i] = p + update;                                                              \
+        }                                                                                        \
+    }
+
+/* SGD with momentum's passes: velocity = velocity * momentum + g; then
+   params = params - velocity * lr, or with Nesterov params = params - (velocity * momentum + g) * lr. */
+#define SGD_LOOP(NAME, T)                                                                        \
+    VECTOR_CLONES static void NAME(T *restrict params, const T *restrict grads,                  \
+                                   T *restrict velocity, Py_ssize_t n, T momentum, T lr,         \
+                                   int nesterov) {                                               \
+        if (nesterov) {                                                                          \
+            for (Py_ssize_t i = 0; i < n; i++) {                                                 \
+                T g = grads[i];                                                                  \
+                T v = velocity[i] * momentum;                                                    \
+                v = v + g;                                                                       \
+                velocity[i] = v;                                                                 \
+                T update = v * momentum;                                                         \
+                update = update + g;                                                             \
+                update = update * lr;                                                            \
+                params[i] = params[i] - update;                                                  \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (Py_ssize_t i = 0; i < n; i++) {                                                 \
+                T v = velocity[i] * momentum;                                                    \
+                v = v + grads[i];                                                                \
+                velocity[i] = v;                                                                 \
+                T update = v * lr;                                                               \
+                params[i] = params[i] - update;                                                  \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* RMSprop's (and Adagrad's) passes: squares = squares * rho + (g * g) * scale;
+   params = params - (g / (sqrt(squares) + epsilon)) * lr. */
+#define SCALED_LOOP(NAME, T, SQRT)                                                               \
+    VECTOR_CLONES static void NAME(T *restrict params, const T *restrict grads,                  \
+                                   T *restrict squares, Py_ssize_t n, T rho, T scale, T epsilon, \
+                                   T lr) {                                                       \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                     \
+            T g = grads[i];                                                                      \
+            T s = squares[i] * rho;                                                              \
+            T square = g * g;                                                                    \
+            square = square * scale;                                                             \
+            s = s + square;                                                                      \
+            squares[i] = s;                                                                      \
+            T denominator = SQRT(s);                                                             \
+            denominator = denominator + epsilon;                                                 \
+            T update = g / denominator;                                                          \
+            update = update * lr;                                                                \
+            params[i] = params[i] - update;                                                      \
         }                                                                                        \
     }
 
 ADAM_LOOP(adam_float, float, sqrtf)
 ADAM_LOOP(adam_double, double, sqrt)
+SGD_LOOP(sgd_float, float)
+SGD_LOOP(sgd_double, double)
+SCALED_LOOP(scaled_float, float, sqrtf)
+SCALED_LOOP(scaled_double, double, sqrt)
 
 /* 'f' or 'd' for a native float32 or float64 buffer, 0 otherwise. */
 static char float_kind(const Py_buffer *view) {
@@ -64,46 +124,109 @@ static char float_kind(const Py_buffer *view) {
     return 0;
 }
 
-static PyObject *adam(PyObject *module, PyObject *args) {
-    PyObject *objects[4];
-    double beta_1, beta_2, epsilon, step;
-    if (!PyArg_ParseTuple(args, "OOOOdddd:adam", &objects[0], &objects[1], &objects[2], &objects[3],
-                          &beta_1, &beta_2, &epsilon, &step))
-        return NULL;
-    static const char *names[4] = {"params", "grads", "m_sum", "v_sum"};
-    Py_buffer views[4];
+#define MAX_BUFFERS 4
+
+/* The `count` buffers in `objects` as views (the second, grads, read-only), all C-contiguous
+   float32 or float64 of one dtype and length: their kind ('f' or 'd'), or 0 with an exception set
+   and nothing held. names[0] is the function's name. */
+static char get_buffers(const char *const *names, PyObject **objects, Py_buffer *views, int count) {
     int held = 0;
-    PyObject *result = NULL;
-    for (; held < 4; held++) {
+    for (; held < count; held++) {
         int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (held == 1 ? 0 : PyBUF_WRITABLE);
-        if (PyObject_GetBuffer(objects[held], &views[held], flags) < 0) goto done;
+        if (PyObject_GetBuffer(objects[held], &views[held], flags) < 0) goto fail;
     }
     char kind = float_kind(&views[0]);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < count; i++) {
         if (!kind || float_kind(&views[i]) != kind || views[i].len != views[0].len) {
-            PyErr_Format(PyExc_TypeError, "adam: expected four contiguous float32 or float64 buffers of one "
-                         "dtype and length, received a different %s", names[i]);
-            goto done;
+            PyErr_Format(PyExc_TypeError, "%s: expected %d contiguous float32 or float64 buffers of one "
+                         "dtype and length, received a different %s", names[0], count, names[i + 1]);
+            goto fail;
         }
     }
+    return kind;
+fail:
+    while (held > 0) PyBuffer_Release(&views[--held]);
+    return 0;
+}
+
+static void release(Py_buffer *views, int count) {
+    while (count > 0) PyBuffer_Release(&views[--count]);
+}
+
+static PyObject *adam(PyObject *module, PyObject *args) {
+    static const char *names[] = {"adam", "params", "grads", "m_sum", "v_sum"};
+    PyObject *objects[4];
+    double beta_1, beta_2, epsilon, step, decay = 1.0;
+    Py_buffer views[MAX_BUFFERS];
+    if (!PyArg_ParseTuple(args, "OOOOdddd|d:adam", &objects[0], &objects[1], &objects[2], &objects[3],
+                          &beta_1, &beta_2, &epsilon, &step, &decay))
+        return NULL;
+    char kind = get_buffers(names, objects, views, 4);
+    if (!kind) return NULL;
     Py_ssize_t n = views[0].len / views[0].itemsize;
+    void *p = views[0].buf, *g = views[1].buf, *m = views[2].buf, *v = views[3].buf;
     Py_BEGIN_ALLOW_THREADS
     if (kind == 'f')
-        adam_float(views[0].buf, views[1].buf, views[2].buf, views[3].buf, n, (float)beta_1, (float)beta_2,
-                   (float)epsilon, (float)step);
+        adam_float(p, g, m, v, n, (float)beta_1, (float)beta_2, (float)epsilon, (float)step, (float)decay);
     else
-        adam_double(views[0].buf, views[1].buf, views[2].buf, views[3].buf, n, beta_1, beta_2, epsilon, step);
+        adam_double(p, g, m, v, n, beta_1, beta_2, epsilon, step, decay);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    while (held > 0) PyBuffer_Release(&views[--held]);
-    return result;
+    release(views, 4);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sgd(PyObject *module, PyObject *args) {
+    static const char *names[] = {"sgd", "params", "grads", "velocity"};
+    PyObject *objects[3];
+    double momentum, lr;
+    int nesterov;
+    Py_buffer views[MAX_BUFFERS];
+    if (!PyArg_ParseTuple(args, "OOOddp:sgd", &objects[0], &objects[1], &objects[2], &momentum, &lr, &nesterov))
+        return NULL;
+    char kind = get_buffers(names, objects, views, 3);
+    if (!kind) return NULL;
+    Py_ssize_t n = views[0].len / views[0].itemsize;
+    void *p = views[0].buf, *g = views[1].buf, *v = views[2].buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 'f')
+        sgd_float(p, g, v, n, (float)momentum, (float)lr, nesterov);
+    else
+        sgd_double(p, g, v, n, momentum, lr, nesterov);
+    Py_END_ALLOW_THREADS
+    release(views, 3);
+    Py_RETURN_NONE;
+}
+
+static PyObject *scaled(PyObject *module, PyObject *args) {
+    static const char *names[] = {"scaled", "params", "grads", "squares"};
+    PyObject *objects[3];
+    double rho, scale, epsilon, lr;
+    Py_buffer views[MAX_BUFFERS];
+    if (!PyArg_ParseTuple(args, "OOOdddd:scaled", &objects[0], &objects[1], &objects[2], &rho, &scale, &epsilon, &lr))
+        return NULL;
+    char kind = get_buffers(names, objects, views, 3);
+    if (!kind) return NULL;
+    Py_ssize_t n = views[0].len / views[0].itemsize;
+    void *p = views[0].buf, *g = views[1].buf, *s = views[2].buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 'f')
+        scaled_float(p, g, s, n, (float)rho, (float)scale, (float)epsilon, (float)lr);
+    else
+        scaled_double(p, g, s, n, rho, scale, epsilon, lr);
+    Py_END_ALLOW_THREADS
+    release(views, 3);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"adam", adam, METH_VARARGS,
-     "adam(params, grads, m_sum, v_sum, beta_1, beta_2, epsilon, step): one Adam update in place."},
+     "adam(params, grads, m_sum, v_sum, beta_1, beta_2, epsilon, step, decay=1): one Adam (AdamW with "
+     "decay != 1) update in place."},
+    {"sgd", sgd, METH_VARARGS,
+     "sgd(params, grads, velocity, momentum, lr, nesterov): one SGD-with-momentum update in place."},
+    {"scaled", scaled, METH_VARARGS,
+     "scaled(params, grads, squares, rho, scale, epsilon, lr): one RMSprop (Adagrad: rho = scale = 1) "
+     "update in place."},
     {NULL, NULL, 0, NULL},
 };
 
