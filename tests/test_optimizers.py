@@ -132,7 +132,8 @@ CALLS = {
 
 
 def test_every_loop_is_checked_for_refusals():
-    assert set(CALLS) == set(LOOPS.values()) == {name for name in dir(kernels) if not name.startswith("_")}
+    # all_finite, the one other function, is fit's check (tests/test_finite_checks.py)
+    assert set(CALLS) == set(LOOPS.values()) == {name for name in dir(kernels) if not name.startswith("_")} - {"all_finite"}
 
 
 @pytest.mark.parametrize("loop", CALLS)

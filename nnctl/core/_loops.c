@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifdef _MSC_VER
@@ -103,12 +104,23 @@
         }                                                                                        \
     }
 
+/* Whether every element is finite: its exponent bits are not all ones. An integer OR over the
+   bits vectorises where a float sum (NumPy's check) cannot, and never overflows to a false inf. */
+#define FINITE_LOOP(NAME, T, U, EXPONENT)                                                        \
+    VECTOR_CLONES static int NAME(const U *restrict bits, Py_ssize_t n) {                         \
+        U bad = 0;                                                                               \
+        for (Py_ssize_t i = 0; i < n; i++) bad |= (U)((bits[i] & EXPONENT) == EXPONENT);          \
+        return !bad;                                                                             \
+    }
+
 ADAM_LOOP(adam_float, float, sqrtf)
 ADAM_LOOP(adam_double, double, sqrt)
 SGD_LOOP(sgd_float, float)
 SGD_LOOP(sgd_double, double)
 SCALED_LOOP(scaled_float, float, sqrtf)
 SCALED_LOOP(scaled_double, double, sqrt)
+FINITE_LOOP(finite_float, float, uint32_t, 0x7f800000u)
+FINITE_LOOP(finite_double, double, uint64_t, 0x7ff0000000000000ull)
 
 /* 'f' or 'd' for a native float32 or float64 buffer, 0 otherwise. */
 static char float_kind(const Py_buffer *view) {
@@ -218,6 +230,24 @@ static PyObject *scaled(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *all_finite(PyObject *module, PyObject *array) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    char kind = float_kind(&view);
+    if (!kind) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "all_finite: expected a contiguous float32 or float64 buffer, received another");
+        return NULL;
+    }
+    int finite;
+    Py_ssize_t n = view.len / view.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    finite = kind == 'f' ? finite_float(view.buf, n) : finite_double(view.buf, n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(finite);
+}
+
 static PyMethodDef methods[] = {
     {"adam", adam, METH_VARARGS,
      "adam(params, grads, m_sum, v_sum, beta_1, beta_2, epsilon, step, decay=1): one Adam (AdamW with "
@@ -227,6 +257,8 @@ static PyMethodDef methods[] = {
     {"scaled", scaled, METH_VARARGS,
      "scaled(params, grads, squares, rho, scale, epsilon, lr): one RMSprop (Adagrad: rho = scale = 1) "
      "update in place."},
+    {"all_finite", all_finite, METH_O,
+     "all_finite(array): whether no element of a float32 or float64 buffer is NaN or infinite."},
     {NULL, NULL, 0, NULL},
 };
 
