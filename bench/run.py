@@ -27,6 +27,7 @@ broken benchmark, not a fast one. Ratios are only meaningful within one run.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -150,14 +151,12 @@ def nnctl_train_worker(workload: str, n: int, extra_epochs: int, repeats: int) -
         for _ in range(repeats):  # interleaved, so a slow spell of the machine hits both
             short.append(wall(2))
             long.append(wall(2 + extra_epochs))
-        import csv
-
         history = list(csv.DictReader((folder / "runs" / spec["name"] / "history.csv").open()))
     seconds_per_epoch = (min(long) - min(short)) / extra_epochs
     steps = -(-n // wl.batch_size)
     reported = [float(row["samples_per_second"]) for row in history]
     return {"seconds": seconds_per_epoch, "samples_per_s": n / seconds_per_epoch, "steps_per_s": steps / seconds_per_epoch,
-            "final_loss": float(history[0]["loss"]),  # its first epoch's: as the others', one epoch from init "reported_samples_per_s": statistics.median(reported),
+            "final_loss": float(history[0]["loss"]), "reported_samples_per_s": statistics.median(reported),
             "process_seconds": {"2 epochs": min(short), f"{2 + extra_epochs} epochs": min(long)},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
