@@ -14,11 +14,7 @@ from tests.helpers import SPECS
 kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
 
 
-def _numpy_all_finite(array):
-    return bool(np.isfinite(array).all())
-
-
-CHECKS = {"compiled": kernels.all_finite, "numpy": _numpy_all_finite}
+CHECKS = {"compiled": kernels.all_finite, "numpy": fit_module.numpy_all_finite}
 
 # name -> (value placed in an otherwise finite buffer, or None for none placed)
 VALUES = {
@@ -47,8 +43,12 @@ def _buffer(dtype, value, where, n=1027):  # odd length: the vector loop's tail 
 def test_all_finite_agrees_with_numpy(check, value, where, dtype):
     array = _buffer(dtype, VALUES[value], where)
     expected = value not in ("inf", "-inf", "nan")
-    assert _numpy_all_finite(array) == expected
+    assert bool(np.isfinite(array).all()) == expected
     assert CHECKS[check](array) is expected
+
+
+def test_fit_checks_with_the_compiled_loop_when_built():
+    assert fit_module.all_finite is kernels.all_finite
 
 
 def test_all_finite_of_largest_values_is_true_where_their_sum_overflows():
