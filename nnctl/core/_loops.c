@@ -136,8 +136,6 @@ static char float_kind(const Py_buffer *view) {
     return 0;
 }
 
-#define MAX_BUFFERS 4
-
 /* The `count` buffers in `objects` as views (the second, grads, read-only), all C-contiguous
    float32 or float64 of one dtype and length: their kind ('f' or 'd'), or 0 with an exception set
    and nothing held. names[0] is the function's name. */
@@ -161,73 +159,54 @@ fail:
     return 0;
 }
 
-static void release(Py_buffer *views, int count) {
-    while (count > 0) PyBuffer_Release(&views[--count]);
-}
+/* A wrapper's body once its arguments are parsed: the `count` buffers of `objects` as `views`,
+   FLOAT_CALL or DOUBLE_CALL on them (B(i): buffer i; n: elements) without the GIL, None. */
+#define B(i) views[i].buf
+#define RUN_LOOP(count, FLOAT_CALL, DOUBLE_CALL)                                                 \
+    do {                                                                                         \
+        char kind = get_buffers(names, objects, views, count);                                   \
+        if (!kind) return NULL;                                                                  \
+        Py_ssize_t n = views[0].len / views[0].itemsize;                                         \
+        Py_BEGIN_ALLOW_THREADS                                                                   \
+        if (kind == 'f') FLOAT_CALL; else DOUBLE_CALL;                                           \
+        Py_END_ALLOW_THREADS                                                                     \
+        for (int i = count; i > 0;) PyBuffer_Release(&views[--i]);                               \
+        Py_RETURN_NONE;                                                                          \
+    } while (0)
 
 static PyObject *adam(PyObject *module, PyObject *args) {
     static const char *names[] = {"adam", "params", "grads", "m_sum", "v_sum"};
     PyObject *objects[4];
+    Py_buffer views[4];
     double beta_1, beta_2, epsilon, step, decay = 1.0;
-    Py_buffer views[MAX_BUFFERS];
     if (!PyArg_ParseTuple(args, "OOOOdddd|d:adam", &objects[0], &objects[1], &objects[2], &objects[3],
                           &beta_1, &beta_2, &epsilon, &step, &decay))
         return NULL;
-    char kind = get_buffers(names, objects, views, 4);
-    if (!kind) return NULL;
-    Py_ssize_t n = views[0].len / views[0].itemsize;
-    void *p = views[0].buf, *g = views[1].buf, *m = views[2].buf, *v = views[3].buf;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f')
-        adam_float(p, g, m, v, n, (float)beta_1, (float)beta_2, (float)epsilon, (float)step, (float)decay);
-    else
-        adam_double(p, g, m, v, n, beta_1, beta_2, epsilon, step, decay);
-    Py_END_ALLOW_THREADS
-    release(views, 4);
-    Py_RETURN_NONE;
+    RUN_LOOP(4, adam_float(B(0), B(1), B(2), B(3), n, (float)beta_1, (float)beta_2, (float)epsilon, (float)step, (float)decay),
+             adam_double(B(0), B(1), B(2), B(3), n, beta_1, beta_2, epsilon, step, decay));
 }
 
 static PyObject *sgd(PyObject *module, PyObject *args) {
     static const char *names[] = {"sgd", "params", "grads", "velocity"};
     PyObject *objects[3];
+    Py_buffer views[3];
     double momentum, lr;
     int nesterov;
-    Py_buffer views[MAX_BUFFERS];
     if (!PyArg_ParseTuple(args, "OOOddp:sgd", &objects[0], &objects[1], &objects[2], &momentum, &lr, &nesterov))
         return NULL;
-    char kind = get_buffers(names, objects, views, 3);
-    if (!kind) return NULL;
-    Py_ssize_t n = views[0].len / views[0].itemsize;
-    void *p = views[0].buf, *g = views[1].buf, *v = views[2].buf;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f')
-        sgd_float(p, g, v, n, (float)momentum, (float)lr, nesterov);
-    else
-        sgd_double(p, g, v, n, momentum, lr, nesterov);
-    Py_END_ALLOW_THREADS
-    release(views, 3);
-    Py_RETURN_NONE;
+    RUN_LOOP(3, sgd_float(B(0), B(1), B(2), n, (float)momentum, (float)lr, nesterov),
+             sgd_double(B(0), B(1), B(2), n, momentum, lr, nesterov));
 }
 
 static PyObject *scaled(PyObject *module, PyObject *args) {
     static const char *names[] = {"scaled", "params", "grads", "squares"};
     PyObject *objects[3];
+    Py_buffer views[3];
     double rho, scale, epsilon, lr;
-    Py_buffer views[MAX_BUFFERS];
     if (!PyArg_ParseTuple(args, "OOOdddd:scaled", &objects[0], &objects[1], &objects[2], &rho, &scale, &epsilon, &lr))
         return NULL;
-    char kind = get_buffers(names, objects, views, 3);
-    if (!kind) return NULL;
-    Py_ssize_t n = views[0].len / views[0].itemsize;
-    void *p = views[0].buf, *g = views[1].buf, *s = views[2].buf;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f')
-        scaled_float(p, g, s, n, (float)rho, (float)scale, (float)epsilon, (float)lr);
-    else
-        scaled_double(p, g, s, n, rho, scale, epsilon, lr);
-    Py_END_ALLOW_THREADS
-    release(views, 3);
-    Py_RETURN_NONE;
+    RUN_LOOP(3, scaled_float(B(0), B(1), B(2), n, (float)rho, (float)scale, (float)epsilon, (float)lr),
+             scaled_double(B(0), B(1), B(2), n, rho, scale, epsilon, lr));
 }
 
 static PyObject *all_finite(PyObject *module, PyObject *array) {
