@@ -4,6 +4,7 @@
     python bench/run.py --quick         # a smaller, faster run
     python bench/run.py --memory        # also: peak RSS training on a 2 GB .npy data set
     python bench/run.py --json          # the same numbers for scripts
+    python bench/run.py --threads 1     # every implementation on one thread (a shared, busy machine)
     python bench/run.py --write-mnist-like   # data/mnist_like.npz for specs/mnist_mlp.yaml
 
 nnctl's headline row, "nnctl train", is the command as a user runs it: `python -m nnctl train` in
@@ -181,6 +182,17 @@ def run_worker(impl, workload, n, epochs, repeats):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def limit_threads(threads: int) -> None:
+    """Every worker started from now on uses at most `threads` compute threads: OpenBLAS, MKL and
+    OpenMP (NumPy, torch) and XLA (JAX). On a machine whose cores other processes also use, BLAS
+    threads that wait for each other lose whole scheduler slices (a 2-thread OpenBLAS step was 30x
+    slower than a 1-thread one under a load of 14 on 2 cores), so ratios mean little without this."""
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+        f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}", f"intra_op_parallelism_threads={threads}"]))
+
+
 def available(impl: str) -> str | None:
     """None if `impl` can run here, else why not."""
     module = {"torch": "torch", "jax": "jax"}.get(impl)
@@ -256,7 +268,7 @@ def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict
     sizes = QUICK_SIZES if quick else SIZES
     from nnctl.train.optimizers import fused
 
-    report = {"machine": machine(), "numpy": np.__version__, "rounds": rounds,
+    report = {"machine": machine(), "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "numpy": np.__version__, "rounds": rounds,
               "nnctl_adam": "one compiled loop" if fused else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
     missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
@@ -329,7 +341,7 @@ def print_report(report: dict) -> None:
         if key in nnctl and key in step:
             console.print(f"nnctl train / nnctl step: {nnctl[key] / step[key]:.2f} (target >= 0.95); nnctl train's own "
                           f"samples_per_second (training steps only): {nnctl['reported_samples_per_s']:,.0f}")
-    console.print(f"machine: {report['machine']}; nnctl's Adam update: {report['nnctl_adam']}")
+    console.print(f"machine: {report['machine']}, compute threads: {report['threads']}; nnctl's Adam update: {report['nnctl_adam']}")
     s = report["startup"]
     console.print(f"start-up: nnctl summary {s['nnctl_summary_s'] * 1000:.0f} ms, python -c 'import numpy' "
                   f"{s['import_numpy_s'] * 1000:.0f} ms: ratio {s['ratio']:.2f} (target <= 1.2)")
@@ -347,6 +359,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of workers (the median is kept)")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 2 GB .npy")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, help="compute threads of every implementation (default: each library's own)")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=tuple(references.WORKLOADS), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -369,6 +382,8 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, args.workload, args.n, args.epochs, args.repeats)))
         return
+    if args.threads:
+        limit_threads(args.threads)
     report = benchmark(args.quick, args.repeats, args.rounds, args.memory)
     print(json.dumps(report, indent=2)) if args.json else print_report(report)
 

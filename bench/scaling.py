@@ -3,6 +3,7 @@
     python bench/scaling.py            # every point, nnctl (its compiled step), torch and JAX
     python bench/scaling.py --quick    # the end points of each sweep, less data
     python bench/scaling.py --json
+    python bench/scaling.py --threads 1   # every implementation on one thread (see bench/run.py)
 
 Each sweep varies one size of an MLP (784 inputs, depth - 1 relu layers of `width` units, 10
 logits; references.scaled_mlp) around a base of batch 128, width 256, depth 4, float32, Adam. Every
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,14 +71,15 @@ def scaling(quick: bool) -> dict:
             row["results"][impl] = (json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0
                                     else {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]})
         rows.append(row)
-    return {"machine": run.machine(), "rows": rows}
+    return {"machine": run.machine(), "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "rows": rows}
 
 
 def print_scaling(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"samples/s (fraction of the GEMM bound): MLP 784-(width x depth-1)-10, float32, Adam; {report['machine']}",
+    table = Table(title=f"samples/s (fraction of the GEMM bound): MLP 784-(width x depth-1)-10, float32, Adam; "
+                        f"{report['machine']}, compute threads: {report['threads']}",
                   title_justify="left")
     for column in ("sweep", "batch", "width", "depth", *(run.NAMES.get(i, i) for i in IMPLEMENTATIONS[:-1]), "GEMM bound"):
         table.add_column(column, justify="right")
@@ -100,12 +103,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="end points only, less data")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, help="compute threads of every implementation (default: each library's own)")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "WORKLOAD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         impl, name, n = args.worker
         print(json.dumps(worker(impl, name, int(n))))
         return
+    if args.threads:
+        run.limit_threads(args.threads)
     report = scaling(args.quick)
     print(json.dumps(report, indent=2)) if args.json else print_scaling(report)
 
