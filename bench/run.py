@@ -264,13 +264,13 @@ def make_npy(path: str, rows: int) -> None:
 
 
 # --- the report -------------------------------------------------------------------------------------
-def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict:
+def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool, only=IMPLEMENTATIONS) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
     from nnctl.train.optimizers import fused
 
     report = {"machine": machine(), "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "numpy": np.__version__, "rounds": rounds,
               "nnctl_adam": "one compiled loop" if fused else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
-    missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
+    missing = {impl: available(impl) if impl in only else "not asked for (--only)" for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
         rows = {impl: {"skipped": why} for impl, why in missing.items() if why}
         runs = {impl: [] for impl in IMPLEMENTATIONS}
@@ -360,6 +360,7 @@ def main(argv=None):
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 2 GB .npy")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--threads", type=int, help="compute threads of every implementation (default: each library's own)")
+    parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS, help="run these implementations alone")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=tuple(references.WORKLOADS), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -384,7 +385,7 @@ def main(argv=None):
         return
     if args.threads:
         limit_threads(args.threads)
-    report = benchmark(args.quick, args.repeats, args.rounds, args.memory)
+    report = benchmark(args.quick, args.repeats, args.rounds, args.memory, args.only)
     print(json.dumps(report, indent=2)) if args.json else print_report(report)
 
 
