@@ -94,7 +94,7 @@ def profile(n: int, rounds: int) -> dict:
         "loss sums (Totals.add)": lambda i: totals.add(loss, output, targets, size, penalty),
         "progress.on_step (pipe)": lambda i: progress.on_step(1, i + 1, totals.read),
         "batch gather": None,  # timed below, over the epoch's own batches
-        "optimizer step": lambda i: session.make_optimizer and optimizer.step(params.flat, params.grad_flat),
+        "optimizer step": lambda i: optimizer.step(params.flat, params.grad_flat),
         "compiled step (forward + backward)": lambda i: session.gradients(inputs, targets, ctx),
     }
     optimizer = session.make_optimizer()
