@@ -46,11 +46,12 @@ WARMUP_FULL_BATCHES = 3
 # --------------------------------------------------------------------------------------------
 
 
-def _mlp_graph(dense, relu, concat, x):
-    h = relu(dense("dense", x))
-    h = relu(dense("dense_1", h))
-    h = relu(dense("dense_2", h))
-    return dense("dense_3", h)
+def _chain_graph(names, dense, relu, concat, x):
+    """Dense-relu layers `names` in a chain, the last without relu (the logits)."""
+    h = x
+    for name in names[:-1]:
+        h = relu(dense(name, h))
+    return dense(names[-1], h)
 
 
 def _two_tower_graph(dense, relu, concat, x):
@@ -76,12 +77,32 @@ class Workload:
         return self.layers[0][1]
 
 
-WORKLOADS: dict[str, Workload] = {
+class _Workloads(dict):
+    """The named workloads, and MLPs sized by name for the scaling table (bench/scaling.py):
+    "mlp-b{batch}-w{width}-d{depth}" is 784 inputs, depth - 1 relu layers of width units, 10 logits."""
+
+    def __missing__(self, name):
+        try:
+            batch, width, depth = (int(part[1:]) for part in name.split("-")[1:])
+        except ValueError:
+            raise KeyError(name) from None
+        names = ["dense"] + [f"dense_{i}" for i in range(1, depth)]
+        fans = [784] + [width] * (depth - 1) + [10]
+        return Workload(name, tuple(zip(names, fans[:-1], fans[1:])), frozenset({"dense"}),
+                        functools.partial(_chain_graph, tuple(names)), "sparse_xent", batch, 1e-3)
+
+
+def scaled_mlp(batch: int, width: int, depth: int) -> str:
+    """The name of the scaling table's MLP of `depth` dense layers (see _Workloads)."""
+    return f"mlp-b{batch}-w{width}-d{depth}"
+
+
+WORKLOADS: dict[str, Workload] = _Workloads({
     "mlp": Workload(
         name="mlp",
         layers=(("dense", 784, 256), ("dense_1", 256, 128), ("dense_2", 128, 64), ("dense_3", 64, 10)),
         input_layers=frozenset({"dense"}),
-        graph=_mlp_graph,
+        graph=functools.partial(_chain_graph, ("dense", "dense_1", "dense_2", "dense_3")),
         loss="sparse_xent",
         batch_size=128,
         lr=1e-3,
@@ -95,7 +116,7 @@ WORKLOADS: dict[str, Workload] = {
         batch_size=32,
         lr=0.01,
     ),
-}
+})
 
 
 def make_workload(name: str, n: int, epochs: int, seed: int = 0):
@@ -112,7 +133,7 @@ def make_workload(name: str, n: int, epochs: int, seed: int = 0):
     workload = WORKLOADS[name]
     data_rng, init_rng, perm_rng = np.random.default_rng(seed).spawn(3)
 
-    if name == "mlp":
+    if workload.loss == "sparse_xent":
         x = data_rng.random((n, workload.n_features), dtype=np.float32)
         teacher = data_rng.standard_normal((workload.n_features, 10))
         # Centred columns: with x >= 0 an uncentred teacher lets one class win almost always.
@@ -346,7 +367,7 @@ class _NumpyTwoTower:
         return loss
 
 
-_NUMPY_MODELS = {"mlp": _NumpyMLP, "two_tower": _NumpyTwoTower}
+_NUMPY_MODELS = {"sparse_xent": _NumpyMLP, "mse": _NumpyTwoTower}  # by the workload's loss
 
 
 class _NumpyTrainer:
@@ -358,7 +379,7 @@ class _NumpyTrainer:
             self.params[key][...] = value
         self.grads_flat, grads = _flat_views(init, dtype)
         self.adam = _NumpyAdam(self.params_flat, lr)
-        self.model = _NUMPY_MODELS[wl.name](wl, self.params, grads, batch_size, dtype)
+        self.model = _NUMPY_MODELS[wl.loss](wl, self.params, grads, batch_size, dtype)
         self.x_batch = np.empty((batch_size,) + x.shape[1:], x.dtype)
         self.y_batch = np.empty((batch_size,) + y.shape[1:], y.dtype)
 

@@ -4,13 +4,22 @@
     python bench/run.py --quick         # a smaller, faster run
     python bench/run.py --memory        # also: peak RSS training on a 2 GB .npy data set
     python bench/run.py --json          # the same numbers for scripts
+    python bench/run.py --threads 1     # every implementation on one thread (a shared, busy machine)
     python bench/run.py --write-mnist-like   # data/mnist_like.npz for specs/mnist_mlp.yaml
 
-Every implementation trains the same network on the same data, from the same initial weights,
-in the same batch order (`references.make_workload`), under one timing driver
-(`references._train`: warm-up on a throwaway model, then the timed epochs). nnctl runs through
-its own Session (spec -> graph -> autograd -> flat-buffer optimizer). Each implementation runs in
-a subprocess of its own, so peak RSS is its own too. Final training losses must agree: exactly
+nnctl's headline row, "nnctl train", is the command as a user runs it: `python -m nnctl train` in
+a subprocess on a spec file and an .npz data file on disk, its default progress going to a pipe
+(not a terminal), checkpoints and history on, from the workload's initial weights (--init). Its
+speed comes from whole-process wall times: (N + 2 epochs) minus (2 epochs), so start-up, reading
+the data and the first and last epochs' checkpoint writes cancel (`nnctl_train_worker`). The
+"nnctl step" row is the bare compiled step and optimizer through a Session, as the references are
+driven, for diagnosis; their ratio is what the training loop adds.
+
+The other implementations train the same network on the same data, from the same initial
+weights, in the same batch order (`references.make_workload`), under one timing driver
+(`references._train`: warm-up on a throwaway model, then the timed epochs); `nnctl train` shuffles
+with its own seed, the same arithmetic in another order. Each implementation runs in a subprocess
+of its own, so peak RSS is its own too. Final training losses must agree: exactly
 (to float32 rounding) for two_tower, within a few percent for the float32 MLP, whose relu
 boundaries flip under different summation orders over hundreds of Adam steps (in float64 the
 references agree to 1e-9: `python bench/references.py --check`). A loss outside that means a
@@ -19,6 +28,7 @@ broken benchmark, not a fast one. Ratios are only meaningful within one run.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -39,16 +49,16 @@ import references  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 SIZES = {"mlp": (60000, 1), "two_tower": (96000, 1)}
 QUICK_SIZES = {"mlp": (15000, 1), "two_tower": (32000, 1)}
-IMPLEMENTATIONS = ("nnctl", "numpy", "torch", "jax", "gemm")
+IMPLEMENTATIONS = ("nnctl_train", "nnctl_step", "numpy", "torch", "jax", "gemm")
+# Epochs `nnctl train` runs beyond the 2 whose whole-process time is subtracted (quick: fewer).
+TRAIN_EXTRA_EPOCHS = {False: 3, True: 2}
 
 
 # --- nnctl as a reference-driver trainer -------------------------------------------------------
 def _spec_for(workload, lr, batch_size, dtype="float32") -> dict:
-    if workload.name == "mlp":
-        layers = [{"type": "dense", "units": 256, "activation": "relu"},
-                  {"type": "dense", "units": 128, "activation": "relu"},
-                  {"type": "dense", "units": 64, "activation": "relu"},
-                  {"type": "dense", "units": 10}]
+    if workload.loss == "sparse_xent":  # a dense-relu chain with logits (references._chain_graph)
+        layers = [{"name": name, "type": "dense", "units": fan_out, "activation": "relu"} for name, _, fan_out in workload.layers]
+        del layers[-1]["activation"]
         loss = {"type": "sparse_categorical_crossentropy", "from_logits": True}
     else:
         layers = [{"name": "dense1", "type": "dense", "units": 1, "from": "x"},
@@ -100,8 +110,56 @@ def train_nnctl(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1
     return references._train(NnctlTrainer, workload, x, y, init, perms, batch_size, lr, repeats)
 
 
-TRAINERS = {"nnctl": train_nnctl, "numpy": references.train_numpy, "torch": references.train_torch,
+TRAINERS = {"nnctl_step": train_nnctl, "numpy": references.train_numpy, "torch": references.train_torch,
             "jax": references.train_jax, "gemm": references.train_gemm_bound}
+
+
+# --- nnctl train as a user runs it ---------------------------------------------------------------
+def nnctl_train_worker(workload: str, n: int, extra_epochs: int, repeats: int) -> dict:
+    """`nnctl train` on files: per-epoch speed from (extra + 2 epochs) minus (2 epochs) of whole-process
+    wall time, each the fastest of `repeats` runs; plus what nnctl itself reported (its history's
+    median epoch `samples_per_second`). The loss is the first epoch's, comparable with the others'
+    single epoch from the same weights (in another batch order)."""
+    import yaml
+
+    from nnctl.io.weights import save_weights
+
+    wl = references.WORKLOADS[workload]
+    x, y, init, _ = references.make_workload(workload, n, 1, seed=0)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("NNCTL_BENCH_TMP")) as folder:
+        folder = Path(folder)
+        np.savez(folder / "data.npz", x=x, y=y)
+        save_weights(folder / "init.npz", init)
+        spec = _spec_for(wl, wl.lr, wl.batch_size)
+        spec["data"] = {"path": "data.npz", "inputs": {"x": "x"}, "targets": "y"}
+        spec["train"]["shuffle"] = True
+        (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode cached
+
+        def wall(epochs):
+            command = [sys.executable, "-m", "nnctl", "train", "spec.yaml", "--init", "init.npz",
+                       "--epochs", str(epochs), "--restart"]
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise RuntimeError(f"nnctl train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+            return seconds
+
+        wall(1)  # bytecode cached, data file in the page cache
+        short, long = [], []
+        for _ in range(repeats):  # interleaved, so a slow spell of the machine hits both
+            short.append(wall(2))
+            long.append(wall(2 + extra_epochs))
+        history = list(csv.DictReader((folder / "runs" / spec["name"] / "history.csv").open()))
+    seconds_per_epoch = (min(long) - min(short)) / extra_epochs
+    steps = -(-n // wl.batch_size)
+    reported = [float(row["samples_per_second"]) for row in history]
+    return {"seconds": seconds_per_epoch, "samples_per_s": n / seconds_per_epoch, "steps_per_s": steps / seconds_per_epoch,
+            "final_loss": float(history[0]["loss"]), "reported_samples_per_s": statistics.median(reported),
+            "process_seconds": {"2 epochs": min(short), f"{2 + extra_epochs} epochs": min(long)},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 # --- one implementation in a subprocess ---------------------------------------------------------
@@ -114,6 +172,7 @@ def worker(impl: str, workload: str, n: int, epochs: int, repeats: int) -> dict:
 
 
 def run_worker(impl, workload, n, epochs, repeats):
+    """`impl` in a subprocess of its own; for nnctl_train, `epochs` are the extra epochs timed."""
     command = [sys.executable, __file__, "--worker", impl, "--workload", workload, "--n", str(n),
                "--epochs", str(epochs), "--repeats", str(repeats)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -121,6 +180,17 @@ def run_worker(impl, workload, n, epochs, repeats):
         last = (done.stderr.strip().splitlines() or ["failed"])[-1]
         return {"error": last}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def limit_threads(threads: int) -> None:
+    """Every worker started from now on uses at most `threads` compute threads: OpenBLAS, MKL and
+    OpenMP (NumPy, torch) and XLA (JAX). On a machine whose cores other processes also use, BLAS
+    threads that wait for each other lose whole scheduler slices (a 2-thread OpenBLAS step was 30x
+    slower than a 1-thread one under a load of 14 on 2 cores), so ratios mean little without this."""
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+        f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}", f"intra_op_parallelism_threads={threads}"]))
 
 
 def available(impl: str) -> str | None:
@@ -194,13 +264,13 @@ def make_npy(path: str, rows: int) -> None:
 
 
 # --- the report -------------------------------------------------------------------------------------
-def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict:
+def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool, only=IMPLEMENTATIONS) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
-    from nnctl.train.optimizers import fused_adam
+    from nnctl.train.optimizers import fused
 
-    report = {"machine": f"{os.cpu_count()} CPUs", "numpy": np.__version__, "rounds": rounds,
-              "nnctl_adam": "one compiled loop" if fused_adam else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
-    missing = {impl: available(impl) for impl in IMPLEMENTATIONS}
+    report = {"machine": machine(), "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "numpy": np.__version__, "rounds": rounds,
+              "nnctl_adam": "one compiled loop" if fused else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
+    missing = {impl: available(impl) if impl in only else "not asked for (--only)" for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
         rows = {impl: {"skipped": why} for impl, why in missing.items() if why}
         runs = {impl: [] for impl in IMPLEMENTATIONS}
@@ -210,7 +280,8 @@ def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict
             for impl in IMPLEMENTATIONS:
                 if missing[impl]:
                     continue
-                result = run_worker(impl, workload, n, epochs, repeats)
+                timed = TRAIN_EXTRA_EPOCHS[quick] if impl == "nnctl_train" else epochs
+                result = run_worker(impl, workload, n, timed, repeats)
                 if "error" in result:
                     rows[impl] = result
                 else:
@@ -227,6 +298,18 @@ def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool) -> dict
     return report
 
 
+def machine() -> str:
+    """The CPU's model name and count, as /proc/cpuinfo gives them (the count alone elsewhere)."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0]}, {os.cpu_count()} CPUs" if names else f"{os.cpu_count()} CPUs"
+
+
+NAMES = {"nnctl_train": "nnctl train", "nnctl_step": "nnctl step"}
+
+
 def _ratio(a, b):
     return a / b if a and b else float("nan")
 
@@ -238,7 +321,7 @@ def print_report(report: dict) -> None:
     console = Console(width=120)
     for workload, entry in report["workloads"].items():
         rows = entry["results"]
-        nnctl = rows.get("nnctl", {})
+        nnctl = rows.get("nnctl_train", {})
         gemm = rows.get("gemm", {})
         unit = "steps/s" if workload == "two_tower" else "samples/s"
         key = "steps_per_s" if workload == "two_tower" else "samples_per_s"
@@ -247,17 +330,21 @@ def print_report(report: dict) -> None:
             table.add_column(column, justify="left" if column == "implementation" else "right")
         for impl, result in rows.items():
             if "skipped" in result or "error" in result:
-                table.add_row(impl, result.get("skipped") or result.get("error"), "", "", "", "")
+                table.add_row(NAMES.get(impl, impl), result.get("skipped") or result.get("error"), "", "", "", "")
                 continue
             speed = result[key]
-            table.add_row(impl, f"{speed:,.0f}", f"{_ratio(nnctl.get(key), speed):.2f}x" if impl != "nnctl" else "1.00x",
+            table.add_row(NAMES.get(impl, impl), f"{speed:,.0f}", f"{_ratio(nnctl.get(key), speed):.2f}x",
                           f"{_ratio(result['samples_per_s'], gemm.get('samples_per_s')):.2f}",
                           f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
         console.print(table)
-    console.print(f"nnctl's Adam update: {report['nnctl_adam']}")
+        step = rows.get("nnctl_step", {})
+        if key in nnctl and key in step:
+            console.print(f"nnctl train / nnctl step: {nnctl[key] / step[key]:.2f} (target >= 0.95); nnctl train's own "
+                          f"samples_per_second (training steps only): {nnctl['reported_samples_per_s']:,.0f}")
+    console.print(f"machine: {report['machine']}, compute threads: {report['threads']}; nnctl's Adam update: {report['nnctl_adam']}")
     s = report["startup"]
     console.print(f"start-up: nnctl summary {s['nnctl_summary_s'] * 1000:.0f} ms, python -c 'import numpy' "
-                  f"{s['import_numpy_s'] * 1000:.0f} ms: ratio {s['ratio']:.2f} (target <= 1.5)")
+                  f"{s['import_numpy_s'] * 1000:.0f} ms: ratio {s['ratio']:.2f} (target <= 1.2)")
     if "memory" in report:
         m = report["memory"]
         console.print(f"memory: nnctl train on a {m['file_gb']:.2f} GB float32 .npy ({m['rows']:,} rows, 1 epoch): "
@@ -267,10 +354,13 @@ def print_report(report: dict) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller data sets")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs in each worker (the fastest is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs in each worker (the fastest is kept; "
+                        "for nnctl train: pairs of whole-process runs)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of workers (the median is kept)")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 2 GB .npy")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, help="compute threads of every implementation (default: each library's own)")
+    parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS, help="run these implementations alone")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=tuple(references.WORKLOADS), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -287,10 +377,15 @@ def main(argv=None):
     if args.make_npy:
         make_npy(args.make_npy[0], int(args.make_npy[1]))
         return
+    if args.worker == "nnctl_train":
+        print(json.dumps(nnctl_train_worker(args.workload, args.n, args.epochs, args.repeats)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.workload, args.n, args.epochs, args.repeats)))
         return
-    report = benchmark(args.quick, args.repeats, args.rounds, args.memory)
+    if args.threads:
+        limit_threads(args.threads)
+    report = benchmark(args.quick, args.repeats, args.rounds, args.memory, args.only)
     print(json.dumps(report, indent=2)) if args.json else print_report(report)
 
 

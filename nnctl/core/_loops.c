@@ -1,16 +1,22 @@
-/* nnctl.core._loops: Adam's update as one loop over the flat buffers (see nnctl/train/optimizers.py).
+/* nnctl.core._loops: each optimizer's update as one loop over the flat buffers (see
+   nnctl/train/optimizers.py).
 
    NumPy runs an update as whole-buffer passes, one per operation: 10 passes over 5 buffers for
-   Adam, a quarter of a training step on an MLP. This loop reads each element once. It performs
-   the same IEEE operations in the same order with the same roundings as those passes (no FMA
+   Adam, a quarter of a training step on an MLP. These loops read each element once. Each performs
+   the same IEEE operations in the same order with the same roundings as its NumPy passes (no FMA
    contraction: -ffp-contract=off; sqrt and division are correctly rounded in both), so the
    weights are bit-identical whether or not this module was built; tests/test_optimizers.py
    holds that. It is optional: pip builds it when a C compiler is present, and nnctl falls back to
    the NumPy passes when it is not.
+
+   A factor of exactly 1 (x * 1 == x for every IEEE value) lets one loop serve two optimizers:
+   AdamW's decoupled decay is Adam's with decay 1 skipped, Adagrad's accumulator is RMSprop's
+   with rho = 1 and 1 - rho = 1.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifdef _MSC_VER
@@ -24,14 +30,16 @@
 #define VECTOR_CLONES
 #endif
 
-/* The NumPy passes, element by element: m_sum = m_sum * beta_1 + g; v_sum = v_sum * beta_2 + g * g;
+/* Adam's (and AdamW's) passes, element by element: params = params * decay (AdamW only);
+   m_sum = m_sum * beta_1 + g; v_sum = v_sum * beta_2 + g * g;
    params = params + (m_sum / (sqrt(v_sum) + epsilon)) * step. */
 #define ADAM_LOOP(NAME, T, SQRT)                                                                 \
     VECTOR_CLONES static void NAME(T *restrict params, const T *restrict grads, T *restrict m_sum, \
                                    T *restrict v_sum, Py_ssize_t n, T beta_1, T beta_2,          \
-                                   T epsilon, T step) {                                          \
+                                   T epsilon, T step, T decay) {                                 \
         for (Py_ssize_t i = 0; i < n; i++) {                                                     \
             T g = grads[i];                                                                      \
+            T p = params[i] * decay;                                                             \
             T m = m_sum[i] * beta_1;                                                             \
             m = m + g;                                                                           \
             m_sum[i] = m;                                                                        \
@@ -43,12 +51,76 @@
             denominator = denominator + epsilon;                                                 \
             T update = m / denominator;                                                          \
             update = update * step;                                                              \
-            params[i] = params[i] + update;                                                      \
+            params[i] = p + update;                                                              \
         }                                                                                        \
+    }
+
+/* SGD with momentum's passes: velocity = velocity * momentum + g; then
+   params = params - velocity * lr, or with Nesterov params = params - (velocity * momentum + g) * lr. */
+#define SGD_LOOP(NAME, T)                                                                        \
+    VECTOR_CLONES static void NAME(T *restrict params, const T *restrict grads,                  \
+                                   T *restrict velocity, Py_ssize_t n, T momentum, T lr,         \
+                                   int nesterov) {                                               \
+        if (nesterov) {                                                                          \
+            for (Py_ssize_t i = 0; i < n; i++) {                                                 \
+                T g = grads[i];                                                                  \
+                T v = velocity[i] * momentum;                                                    \
+                v = v + g;                                                                       \
+                velocity[i] = v;                                                                 \
+                T update = v * momentum;                                                         \
+                update = update + g;                                                             \
+                update = update * lr;                                                            \
+                params[i] = params[i] - update;                                                  \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (Py_ssize_t i = 0; i < n; i++) {                                                 \
+                T v = velocity[i] * momentum;                                                    \
+                v = v + grads[i];                                                                \
+                velocity[i] = v;                                                                 \
+                T update = v * lr;                                                               \
+                params[i] = params[i] - update;                                                  \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* RMSprop's (and Adagrad's) passes: squares = squares * rho + (g * g) * scale;
+   params = params - (g / (sqrt(squares) + epsilon)) * lr. */
+#define SCALED_LOOP(NAME, T, SQRT)                                                               \
+    VECTOR_CLONES static void NAME(T *restrict params, const T *restrict grads,                  \
+                                   T *restrict squares, Py_ssize_t n, T rho, T scale, T epsilon, \
+                                   T lr) {                                                       \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                     \
+            T g = grads[i];                                                                      \
+            T s = squares[i] * rho;                                                              \
+            T square = g * g;                                                                    \
+            square = square * scale;                                                             \
+            s = s + square;                                                                      \
+            squares[i] = s;                                                                      \
+            T denominator = SQRT(s);                                                             \
+            denominator = denominator + epsilon;                                                 \
+            T update = g / denominator;                                                          \
+            update = update * lr;                                                                \
+            params[i] = params[i] - update;                                                      \
+        }                                                                                        \
+    }
+
+/* Whether every element is finite: its exponent bits are not all ones. An integer OR over the
+   bits vectorises where a float sum (NumPy's check) cannot, and never overflows to a false inf. */
+#define FINITE_LOOP(NAME, T, U, EXPONENT)                                                        \
+    VECTOR_CLONES static int NAME(const U *restrict bits, Py_ssize_t n) {                         \
+        U bad = 0;                                                                               \
+        for (Py_ssize_t i = 0; i < n; i++) bad |= (U)((bits[i] & EXPONENT) == EXPONENT);          \
+        return !bad;                                                                             \
     }
 
 ADAM_LOOP(adam_float, float, sqrtf)
 ADAM_LOOP(adam_double, double, sqrt)
+SGD_LOOP(sgd_float, float)
+SGD_LOOP(sgd_double, double)
+SCALED_LOOP(scaled_float, float, sqrtf)
+SCALED_LOOP(scaled_double, double, sqrt)
+FINITE_LOOP(finite_float, float, uint32_t, 0x7f800000u)
+FINITE_LOOP(finite_double, double, uint64_t, 0x7ff0000000000000ull)
 
 /* 'f' or 'd' for a native float32 or float64 buffer, 0 otherwise. */
 static char float_kind(const Py_buffer *view) {
@@ -64,46 +136,108 @@ static char float_kind(const Py_buffer *view) {
     return 0;
 }
 
-static PyObject *adam(PyObject *module, PyObject *args) {
-    PyObject *objects[4];
-    double beta_1, beta_2, epsilon, step;
-    if (!PyArg_ParseTuple(args, "OOOOdddd:adam", &objects[0], &objects[1], &objects[2], &objects[3],
-                          &beta_1, &beta_2, &epsilon, &step))
-        return NULL;
-    static const char *names[4] = {"params", "grads", "m_sum", "v_sum"};
-    Py_buffer views[4];
+/* The `count` buffers in `objects` as views (the second, grads, read-only), all C-contiguous
+   float32 or float64 of one dtype and length: their kind ('f' or 'd'), or 0 with an exception set
+   and nothing held. names[0] is the function's name. */
+static char get_buffers(const char *const *names, PyObject **objects, Py_buffer *views, int count) {
     int held = 0;
-    PyObject *result = NULL;
-    for (; held < 4; held++) {
+    for (; held < count; held++) {
         int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (held == 1 ? 0 : PyBUF_WRITABLE);
-        if (PyObject_GetBuffer(objects[held], &views[held], flags) < 0) goto done;
+        if (PyObject_GetBuffer(objects[held], &views[held], flags) < 0) goto fail;
     }
     char kind = float_kind(&views[0]);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < count; i++) {
         if (!kind || float_kind(&views[i]) != kind || views[i].len != views[0].len) {
-            PyErr_Format(PyExc_TypeError, "adam: expected four contiguous float32 or float64 buffers of one "
-                         "dtype and length, received a different %s", names[i]);
-            goto done;
+            PyErr_Format(PyExc_TypeError, "%s: expected %d contiguous float32 or float64 buffers of one "
+                         "dtype and length, received a different %s", names[0], count, names[i + 1]);
+            goto fail;
         }
     }
-    Py_ssize_t n = views[0].len / views[0].itemsize;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f')
-        adam_float(views[0].buf, views[1].buf, views[2].buf, views[3].buf, n, (float)beta_1, (float)beta_2,
-                   (float)epsilon, (float)step);
-    else
-        adam_double(views[0].buf, views[1].buf, views[2].buf, views[3].buf, n, beta_1, beta_2, epsilon, step);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
+    return kind;
+fail:
     while (held > 0) PyBuffer_Release(&views[--held]);
-    return result;
+    return 0;
+}
+
+/* A wrapper's body once its arguments are parsed: the `count` buffers of `objects` as `views`,
+   FLOAT_CALL or DOUBLE_CALL on them (B(i): buffer i; n: elements) without the GIL, None. */
+#define B(i) views[i].buf
+#define RUN_LOOP(count, FLOAT_CALL, DOUBLE_CALL)                                                 \
+    do {                                                                                         \
+        char kind = get_buffers(names, objects, views, count);                                   \
+        if (!kind) return NULL;                                                                  \
+        Py_ssize_t n = views[0].len / views[0].itemsize;                                         \
+        Py_BEGIN_ALLOW_THREADS                                                                   \
+        if (kind == 'f') FLOAT_CALL; else DOUBLE_CALL;                                           \
+        Py_END_ALLOW_THREADS                                                                     \
+        for (int i = count; i > 0;) PyBuffer_Release(&views[--i]);                               \
+        Py_RETURN_NONE;                                                                          \
+    } while (0)
+
+static PyObject *adam(PyObject *module, PyObject *args) {
+    static const char *names[] = {"adam", "params", "grads", "m_sum", "v_sum"};
+    PyObject *objects[4];
+    Py_buffer views[4];
+    double beta_1, beta_2, epsilon, step, decay = 1.0;
+    if (!PyArg_ParseTuple(args, "OOOOdddd|d:adam", &objects[0], &objects[1], &objects[2], &objects[3],
+                          &beta_1, &beta_2, &epsilon, &step, &decay))
+        return NULL;
+    RUN_LOOP(4, adam_float(B(0), B(1), B(2), B(3), n, (float)beta_1, (float)beta_2, (float)epsilon, (float)step, (float)decay),
+             adam_double(B(0), B(1), B(2), B(3), n, beta_1, beta_2, epsilon, step, decay));
+}
+
+static PyObject *sgd(PyObject *module, PyObject *args) {
+    static const char *names[] = {"sgd", "params", "grads", "velocity"};
+    PyObject *objects[3];
+    Py_buffer views[3];
+    double momentum, lr;
+    int nesterov;
+    if (!PyArg_ParseTuple(args, "OOOddp:sgd", &objects[0], &objects[1], &objects[2], &momentum, &lr, &nesterov))
+        return NULL;
+    RUN_LOOP(3, sgd_float(B(0), B(1), B(2), n, (float)momentum, (float)lr, nesterov),
+             sgd_double(B(0), B(1), B(2), n, momentum, lr, nesterov));
+}
+
+static PyObject *scaled(PyObject *module, PyObject *args) {
+    static const char *names[] = {"scaled", "params", "grads", "squares"};
+    PyObject *objects[3];
+    Py_buffer views[3];
+    double rho, scale, epsilon, lr;
+    if (!PyArg_ParseTuple(args, "OOOdddd:scaled", &objects[0], &objects[1], &objects[2], &rho, &scale, &epsilon, &lr))
+        return NULL;
+    RUN_LOOP(3, scaled_float(B(0), B(1), B(2), n, (float)rho, (float)scale, (float)epsilon, (float)lr),
+             scaled_double(B(0), B(1), B(2), n, rho, scale, epsilon, lr));
+}
+
+static PyObject *all_finite(PyObject *module, PyObject *array) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    char kind = float_kind(&view);
+    if (!kind) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "all_finite: expected a contiguous float32 or float64 buffer, received another");
+        return NULL;
+    }
+    int finite;
+    Py_ssize_t n = view.len / view.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    finite = kind == 'f' ? finite_float(view.buf, n) : finite_double(view.buf, n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(finite);
 }
 
 static PyMethodDef methods[] = {
     {"adam", adam, METH_VARARGS,
-     "adam(params, grads, m_sum, v_sum, beta_1, beta_2, epsilon, step): one Adam update in place."},
+     "adam(params, grads, m_sum, v_sum, beta_1, beta_2, epsilon, step, decay=1): one Adam (AdamW with "
+     "decay != 1) update in place."},
+    {"sgd", sgd, METH_VARARGS,
+     "sgd(params, grads, velocity, momentum, lr, nesterov): one SGD-with-momentum update in place."},
+    {"scaled", scaled, METH_VARARGS,
+     "scaled(params, grads, squares, rho, scale, epsilon, lr): one RMSprop (Adagrad: rho = scale = 1) "
+     "update in place."},
+    {"all_finite", all_finite, METH_O,
+     "all_finite(array): whether no element of a float32 or float64 buffer is NaN or infinite."},
     {NULL, NULL, 0, NULL},
 };
 

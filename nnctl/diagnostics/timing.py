@@ -3,7 +3,8 @@
 It times what `nnctl train` runs: a compiled step (nnctl.train.step.TrainStep) of its own, whose layer
 closures are wrapped with timers, then the optimizer update. The loss gives its value and its
 gradient in one call, so its time is all in the forward column. What the layers and the update
-do not account for is the step's own overhead (its loops, and a regularization penalty if any).
+do not account for is the step's own overhead (its loops, a regularization penalty if any, and on
+NumPy the finite check of the gradient that `fit` runs after every step).
 On CuPy the device is synchronised around each timed region, so times are the kernels' own.
 No printing: `time_step` returns plain data that nnctl.cli.report renders.
 """
@@ -14,6 +15,7 @@ import time
 from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.core.random import STREAM_DROPOUT, rng_for
 from nnctl.model.graph import ForwardContext
+from nnctl.train.fit import all_finite
 from nnctl.train.step import TrainStep
 
 LOSS = "loss"
@@ -52,6 +54,7 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
     optimizer = session.make_optimizer()
     ctx = ForwardContext(backend, True, rng_for(session.spec.seed, STREAM_DROPOUT))
     step_s = update_s = 0.0
+    checks = backend.name == "numpy"  # as in fit: on a GPU the check would synchronise every step
     for iteration in range(warmup + iterations):
         if iteration == warmup:  # the warm-up steps fill caches and allocators; not counted
             for bucket in seconds.values():
@@ -60,6 +63,8 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
         sync()
         started = time.perf_counter()
         step(inputs, targets, ctx)
+        if checks:
+            all_finite(params.grad_flat)
         sync()
         step_s += time.perf_counter() - started
         started = time.perf_counter()

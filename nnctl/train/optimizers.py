@@ -16,10 +16,10 @@ import math
 from nnctl.core.backend import namespace_of, to_host
 from nnctl.options import Option, boolean, number, optional
 
-try:  # Adam's update as one compiled loop (nnctl/core/_loops.c), built by pip where a C compiler is
-    from nnctl.core._loops import adam as fused_adam
-except ImportError:  # the same update as NumPy passes, bit for bit
-    fused_adam = None
+try:  # the updates as compiled loops (nnctl/core/_loops.c), built by pip where a C compiler is
+    from nnctl.core import _loops as fused
+except ImportError:  # the same updates as NumPy passes, bit for bit
+    fused = None
 
 _LR = "step size"
 
@@ -66,7 +66,7 @@ class Optimizer:
 
     def compiled(self, xp) -> bool:
         """Whether `update` on `xp` runs as one compiled loop (nnctl.core._loops) rather than passes."""
-        return False
+        return fused is not None and xp.__name__ == "numpy"
 
     def state_dict(self) -> dict:
         """Host copies of the state buffers and the step count, for checkpoints."""
@@ -98,6 +98,9 @@ class SGD(Optimizer):
             params -= scratch
             return
         velocity = state["momentum"]
+        if self.compiled(xp):
+            fused.sgd(params, grads, velocity, momentum, lr, self.config["nesterov"])
+            return
         velocity *= momentum
         velocity += grads
         if self.config["nesterov"]:
@@ -107,6 +110,9 @@ class SGD(Optimizer):
             scratch[...] = velocity
         scratch *= lr
         params -= scratch
+
+    def compiled(self, xp):
+        return bool(self.config["momentum"]) and super().compiled(xp)  # plain SGD: two passes, no loop
 
 
 _ADAM_OPTIONS = {
@@ -130,21 +136,25 @@ class Adam(Optimizer):
     Equal to torch's formula in exact arithmetic; float64 results agree to rounding.
 
     On NumPy the passes run as one compiled loop when nnctl.core._loops is built, with the same
-    roundings in the same order: bit-identical weights, a quarter of the time.
+    roundings in the same order: bit-identical weights, a quarter of the time. (Every optimizer's
+    update does, plain SGD's two passes aside.)
     """
 
     options = {**_ADAM_OPTIONS, **CLIPPING}
     slots = ("m_sum", "v_sum")
 
-    def update(self, xp, params, grads, state, scratch):
+    def update(self, xp, params, grads, state, scratch, decay=None):
+        """`decay`: AdamW's factor on params, applied before the update."""
         c = self.config
         b1, b2, t = c["beta_1"], c["beta_2"], self.iterations
         m_sum, v_sum = state["m_sum"], state["v_sum"]
         scale = math.sqrt(1 - b2) / math.sqrt(1 - b2**t)
         epsilon, step = c["epsilon"] / scale, -self.learning_rate / (1 - b1**t) * (1 - b1) / scale
         if self.compiled(xp):
-            fused_adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step)
+            fused.adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step, 1.0 if decay is None else decay)
             return
+        if decay is not None:
+            params *= decay
         m_sum *= b1
         m_sum += grads
         v_sum *= b2
@@ -156,20 +166,27 @@ class Adam(Optimizer):
         scratch *= step
         params += scratch
 
-    def compiled(self, xp):
-        return fused_adam is not None and xp.__name__ == "numpy"
-
 
 class AdamW(Adam):
     options = {**_ADAM_OPTIONS, "weight_decay": Option(number(low=0), 0.004, "decoupled decay, times learning_rate"), **CLIPPING}
 
-    def update(self, xp, params, grads, state, scratch):
-        params *= 1 - self.learning_rate * self.config["weight_decay"]
-        super().update(xp, params, grads, state, scratch)
+    def update(self, xp, params, grads, state, scratch, decay=None):
+        super().update(xp, params, grads, state, scratch, 1 - self.learning_rate * self.config["weight_decay"])
 
 
-def _scaled_step(xp, params, grads, squares, epsilon, learning_rate, scratch) -> None:
-    """params -= learning_rate * grads / (sqrt(squares) + epsilon): RMSprop's and Adagrad's step."""
+def _scaled_step(optimizer, xp, params, grads, squares, rho, scale, scratch) -> None:
+    """squares = squares * rho + grads^2 * scale, then params -= learning_rate * grads / (sqrt(squares) +
+    epsilon): RMSprop's and Adagrad's step (Adagrad's rho and scale are None: no multiply)."""
+    epsilon, learning_rate = optimizer.config["epsilon"], optimizer.learning_rate
+    if optimizer.compiled(xp):  # a factor of 1 is exact: the loop equals the passes without it
+        fused.scaled(params, grads, squares, 1.0 if rho is None else rho, 1.0 if scale is None else scale, epsilon, learning_rate)
+        return
+    if rho is not None:
+        squares *= rho
+    xp.multiply(grads, grads, out=scratch)
+    if scale is not None:
+        scratch *= scale
+    squares += scratch
     xp.sqrt(squares, out=scratch)
     scratch += epsilon
     xp.divide(grads, scratch, out=scratch)
@@ -187,13 +204,8 @@ class RMSprop(Optimizer):
     slots = ("square_average",)
 
     def update(self, xp, params, grads, state, scratch):
-        c = self.config
-        average = state["square_average"]
-        average *= c["rho"]
-        xp.multiply(grads, grads, out=scratch)
-        scratch *= 1 - c["rho"]
-        average += scratch
-        _scaled_step(xp, params, grads, average, c["epsilon"], self.learning_rate, scratch)
+        rho = self.config["rho"]
+        _scaled_step(self, xp, params, grads, state["square_average"], rho, 1 - rho, scratch)
 
 
 class Adagrad(Optimizer):
@@ -210,11 +222,7 @@ class Adagrad(Optimizer):
         self.state["accumulator"] += config["initial_accumulator_value"]
 
     def update(self, xp, params, grads, state, scratch):
-        c = self.config
-        accumulator = state["accumulator"]
-        xp.multiply(grads, grads, out=scratch)
-        accumulator += scratch
-        _scaled_step(xp, params, grads, accumulator, c["epsilon"], self.learning_rate, scratch)
+        _scaled_step(self, xp, params, grads, state["accumulator"], None, None, scratch)
 
 
 def clip_global_norm(xp, grads, max_norm: float) -> None:
