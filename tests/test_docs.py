@@ -58,7 +58,7 @@ def test_every_entry_and_option_is_in_the_reference(title, name):
 
 
 def test_every_column_preprocessing_option_is_in_the_reference():
-    from nnctl.data.preprocessing import COLUMN_OPTIONS
+    from nnctl.data.column_options import COLUMN_OPTIONS
 
     section = _section("Column preprocessing")
     for name, option in COLUMN_OPTIONS.items():

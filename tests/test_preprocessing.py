@@ -11,6 +11,7 @@ import numpy
 import pytest
 
 from nnctl.data import preprocessing as pre
+from nnctl.data.column_options import COLUMN_OPTIONS
 from nnctl.errors import DataError, Problem
 
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install '.[test]')")
@@ -27,7 +28,7 @@ TOKENS[50] = "violet"  # only outside the training rows
 
 
 def _config(**options) -> dict:
-    return {name: options.get(name, option.default) for name, option in pre.COLUMN_OPTIONS.items()}
+    return {name: options.get(name, option.default) for name, option in COLUMN_OPTIONS.items()}
 
 
 def _problem(path, message):

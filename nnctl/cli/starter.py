@@ -15,12 +15,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import numpy
 import yaml
 
 from nnctl.errors import DataError, Problem, UsageError, describe, did_you_mean
 from nnctl.io.atomic import atomic_write
-from nnctl.io.tables import NUMBER, TEXT, CsvTable, number_text_of, read_table
 
 TASKS = ("regression", "classification")
 HIDDEN_UNITS = (32, 32)
@@ -73,6 +71,8 @@ def _spec_name(path: Path) -> str:
 def starter_spec(csv_path, target: str, task: str | None, out) -> tuple[str, dict]:
     """(YAML text of the spec, facts: task, inputs, skipped columns, classes, one line per column)
     for a table file: each column read, typed and described, its preprocessing chosen."""
+    from nnctl.io.tables import read_table  # here, not at the top: the CLI starts without NumPy
+
     csv_path, out = Path(csv_path), Path(out)
     header = _header(csv_path)
     for later, name in enumerate(header):
@@ -154,6 +154,8 @@ def starter_spec(csv_path, target: str, task: str | None, out) -> tuple[str, dic
 
 def _header(path: Path) -> list:
     """The column names, as the file has them (a CSV's header row, or a table file's schema)."""
+    from nnctl.io.tables import CsvTable, read_table
+
     if path.suffix.lower() != ".csv":
         return read_table(path, DataError, "a table file with a header row").header
     with CsvTable(path, DataError, "a table file with a header row") as table:
@@ -164,6 +166,9 @@ def _header(path: Path) -> list:
 
 def _target(column, task, path):
     """(task, class names or None, the target's data.columns options, a note) for the target column."""
+    import numpy
+
+    from nnctl.io.tables import TEXT, number_text_of
     present = column.values[~column.missing]
     if column.missing.any():
         note_missing = f"; {int(column.missing.sum())} rows without one are dropped"
@@ -195,6 +200,9 @@ def _target(column, task, path):
 
 def _column_choice(column, rows: int):
     """(data.columns options or {} for the defaults, or None to skip; a note; its input width)."""
+    import numpy
+
+    from nnctl.io.tables import NUMBER, number_text_of
     missing = int(column.missing.sum())
     note_missing = f", {missing} missing" if missing else ""
     present = column.values[~column.missing]

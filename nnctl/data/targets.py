@@ -2,11 +2,11 @@
 
 Each kind checks a data file's targets, draws random ones (gradcheck, `nnctl time`), counts
 correct predictions for `accuracy`, and says which classes targets and outputs name, for
-evaluation and prediction. Adding a kind of target means one class here.
+evaluation and prediction. Adding a kind of target means one class here. NumPy is imported in
+the methods that use it: losses name these kinds, and reading a spec (`nnctl summary`) needs no
+NumPy.
 """
 from __future__ import annotations
-
-import numpy
 
 from nnctl.errors import DataError, Problem, describe, number_text
 
@@ -86,6 +86,8 @@ class Labels(_Classes):
     name = "labels"
 
     def check(self, file, targets, units, dtype, locate):
+        import numpy
+
         values = targets.reshape(len(targets), -1) if targets.ndim > 1 else targets[:, None]
         if values.shape[1] != 1:
             raise DataError(Problem(f"targets: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", str(file)))
@@ -105,6 +107,8 @@ class Labels(_Classes):
         return (output.argmax(axis=-1) == targets).sum()
 
     def true_classes(self, targets):
+        import numpy
+
         return targets.reshape(len(targets)).astype(numpy.int64)
 
 
@@ -115,9 +119,13 @@ class OneHot(_Classes):
     _expected = "one-hot or probability rows (non-negative, summing to 1) for categorical cross-entropy"
 
     def _bad_rows(self, values):
+        import numpy
+
         return numpy.flatnonzero((values < 0).any(axis=1) | (numpy.abs(values.sum(axis=1) - 1) > 1e-3))
 
     def random(self, rng, shape):
+        import numpy
+
         return numpy.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
 
     def correct(self, xp, output, targets, from_logits):
@@ -134,9 +142,13 @@ class Binary(Targets):
     _expected = "values in [0, 1] for binary cross-entropy"
 
     def _bad_rows(self, values):
+        import numpy
+
         return numpy.flatnonzero(((values < 0) | (values > 1)).any(axis=1))
 
     def random(self, rng, shape):
+        import numpy
+
         return rng.integers(0, 2, shape).astype(numpy.float64)
 
     def class_count(self, units):
@@ -144,9 +156,13 @@ class Binary(Targets):
         return 2 if units == 1 else None
 
     def true_classes(self, targets):
+        import numpy
+
         return (targets.reshape(len(targets)) > 0.5).astype(numpy.int64)
 
     def predicted_classes(self, values):
+        import numpy
+
         # The one unit's probability of class 1 (predict gives probabilities for logits too).
         return (values.reshape(len(values)) > 0.5).astype(numpy.int64)
 

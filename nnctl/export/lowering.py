@@ -19,7 +19,7 @@ import math
 
 import numpy
 
-from nnctl.data.preprocessing import KINDS
+from nnctl.data.column_options import KINDS
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES

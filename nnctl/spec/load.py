@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnctl.core.backend import BACKENDS
-from nnctl.data.preprocessing import COLUMN_OPTIONS
+from nnctl.data.column_options import COLUMN_OPTIONS
 from nnctl.train.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
 from nnctl.errors import Problem, SpecError, describe, did_you_mean
 from nnctl.io.paths import open_regular

@@ -12,7 +12,7 @@ import math
 
 from nnctl.model.activations import ACTIVATIONS
 from nnctl.core.backend import BACKENDS
-from nnctl.data.preprocessing import COLUMN_OPTIONS
+from nnctl.data.column_options import COLUMN_OPTIONS
 from nnctl.model.initializers import INITIALIZERS
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES

@@ -9,11 +9,10 @@ function of per-batch summaries. `pack`/`unpack` turn a state into one host arra
 checkpoint resumes an epoch's metrics exactly (nnctl.train.session.Totals).
 
 Classification metrics read the targets by the loss's kind (nnctl.data.targets): class indices,
-one-hot rows or 0/1 values; `accuracy` is the loss's own, as in Keras.
+one-hot rows or 0/1 values; `accuracy` is the loss's own, as in Keras. NumPy is imported where
+it is used: reading a spec (`nnctl summary`) needs no NumPy.
 """
 from __future__ import annotations
-
-import numpy
 
 from nnctl.data.targets import LABELS
 
@@ -94,6 +93,8 @@ class R2(Metric):
                          state[3] + batch[3]])
 
     def result(self, backend, state, count):
+        import numpy
+
         if state is None:
             return 0.0
         _, _, total, residual = backend.to_host(state)
@@ -103,6 +104,8 @@ class R2(Metric):
         return float(scores.mean())
 
     def pack(self, backend, state):
+        import numpy
+
         return numpy.zeros((4, 0)) if state is None else backend.to_host(state)
 
     def unpack(self, xp, array):
@@ -126,6 +129,8 @@ class AUC(Metric):
         return state
 
     def result(self, backend, state, count):
+        import numpy
+
         if not state:
             return float("nan")
         scores, labels = numpy.concatenate([backend.to_host(chunk) for chunk in state], axis=1)
@@ -137,6 +142,8 @@ class AUC(Metric):
         return float((_average_ranks(scores)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
     def pack(self, backend, state):
+        import numpy
+
         if not state:
             return numpy.zeros((2, 0))
         return numpy.concatenate([backend.to_host(chunk) for chunk in state], axis=1)
@@ -147,6 +154,8 @@ class AUC(Metric):
 
 def _average_ranks(values):
     """1-based ranks, tied values sharing their mean rank."""
+    import numpy
+
     order = numpy.argsort(values, kind="mergesort")
     ordered = values[order]
     starts = numpy.flatnonzero(numpy.r_[True, ordered[1:] != ordered[:-1]])
