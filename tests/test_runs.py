@@ -277,3 +277,13 @@ def test_a_hand_edited_checkpoint_is_refused(tmp_path, what, edit, message):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error (checkpoint error): runs/two_tower/checkpoint.npz: ") and message in result.stderr, result.stderr
     assert _bytes(folder) == before
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda path: path.symlink_to("/dev/zero"), "a character device"),
+    (lambda path: __import__("os").mkfifo(path), "a FIFO"),
+], ids=["/dev/zero", "a FIFO"])
+def test_a_spec_that_is_no_regular_file_is_refused_before_reading(tmp_path, make, kind):
+    make(tmp_path / "spec.yaml")
+    result = run("summary", "spec.yaml", cwd=tmp_path)
+    assert result.exit_code == 2 and f"spec.yaml: expected a regular file, received {kind}" in result.stderr, result.output
