@@ -28,9 +28,10 @@ def describe(value) -> str:
 
 
 def number_text(value) -> str:
-    """A data value as the user would write it: 3, 1.5, nan (not np.float64(3.0))."""
+    """A data value as the user would write it: 3, 1.5, nan, 1e+39 (not np.float64(3.0), nor 1e39's
+    forty digits)."""
     value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
 def shape_text(shape, batch: bool = True) -> str:

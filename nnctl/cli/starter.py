@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from nnctl.errors import DataError, Problem, UsageError, describe, did_you_mean
+from nnctl.errors import DataError, Problem, UsageError, describe, did_you_mean, number_text
 from nnctl.io.atomic import atomic_write
 
 TASKS = ("regression", "classification")
@@ -168,7 +168,7 @@ def _target(column, task, path):
     """(task, class names or None, the target's data.columns options, a note) for the target column."""
     import numpy
 
-    from nnctl.io.tables import TEXT, number_text_of
+    from nnctl.io.tables import TEXT
     present = column.values[~column.missing]
     if column.missing.any():
         note_missing = f"; {int(column.missing.sum())} rows without one are dropped"
@@ -188,21 +188,21 @@ def _target(column, task, path):
         task = "classification" if integers and len(distinct) <= MAX_AUTO_CLASSES else "regression"
     if task == "classification":
         if not integers:
-            raise DataError(Problem(f"column {column.name!r}: expected class labels for classification, received {number_text_of(distinct[0])}", str(path)))
-        classes = [number_text_of(v) for v in distinct]
+            raise DataError(Problem(f"column {column.name!r}: expected class labels for classification, received {number_text(distinct[0])}", str(path)))
+        classes = [number_text(v) for v in distinct]
         if len(classes) < 2:
             raise DataError(Problem(f"column {column.name!r}: expected a target with at least two classes, received {len(classes)}", str(path)))
         return task, classes, {**options, "type": "category"}, \
             f"{len(classes)} integer values, so classification with a class per value{note_missing}"
     return task, None, {**options, "normalize": "zscore"}, \
-        f"numbers ({number_text_of(present.min())} to {number_text_of(present.max())}), so regression, trained standardized and predicted in its units{note_missing}"
+        f"numbers ({number_text(present.min())} to {number_text(present.max())}), so regression, trained standardized and predicted in its units{note_missing}"
 
 
 def _column_choice(column, rows: int):
     """(data.columns options or {} for the defaults, or None to skip; a note; its input width)."""
     import numpy
 
-    from nnctl.io.tables import NUMBER, number_text_of
+    from nnctl.io.tables import NUMBER
     missing = int(column.missing.sum())
     note_missing = f", {missing} missing" if missing else ""
     present = column.values[~column.missing]
@@ -211,10 +211,10 @@ def _column_choice(column, rows: int):
     if column.kind == NUMBER:
         distinct = numpy.unique(present)
         if len(distinct) == 1:
-            return None, f"skipped: always {number_text_of(distinct[0])}", 0
+            return None, f"skipped: always {number_text(distinct[0])}", 0
         if set(distinct.tolist()) <= {0.0, 1.0}:
             return {"normalize": "none", "missing": "most_frequent"}, f"0/1 values, kept as they are{note_missing}", 1
-        return {}, f"numbers from {number_text_of(present.min())} to {number_text_of(present.max())}{note_missing}", 1
+        return {}, f"numbers from {number_text(present.min())} to {number_text(present.max())}{note_missing}", 1
     counts = Counter(present.tolist())
     if len(counts) == 1:
         return None, f"skipped: always {next(iter(counts))!r}", 0

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from nnctl.errors import DataError, Problem, SpecError, WeightsError, describe
-from nnctl.io.tables import number
+from nnctl.errors import DataError, Problem, SpecError, WeightsError, describe, number_text
+from nnctl.io.tables import is_number
 from nnctl.data.column_options import POSITIVE_WORDS
 
 @dataclass
@@ -48,25 +48,13 @@ class Column:
         """The values as text: numbers as the user wrote them (3, 1.5)."""
         if not self.numeric:
             return self.values
-        return numpy.array([None if numpy.isnan(v) else _number_token(v) for v in self.values], dtype=object)
+        return numpy.array([None if numpy.isnan(v) else number_text(v) for v in self.values], dtype=object)
 
     def place(self, row: int) -> dict:
         return self.table.place(row, self.name)
 
     def where(self, row: int) -> str:
         return self.table.where(row)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        number(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _number_token(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 @dataclass
@@ -204,7 +192,7 @@ def fit_column(column: Column, config: dict, rows, path: tuple, problem):
     if kind == "numeric":
         if not column.numeric:
             # The file's first cell that is no number: the column is text because of it, whichever split it is in.
-            bad = next(i for i, v in enumerate(column.values) if v is not None and not _is_number(v))
+            bad = next(i for i, v in enumerate(column.values) if v is not None and not is_number(v))
             raise DataError(Problem(f"column {column.name!r}: expected numbers for a numeric column, received {describe(column.values[bad])}"
                                     f"{column.where(bad)}; declare it `type: category` in data.columns", **column.place(bad)))
         present = column.values[rows][~missing]
@@ -272,7 +260,7 @@ def _token_fill(present, strategy, value, column):
     if strategy in ("error", "drop"):
         return None
     if strategy == "constant":
-        return _number_token(value) if isinstance(value, (int, float)) else value
+        return number_text(value) if isinstance(value, (int, float)) else value
     counts = Counter(present)
     return min(counts, key=lambda t: (-counts[t], t))  # the most frequent value (mean and median too)
 

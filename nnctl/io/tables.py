@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy
 
-from nnctl.errors import Problem
+from nnctl.errors import Problem, number_text
 from nnctl.io.paths import open_regular
 
 # A physical line longer than this is refused rather than read: a file without line breaks (a disk
@@ -49,10 +49,10 @@ def numbers(cells: list) -> numpy.ndarray:
         text = "".join(cells)
         if text.isascii() and "_" not in text:
             return numpy.array(values, dtype=numpy.float64)
-    raise NotNumbers(next(i for i, cell in enumerate(cells) if not _is_number(cell)))
+    raise NotNumbers(next(i for i, cell in enumerate(cells) if not is_number(cell)))
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
     try:
         number(cell)
     except ValueError:
@@ -287,12 +287,7 @@ class Table:
         if self.delimiter is not None:
             return self._row(row)[1][self.header.index(name)]
         column = self.columns[name]
-        return "" if column.missing[row] else (number_text_of(column.values[row]) if column.kind == NUMBER else column.values[row])
-
-
-def number_text_of(value) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
+        return "" if column.missing[row] else (number_text(column.values[row]) if column.kind == NUMBER else column.values[row])
 
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".feather", ".arrow")
@@ -388,7 +383,7 @@ def _typed(table: Table, name, values, missing, text: bool, declared, error) -> 
     with other text is an `error` at the first such cell."""
     if not text:
         if declared == TEXT:
-            shown = numpy.array([None if m else number_text_of(v) for v, m in zip(values, missing)], dtype=object)
+            shown = numpy.array([None if m else number_text(v) for v, m in zip(values, missing)], dtype=object)
             return Column(name, TEXT, shown, missing)
         return Column(name, NUMBER, values, missing)
     present = numpy.flatnonzero(~missing)
