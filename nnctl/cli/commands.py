@@ -9,7 +9,6 @@ import contextlib
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -446,7 +445,7 @@ def sweep_run(spec, sweep_file, trials, workers, storage, plot, as_json):
     """Run the trials of SWEEP.yaml on SPEC until the study has its trial count (a rerun resumes it)."""
     from nnctl.cli.sweep_report import SweepProgress
     from nnctl.sweep.plan import load_plan
-    from nnctl.sweep.study import open_study, start_workers, summary, work, write_best
+    from nnctl.sweep.study import open_study, run_sweep, summary, write_best
 
     if plot is not None:
         _check_plot(plot, {"the spec": spec, "the sweep file": sweep_file})
@@ -455,18 +454,10 @@ def sweep_run(spec, sweep_file, trials, workers, storage, plot, as_json):
         plan.trials = trials
     study, _ = open_study(plan, storage)
     live = SweepProgress(console(), lambda: summary(study), enabled=not (as_json or quiet()))
-    with live:
-        if workers == 1:
-            with _graceful_stop() as stop_requested:
-                work(plan, storage, stop_requested, on_change=live.refresh)
-        else:
-            processes = start_workers(plan, workers, storage)
-            while any(p.poll() is None for p in processes):
-                live.refresh()
-                time.sleep(0.1)
-            dead = [p.returncode for p in processes if p.returncode]
-            if dead:
-                click.echo(f"Note: {len(dead)} worker(s) ended with exit codes {dead}; rerun the command to complete the study.", file=STDERR)
+    with live, _graceful_stop() as stop_requested:
+        dead = run_sweep(plan, workers, storage, stop_requested, on_change=live.refresh)
+    if dead:
+        click.echo(f"Note: {len(dead)} worker(s) ended with exit codes {dead}; rerun the command to complete the study.", file=STDERR)
     data = summary(study)
     best = write_best(plan, data["best"])
     _show_sweep(data, best, plot, as_json)

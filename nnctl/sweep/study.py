@@ -420,6 +420,21 @@ def start_workers(plan, count: int, url=None) -> list:
     return processes
 
 
+def run_sweep(plan, workers: int, url=None, stop_requested=lambda: False, on_change=lambda: None) -> list:
+    """The study's trials run to its count: in this process (one worker), or by `workers` worker
+    processes while `on_change` is called every 0.1 s; returns the exit codes of workers that failed."""
+    import time
+
+    if workers == 1:
+        work(plan, url, stop_requested, on_change=on_change)
+        return []
+    processes = start_workers(plan, workers, url)
+    while any(p.poll() is None for p in processes):
+        on_change()
+        time.sleep(0.1)
+    return [p.returncode for p in processes if p.returncode]
+
+
 # --- what a study holds --------------------------------------------------------------------------
 def summary(study) -> dict:
     """Counts, the rows of every trial sorted by the metric (best first), and the best trial."""
