@@ -231,3 +231,19 @@ def test_predict_writes_any_layers_activations(project):
     numpy.testing.assert_allclose(logits["outputs"], expected, rtol=1e-5, atol=1e-6)
     wrong = run("predict", "spec.yaml", "--weights", "runs/raw/weights.npz", "--input", "new.csv", "--layer", "dens", cwd=project)
     assert wrong.exit_code == 2 and "--layer: expected a layer or input of the model, received 'dens' (did you mean 'dense'?)" in wrong.stderr
+
+
+def test_an_auto_input_takes_its_width_from_its_columns(project):
+    """Numbers and binary columns are 1 wide, a one-hot category its declared vocabulary (and a bucket)."""
+    auto = _edit(RAW, ("inputs: {x: [6]}", "inputs: {x: auto}"), ("{normalize: zscore, missing: mean}", "{normalize: zscore, missing: mean, type: numeric}"),
+                 ("city: {missing: most_frequent}", "city: {missing: most_frequent, type: category, vocabulary: [Paris, Lyon, Nice], unknown: bucket}"))
+    (project / "spec.yaml").write_text(auto)
+    assert run_json("summary", "spec.yaml", cwd=project)["layers"][0]["output_shape"] == [None, 7]
+    assert run_json("train", "spec.yaml", "--epochs", 1, cwd=project)["epochs"] == 1
+    (project / "spec.yaml").write_text(_edit(RAW, ("inputs: {x: [6]}", "inputs: {x: auto}")))
+    result = run("summary", "spec.yaml", cwd=project)
+    assert result.exit_code == 2 and "inputs.x: expected a width, or a declared type for column 'age'" in result.stderr
+    (project / "spec.yaml").write_text(_edit(RAW, ("inputs: {x: [6]}", "inputs: {x: auto}"), ("city: {missing: most_frequent}", "city: {type: category}"),
+                                             ("{normalize: zscore, missing: mean}", "{normalize: zscore, missing: mean, type: numeric}")))
+    result = run("summary", "spec.yaml", cwd=project)
+    assert result.exit_code == 2 and "inputs.x: expected a width, or a declared vocabulary for one-hot column 'city'" in result.stderr

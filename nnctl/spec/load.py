@@ -24,6 +24,7 @@ from nnctl.options import REQUIRED, Check, Choice, Invalid, Option, Section, Typ
 from nnctl.spec.yamlmarks import Marks, load_yaml, path_text
 
 DTYPES = ("float32", "float64")
+AUTO = "auto"  # an input's shape that follows from its columns' preprocessing
 PREPROCESSING = Section(COLUMN_OPTIONS, "preprocessing")
 MAX_NAME = 100
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -321,6 +322,7 @@ def _validate(data: dict, path: Path, c: _Checker) -> Spec | None:
     metrics = _validate_metrics(data.get("metrics", []), c)
     optimizer = c.typed(data.get("optimizer", "adam"), OPTIMIZERS, ("optimizer",), "optimizer")
     data_spec = _validate_data(data["data"], path, inputs, c) if data.get("data") is not None else None
+    _input_widths(inputs, data_spec, c)
     train_raw = data.get("train", {})
     if not isinstance(train_raw, dict):
         c.report(("train",), f"expected a mapping of training options, received {describe(train_raw)}")
@@ -342,15 +344,48 @@ def _validate_inputs(raw, c: _Checker) -> dict:
         return {}
     inputs = {}
     for name, shape in raw.items():
+        if shape == AUTO:  # its width follows from its columns' preprocessing (_input_widths)
+            inputs[name] = AUTO
+            continue
         if isinstance(shape, int) and not isinstance(shape, bool):
             shape = [shape]
         if not isinstance(shape, list) or not shape or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
         ):
-            c.report(("inputs", name), f"expected a per-sample shape as a list of positive integers (e.g. [2]), received {describe(shape)}")
+            c.report(("inputs", name), f"expected a per-sample shape as a list of positive integers (e.g. [2]) or {AUTO!r}, received {describe(shape)}")
             continue
         inputs[name] = tuple(shape)
     return inputs
+
+
+def _input_widths(inputs: dict, data_spec, c: _Checker) -> None:
+    """Replace each `auto` input by the width its columns' preprocessing gives: 1 for a numeric or a
+    binary column, a category's declared vocabulary size when one-hot (one more with an unknown
+    bucket), 1 as an index. Known from the spec alone (every column's type declared), so summary
+    reads no data."""
+    for name in [n for n, shape in inputs.items() if shape == AUTO]:
+        columns = data_spec.inputs.get(name) if data_spec is not None else None
+        if data_spec is None or data_spec.columns is None or not isinstance(columns, list):
+            c.report(("inputs", name), f"expected a per-sample shape, received {AUTO!r} for an input whose columns have no "
+                                       "preprocessing (data.preprocessing or data.columns) to take a width from")
+            inputs[name] = (1,)
+            continue
+        width = 0
+        for column in columns:
+            options = data_spec.columns.get(column, {})
+            if options.get("type") == "auto":
+                c.report(("inputs", name), f"expected a width, or a declared type for column {column!r} (numeric, category or binary), "
+                                           f"received {AUTO!r}: with type auto its width is known only from the data")
+                continue
+            if options.get("type") == "category" and options.get("encode") == "one_hot":
+                if options.get("vocabulary") is None:
+                    c.report(("inputs", name), f"expected a width, or a declared vocabulary for one-hot column {column!r}, received "
+                                               f"{AUTO!r}: a learned vocabulary's size is known only from the data")
+                    continue
+                width += len(options["vocabulary"]) + (options.get("unknown") == "bucket")
+            else:
+                width += 1
+        inputs[name] = (max(width, 1),)
 
 
 def _validate_layers(raw, inputs: dict, c: _Checker) -> list:

@@ -148,10 +148,11 @@ def spec_schema() -> dict:
     builder = _Builder()
     defs = builder.defs
     defs["shape"] = {
-        "description": "per-sample shape: a list of positive integers (or one integer)",
+        "description": "per-sample shape: a list of positive integers (or one integer), or auto: the width of its columns' preprocessing",
         "oneOf": [
             {"type": "integer", "minimum": 1},
             {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+            {"const": "auto"},
         ],
     }
     defs["layer"] = {"description": "a layer: its `type` picks the options it takes", "oneOf": [{"$ref": f"#/$defs/layer.{name}"} for name in LAYERS]}
