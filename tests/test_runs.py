@@ -287,3 +287,31 @@ def test_a_spec_that_is_no_regular_file_is_refused_before_reading(tmp_path, make
     make(tmp_path / "spec.yaml")
     result = run("summary", "spec.yaml", cwd=tmp_path)
     assert result.exit_code == 2 and f"spec.yaml: expected a regular file, received {kind}" in result.stderr, result.output
+
+
+def test_two_processes_training_one_spec_are_kept_apart(tmp_path):
+    """A real second process: while one `nnctl train` runs, another of the same spec is refused,
+    naming the first's PID, and the first's files are its own."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    folder = write_project(tmp_path, TWO_TOWER.replace("epochs: 3", "epochs: 4000")).parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-m", "nnctl", "-q", "train", "spec.yaml"], cwd=folder, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (folder / "runs/two_tower/checkpoint.npz").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.01)
+        second = subprocess.run([sys.executable, "-m", "nnctl", "train", "spec.yaml", "--seed", "2"], cwd=folder, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"received one in use by process {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+        first.stderr.close()
