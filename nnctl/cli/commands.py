@@ -391,27 +391,19 @@ def export_command(spec, weights, output, opset, no_verify, as_json):
 
     Needs the onnx extra: pip install 'nnctl[onnx]'."""
     from nnctl.cli.export_report import export_view
-    from nnctl.export.onnx_file import VERIFY_ROWS, check_opset, check_output, default_output, export, require
-    from nnctl.io.paths import refuse_inputs
-    from nnctl.train.session import open_session
+    from nnctl.export.onnx_file import export_spec
 
-    require("onnx")
-    if not no_verify:
-        require("onnxruntime")
-    check_opset(opset)
-    loaded = _load_spec(spec)
-    path = output if output is not None else default_output(loaded)
-    refuse_inputs(path, "--output", {"the spec": spec, "the --weights file": weights})
-    check_output(path, explicit=output is not None)
-    result = export(open_session(loaded, weights), path, opset, verify_rows=None if no_verify else VERIFY_ROWS)
+    result = export_spec(_load_spec(spec), weights, output, opset, verify=not no_verify)
     if as_json:
         emit_json(result.as_dict())
     elif quiet():
         if result.passed:
-            print_path("model", path)
+            print_path("model", result.path)
     else:
         console().print(export_view(result))
     sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
+
+
 # --- sweeps --------------------------------------------------------------------------------------
 class _SweepGroup(click.Group):
     """`nnctl sweep SPEC SWEEP.yaml` runs a sweep; `nnctl sweep status SWEEP.yaml` shows one."""

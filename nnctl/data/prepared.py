@@ -21,10 +21,15 @@ def target_names(data_spec) -> list:
     return [targets] if isinstance(targets, str) else list(targets)
 
 
+def input_groups(data_spec) -> dict:
+    """{model input: its raw columns, in data.inputs' order}."""
+    return {name: [columns] if isinstance(columns, str) else list(columns) for name, columns in data_spec.inputs.items()}
+
+
 def read_raw(file, data_spec, targets: bool = True) -> dict:
     """{column: Column} of every column the spec reads from `file` (targets too unless False),
     typed over the whole file (numbers, or text where any cell is not one)."""
-    names = [name for columns in data_spec.inputs.values() for name in ([columns] if isinstance(columns, str) else columns)]
+    names = [name for columns in input_groups(data_spec).values() for name in columns]
     if targets:
         names += [name for name in target_names(data_spec) if name not in names]
     table = read_table(file, DataError, "a data file", names, data_spec.delimiter, data_spec.missing_values)
@@ -61,7 +66,7 @@ def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, kind=V
             targets: bool = True):
     """(Dataset, kept-row mask, preprocessing.Report) for `raw` transformed by `fitted`."""
     configs = configs_of(data_spec, targets)
-    groups = {name: ([columns] if isinstance(columns, str) else list(columns)) for name, columns in data_spec.inputs.items()}
+    groups = input_groups(data_spec)
     if targets:
         groups["__targets__"] = target_names(data_spec)
     try:

@@ -35,7 +35,7 @@ from nnctl.errors import MissingTool, Problem, UsageError
 from nnctl.export.lowering import LOWERINGS, MIN_OPSET, ML_DOMAIN, ML_OPSET, Graph
 from nnctl.io.atomic import atomic_write
 from nnctl.io.tables import Table
-from nnctl.train.session import load_spec_data
+from nnctl.train.session import class_names, fitted_preprocessing, load_spec_data, open_session
 
 DEFAULT_OPSET = 17
 # (rtol, atol): a sample agrees when |onnxruntime - nnctl| <= atol + rtol * |nnctl|.
@@ -97,12 +97,12 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     spec, model, loss = session.spec, session.model, session.loss
     dtype = session.dtype
     g = Graph(helper, onnx.numpy_helper, dtype, opset)
-    fitted = fitted_columns(session)
+    fitted = fitted_preprocessing(session)
     if fitted is None:
         inputs = [Port(name, dtype, ["batch", *shape]) for name, shape in model.input_shapes.items()]
         places = {name: ("inputs", name) for name in model.input_shapes}
     else:
-        groups = column_groups(spec.data)
+        groups = prepared.input_groups(spec.data)
         places = {column: ("data", "inputs", group) for group, columns in groups.items() for column in columns}
         inputs = [Port(column, "float64" if isinstance(fitted[column], Numeric) else "string", ["batch", 1]) for column in places]
     out_shape = list(model.shapes[model.output])
@@ -160,30 +160,6 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
 
 
-def fitted_columns(session):
-    """The fitted column transforms of a spec with data.columns, else None."""
-    spec = session.spec
-    if spec.data is None or spec.data.columns is None:
-        return None
-    if session.preprocessing is None:
-        raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
-                                 "(train the spec to make one)", str(spec.file)))
-    return session.preprocessing
-
-
-def column_groups(data_spec) -> dict:
-    """{model input: its raw columns, in data.inputs' order}."""
-    return {name: [columns] if isinstance(columns, str) else list(columns) for name, columns in data_spec.inputs.items()}
-
-
-def class_names(session):
-    """The class texts "class" gives (a text target's, in index order), or None for indices."""
-    fitted = fitted_columns(session)
-    names = None if fitted is None else prepared.class_names(fitted, session.spec.data)
-    shape = session.model.shapes[session.model.output]
-    return names if names is not None and session.loss.targets.shows_classes and shape == (len(names),) else None
-
-
 def _refuse_shortfalls(spec, shortfalls, opset):
     needs = {}  # what was lowered -> (path, the highest opset it needs, why)
     for (path, what), need, why in shortfalls:
@@ -235,7 +211,7 @@ def _spread(rows, count: int):
 def _raw_sample(session, rows: int) -> dict:
     """Raw rows of the data file that nnctl predicts on (a row that `missing: drop` drops has no
     prediction to compare), missing cells and all."""
-    spec, fitted = session.spec, fitted_columns(session)
+    spec, fitted = session.spec, fitted_preprocessing(session)
     raw = prepared.read_raw(spec.data.path, spec.data, targets=False)
     keep = keep_rows(raw, fitted, prepared.configs_of(spec.data, targets=False))
     return raw_feeds(raw, _spread(numpy.flatnonzero(keep), rows), fitted)
@@ -257,7 +233,7 @@ def raw_feeds(raw: dict, rows, fitted: dict) -> dict:
 def nnctl_outputs(session, inputs: dict) -> list:
     """What `nnctl predict` gives for the feeds `inputs`: the shown values, and the classes (by
     name for a text target) where it shows them."""
-    fitted = fitted_columns(session)
+    fitted = fitted_preprocessing(session)
     n = len(next(iter(inputs.values())))
     if fitted is None:
         dataset = Dataset(None, inputs, None, numpy.arange(n))
@@ -350,6 +326,21 @@ class ExportResult:
             "inputs": [p.as_dict() for p in self.exported.inputs], "outputs": [p.as_dict() for p in self.exported.outputs],
             "errors": None if self.errors is None else [e.as_dict() for e in self.errors],
         }
+
+
+def export_spec(spec, weights, output=None, opset: int = DEFAULT_OPSET, verify: bool = True) -> ExportResult:
+    """`nnctl export`: every check before any work (the extras, the opset, the output path, which is
+    none of the inputs), then `export` of `spec` with the weights file `weights`."""
+    from nnctl.io.paths import refuse_inputs
+
+    require("onnx")
+    if verify:
+        require("onnxruntime")
+    check_opset(opset)
+    path = Path(output) if output is not None else default_output(spec)
+    refuse_inputs(path, "--output", {"the spec": spec.file, "the --weights file": weights})
+    check_output(path, explicit=output is not None)
+    return export(open_session(spec, weights), path, opset, verify_rows=VERIFY_ROWS if verify else None)
 
 
 def export(session, path: Path, opset: int = DEFAULT_OPSET, verify_rows: int | None = VERIFY_ROWS) -> ExportResult:

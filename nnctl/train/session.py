@@ -233,6 +233,26 @@ def training_sets(session):
     return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])
 
 
+def fitted_preprocessing(session) -> dict | None:
+    """The fitted column transforms of a spec that preprocesses its columns (None for one that does
+    not); a UsageError when its weights file brought none."""
+    data = session.spec.data
+    if data is None or data.columns is None:
+        return None
+    if session.preprocessing is None:
+        raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
+                                 "(train the spec to make one)", str(session.spec.file)))
+    return session.preprocessing
+
+
+def class_names(session) -> list | None:
+    """The names of the classes `predict` gives (a text target's, in index order), or None where it
+    gives class indices (or no classes)."""
+    names = prepared.class_names(session.preprocessing, session.spec.data) if session.spec.data is not None else None
+    shape = session.model.shapes[session.model.output]
+    return names if names is not None and session.loss.targets.shows_classes and shape == (len(names),) else None
+
+
 def predict_file(session, path, layer: str | None = None):
     """(outputs, classes or None, column names, preprocessing report or None) for every row of the
     file at `path`, read with the spec's data.inputs (targets not needed); probabilities for
@@ -248,9 +268,7 @@ def predict_file(session, path, layer: str | None = None):
         dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype,
                                read=read_options(spec.data), cache_folder=spec.data.cache)
     else:
-        if session.preprocessing is None:
-            raise UsageError(Problem("--weights: expected a weights file with the model's fitted preprocessing, received none "
-                                     "(train the spec to make one)", str(path)))
+        fitted_preprocessing(session)
         dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
     if layer is not None:
         values = session.predict(dataset, layer=layer)[0].reshape(len(dataset), -1)
@@ -260,9 +278,9 @@ def predict_file(session, path, layer: str | None = None):
     target = prepared.target_transform(session.preprocessing, spec.data)
     if isinstance(target, preprocessing.Numeric):  # a normalized regression target: predictions in its units
         values = target.restore(values)
-    names = prepared.class_names(session.preprocessing, spec.data)
+    names = class_names(session)
     prefix = "prob" if session.loss.gives_probabilities else session.model.output
-    if names is not None and session.loss.targets.shows_classes and values.ndim == 2 and values.shape[1] == len(names):
+    if names is not None:
         columns = [f"{prefix}_{name}" for name in names]
         classes = numpy.array(names, dtype=object)[classes]
     else:
