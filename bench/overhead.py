@@ -60,7 +60,7 @@ def profile(n: int, rounds: int) -> dict:
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec_dict))
     spec = load_spec(folder / "spec.yaml")
     session = Session(spec, get_backend("numpy"), weights=init)
-    dataset = Dataset(Path("memory"), {"x": x}, y, np.arange(n))
+    dataset = Dataset(Path("memory"), {"x": x}, {session.heads[0].name: y}, np.arange(n))
     params = session.params
     order = np.random.default_rng(0).permutation(n)
     batches = session.batches(dataset, wl.batch_size)
@@ -69,13 +69,13 @@ def profile(n: int, rounds: int) -> dict:
     def bare_epoch():
         optimizer, ctx = session.make_optimizer(), ForwardContext(session.backend, training=True)
         start = time.perf_counter()
-        for inputs, targets, _ in batches(order):
-            session.gradients(inputs, targets, ctx)
+        for inputs, targets, size in batches(order):
+            session.gradients(inputs, targets, size, ctx)
             optimizer.step(params.flat, params.grad_flat)
         return time.perf_counter() - start
 
     def fit_epoch():
-        progress = LiveProgress(Console(file=io.StringIO(), force_terminal=False), spec.metrics)
+        progress = LiveProgress(Console(file=io.StringIO(), force_terminal=False))
         start = time.perf_counter()
         fit_module.fit(session, dataset, progress=progress)
         return time.perf_counter() - start
@@ -83,19 +83,19 @@ def profile(n: int, rounds: int) -> dict:
     # The per-step pieces, on one real batch and gradient.
     ctx = ForwardContext(session.backend, training=True)
     inputs, targets, size = next(iter(batches(order)))
-    loss, output, penalty = session.gradients(inputs, targets, ctx)
+    loss, outputs, penalty, own = session.gradients(inputs, targets, size, ctx)
     totals = Totals(session, penalty=bool(session.regularized))
-    progress = LiveProgress(Console(file=io.StringIO(), force_terminal=False), spec.metrics)
+    progress = LiveProgress(Console(file=io.StringIO(), force_terminal=False))
     progress.on_train_begin(1, steps, n)
     finite = getattr(fit_module, "all_finite", None)
     pieces = {
         "finite check": (lambda i: math.isfinite(loss) and finite(params.grad_flat)) if finite else
                         (lambda i: math.isfinite(loss) and math.isfinite(params.grad_flat.sum())),
-        "loss sums (Totals.add)": lambda i: totals.add(loss, output, targets, size, penalty),
+        "loss sums (Totals.add)": lambda i: totals.add(loss, outputs, targets, size, penalty, own),
         "progress.on_step (pipe)": lambda i: progress.on_step(1, i + 1, totals.read),
         "batch gather": None,  # timed below, over the epoch's own batches
         "optimizer step": lambda i: optimizer.step(params.flat, params.grad_flat),
-        "compiled step (forward + backward)": lambda i: session.gradients(inputs, targets, ctx),
+        "compiled step (forward + backward)": lambda i: session.gradients(inputs, targets, size, ctx),
     }
     optimizer = session.make_optimizer()
     state = TrainState(epoch=2, history=[], optimizer=optimizer.state_dict())

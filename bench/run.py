@@ -87,15 +87,15 @@ class NnctlTrainer:
             path = Path(folder) / "spec.yaml"
             path.write_text(yaml.safe_dump(_spec_for(wl, lr, batch_size, x.dtype.name)))
             self.session = Session(load_spec(path), get_backend(os.environ.get("NNCTL_BENCH_BACKEND", "numpy")), weights=init)
-        self.dataset = Dataset(Path("memory"), {"x": x}, y, np.arange(len(x)))
+        self.dataset = Dataset(Path("memory"), {"x": x}, {self.session.heads[0].name: y}, np.arange(len(x)))
         self.batches = self.session.batches(self.dataset, batch_size)
         self.optimizer = self.session.make_optimizer()
         self.ctx = ForwardContext(self.session.backend, training=True)
 
     def step(self, idx):
         params = self.session.params
-        for inputs, targets, _ in self.batches(idx):
-            loss, _, _ = self.session.gradients(inputs, targets, self.ctx)
+        for inputs, targets, size in self.batches(idx):
+            loss = self.session.gradients(inputs, targets, size, self.ctx)[0]
             self.optimizer.step(params.flat, params.grad_flat)
         return loss
 

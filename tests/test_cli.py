@@ -182,7 +182,8 @@ def test_device_resident_batches_match_host_batches(project):
     dataset = load_spec_data(session)
     host = Batches(dataset, 3, session.backend, "float32")
     device = Batches(dataset, 3, session.backend, "float32")
-    device._device = {"x": dataset.inputs["x"].copy(), "__targets__": dataset.targets.copy()}
+    device._device = {"x": dataset.inputs["x"].copy(), **{key: targets.copy() for key, targets in device._targets.items()}}
     order = numpy.random.default_rng(0).permutation(len(dataset))
     for (xa, ya, na), (xb, yb, nb) in zip(host(order, skip=1), device(order, skip=1), strict=True):
-        assert na == nb and numpy.array_equal(xa["x"], xb["x"]) and numpy.array_equal(ya, yb)
+        assert na == nb and numpy.array_equal(xa["x"], xb["x"]) and ya.keys() == yb.keys() == {session.model.outputs[0]}
+        assert all(numpy.array_equal(ya[k], yb[k]) for k in ya)

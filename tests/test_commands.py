@@ -97,7 +97,8 @@ def fnn(tmp_path):
 def test_evaluate_regression_uses_every_row_and_matches_predict(regression, tmp_path):
     spec, weights, _ = regression
     data = run_json("evaluate", spec, "--weights", weights)
-    assert set(data) == {"name", "data", "samples", "loss_name", "metrics", "classification"}
+    assert set(data) == {"name", "data", "samples", "loss_name", "metrics", "classification", "outputs"}
+    assert data["outputs"] == [{"name": "dense3", "loss_name": "mse", "loss_weight": 1.0, "classification": None}]
     assert data["samples"] == 20 and data["classification"] is None  # all rows: no validation split
     predicted = numpy.array(run_json("predict", spec, "--weights", weights, "--input", spec.parent / "data.csv")["outputs"])
     y = numpy.array([float(line.split(",")[2]) for line in (spec.parent / "data.csv").read_text().splitlines()[1:]])

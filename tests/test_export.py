@@ -53,11 +53,11 @@ def _activation(rng, name):
     return {"type": name, **options}
 
 
-def random_graph(seed: int, loss: dict) -> dict:
+def random_graph(seed: int, loss: dict, second: dict | None = None) -> dict:
     """A spec whose layers are every layer type (dense with every activation) in a seeded random DAG
     over two inputs and one of ids (the embedding's); every layer leads to the output through a
     final concat and dense. Tensors are 1-D per sample: the 2-D ones (reshape, embedding) are
-    flattened back."""
+    flattened back. With `second`, a second output with that loss: a dense head on the concat."""
     rng = random.Random(seed)
     width = {"a": 3, "b": 4}  # tensor -> per-sample width
     unused = set(width)
@@ -120,8 +120,14 @@ def random_graph(seed: int, loss: dict) -> dict:
     ends = sorted(unused)
     if len(ends) > 1:
         add_layer("concat", ends, sum(width[e] for e in ends))
-    dense(layers[-1]["name"], 1 if loss["type"] == "binary_crossentropy" else 4, {"type": "linear"})
-    return {"seed": seed, "inputs": {"a": [3], "b": [4], "ids": [2]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
+    joined = layers[-1]["name"]
+    dense(joined, 1 if loss["type"] == "binary_crossentropy" else 4, {"type": "linear"})
+    spec = {"seed": seed, "inputs": {"a": [3], "b": [4], "ids": [2]}, "layers": layers, "outputs": layers[-1]["name"], "loss": loss}
+    if second is not None:
+        first = layers[-1]["name"]
+        dense(joined, 1 if second["type"] == "binary_crossentropy" else 3, {"type": "linear"})
+        spec.update(outputs=[first, layers[-1]["name"]], loss={first: loss, layers[-1]["name"]: second})
+    return spec
 
 
 LOSS_CASES = [
@@ -131,6 +137,8 @@ LOSS_CASES = [
     {"type": "binary_crossentropy", "from_logits": True},
 ]
 GRAPHS = [(seed, loss) for seed, loss in enumerate(LOSS_CASES)]
+# Two outputs: a classifier beside a regression, and two classifiers (two class outputs).
+TWO_OUTPUTS = [(10, LOSS_CASES[1], LOSS_CASES[0]), (11, LOSS_CASES[3], LOSS_CASES[2])]
 
 
 def test_random_graphs_hold_every_layer_type_and_activation():
@@ -152,31 +160,49 @@ def _assert_verified(errors, dtype, outputs):
 
 
 def _onnx_and_nnctl(session, exported, inputs):
-    """onnxruntime's outputs on the serialized file and nnctl's predictions, run here independently."""
+    """onnxruntime's outputs on the serialized file, and nnctl's predictions run here independently:
+    per output its values, then its classes where it has them."""
     runner = ort.InferenceSession(exported.data, providers=["CPUExecutionProvider"])
     got = runner.run(None, inputs)
-    values, classes = session.predict(Dataset(None, inputs, None, numpy.arange(len(next(iter(inputs.values()))))))
-    return got, values, classes
+    predictions = session.predict(Dataset(None, inputs, None, numpy.arange(len(next(iter(inputs.values()))))))
+    return got, [part for values, classes in predictions for part in ([values] if classes is None else [values, classes])]
+
+
+def _exported_names(session) -> list:
+    """The output names the issue asks for: predict's ("prob" or the layer's; "class"), prefixed by
+    the output's name when there are several."""
+    several = len(session.heads) > 1
+    names = []
+    for head in session.heads:
+        shown = "prob" if head.loss.gives_probabilities else head.name
+        names.append(f"{head.name}_{shown}" if several and shown != head.name else shown)
+        if head.targets.shows_classes:
+            names.append(f"{head.name}_class" if several else "class")
+    return names
 
 
 @pytest.mark.parametrize("dtype,opset", [("float32", 17), ("float64", 17), ("float64", 9)])
-@pytest.mark.parametrize("seed,loss", GRAPHS, ids=[f"{s}-{l['type']}" for s, l in GRAPHS])
-def test_random_graph_exports_equal_to_nnctl(make_session, seed, loss, dtype, opset):
+@pytest.mark.parametrize("seed,loss,second", [(s, l, None) for s, l in GRAPHS] + TWO_OUTPUTS,
+                         ids=[f"{s}-{l['type']}" for s, l in GRAPHS] + [f"{s}-{l['type']}+{m['type']}" for s, l, m in TWO_OUTPUTS])
+def test_random_graph_exports_equal_to_nnctl(make_session, seed, loss, second, dtype, opset):
     """At the default opset, and at 9: the oldest these graphs' layers all run at (Where)."""
-    session = make_session(random_graph(seed, loss), dtype=dtype)
+    session = make_session(random_graph(seed, loss, second), dtype=dtype)
     exported = build(session, opset)
     inputs = sample_inputs(session, ROWS)
-    shown = "prob" if session.loss.gives_probabilities else session.model.output
-    outputs = [shown, "class"] if session.loss.targets.shows_classes else [shown]
+    outputs = _exported_names(session)
+    assert len(outputs) >= (3 if second is not None else 1)
     _assert_verified(verify(session, exported, inputs), dtype, outputs)
     rtol, atol = TOLERANCES[dtype]
     for size in (1, ROWS):
         feed = {k: v[:size] for k, v in inputs.items()}
-        got, values, classes = _onnx_and_nnctl(session, exported, feed)
-        assert got[0].dtype == numpy.dtype(dtype) and got[0].shape == values.shape == (size, values.shape[1])
-        numpy.testing.assert_allclose(got[0], values, rtol=rtol, atol=atol)
-        if classes is not None:
-            numpy.testing.assert_array_equal(got[1], classes)
+        got, expected = _onnx_and_nnctl(session, exported, feed)
+        assert len(got) == len(expected) == len(outputs)
+        for name, actual, wanted in zip(outputs, got, expected):
+            if name.endswith("class"):
+                numpy.testing.assert_array_equal(actual, wanted)
+            else:
+                assert actual.dtype == numpy.dtype(dtype) and actual.shape == wanted.shape == (size, wanted.shape[1])
+                numpy.testing.assert_allclose(actual, wanted, rtol=rtol, atol=atol)
     assert not any(n.op_type == "Dropout" for n in exported.model.graph.node)
     assert exported.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 

@@ -169,16 +169,16 @@ def test_npy_files_of_either_order_load_as_numpy_does(tmp_path, order):
     with NpyFile(tmp_path / "a.npy", DataError) as npy:
         assert npy.header.fortran_order is (order == "F") and npy.header.shape == (5, 7)
         assert npy.load().tolist() == array.tolist()
-    inputs, targets = read_npy(tmp_path / "a.npy", {"x": "0:6"}, "6")
-    assert inputs["x"].tolist() == array[:, :6].tolist() and targets.tolist() == array[:, 6:].tolist()
+    inputs, targets = read_npy(tmp_path / "a.npy", {"x": "0:6"}, {"y": "6"})
+    assert inputs["x"].tolist() == array[:, :6].tolist() and targets["y"].tolist() == array[:, 6:].tolist()
 
 
 def test_a_large_c_order_npy_stays_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr("nnctl.data.readers.LOAD_WHOLE_BYTES", 1 << 20)
     rows = (1 << 20) // 24 + 1  # three float64 columns, just over the limit
     hostile.sparse_npy(tmp_path / "big.npy", (rows, 3))
-    inputs, targets = read_npy(tmp_path / "big.npy", {"x": "0:2"}, "2")
-    assert isinstance(inputs["x"], RowFile) and inputs["x"].shape == (rows, 2) and targets.shape == (rows, 1)
+    inputs, targets = read_npy(tmp_path / "big.npy", {"x": "0:2"}, {"y": "2"})
+    assert isinstance(inputs["x"], RowFile) and inputs["x"].shape == (rows, 2) and targets["y"].shape == (rows, 1)
 
 
 # --- values that overflow the model's dtype, and CSV memory ----------------------------------------
@@ -207,12 +207,12 @@ def test_csv_reading_holds_arrays_not_rows(tmp_path):
     path.write_text("a,b,c\n" + "".join(f"{i * 0.001!r},{-i},{i % 7}\n" for i in range(rows)))
     tracemalloc.start()
     try:
-        inputs, targets, locate = read_csv(path, {"x": ["a", "b"]}, ["c"])
+        inputs, targets, locators = read_csv(path, {"x": ["a", "b"]}, {"y": ["c"]})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    result = inputs["x"].nbytes + targets.nbytes + rows * 8  # the line numbers kept for messages
-    assert inputs["x"][-1].tolist() == [(rows - 1) * 0.001, -(rows - 1)] and locate(rows - 1)[0]["line"] == rows + 1
+    result = inputs["x"].nbytes + targets["y"].nbytes + rows * 8  # the line numbers kept for messages
+    assert inputs["x"][-1].tolist() == [(rows - 1) * 0.001, -(rows - 1)] and locators["y"](rows - 1)[0]["line"] == rows + 1
     assert peak < 3 * result, (peak, result)
 
 

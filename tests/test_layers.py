@@ -353,8 +353,8 @@ def test_seed_003_hand_backprop(make_session):
     y = np.array([[0.3, 0.5, 0.2]])
     ctx = Taps(session.backend)
     session.params.zero_grad()
-    output = session.model.forward(session.params.tensors, {"x": x}, ctx)
-    loss = session.loss(output, y)
+    output = session.model.forward(session.params.tensors, {"x": x}, ctx)[0]
+    loss = session.heads[0].loss(output, y)
     backward(loss)
 
     a1, a2 = ctx.values["hidden"].value, output.value
@@ -388,8 +388,8 @@ def test_dense_float32_keeps_float32(make_session, activation):
     y = np.zeros((5, 2), dtype=np.float32)
     ctx = Taps(session.backend)
     session.params.zero_grad()
-    output = session.model.forward(session.params.tensors, {"x": x}, ctx)
-    loss = session.loss(output, y)
+    output = session.model.forward(session.params.tensors, {"x": x}, ctx)[0]
+    loss = session.heads[0].loss(output, y)
     backward(loss)
     assert output.dtype == np.float32
     assert loss.value.dtype == np.float32
@@ -411,12 +411,13 @@ def test_loss_float32_keeps_float32(make_session, loss, options, activation, red
     session = make_session(spec, dtype="float32")
     inputs, targets = random_batch(session, 4)
     x = inputs["x"].astype(np.float32)
+    targets = targets["d"]
     if targets.dtype.kind == "f":
         targets = targets.astype(np.float32)
     ctx = Taps(session.backend)
     session.params.zero_grad()
-    output = session.model.forward(session.params.tensors, {"x": x}, ctx)
-    value = session.loss(output, targets)
+    output = session.model.forward(session.params.tensors, {"x": x}, ctx)[0]
+    value = session.heads[0].loss(output, targets)
     backward(value)
     assert value.value.dtype == np.float32
     assert ctx.values["d"].grad.dtype == np.float32
@@ -435,7 +436,7 @@ def test_dropout_training(make_session, rate):
     x_value = np.random.default_rng(1).uniform(0.5, 1.5, (200, 500))
     x = Tensor(x_value.copy(), requires_grad=True)
     ctx = ForwardContext(session.backend, training=True, dropout_rng=np.random.default_rng(42))
-    out = session.model.forward({}, {"x": x}, ctx)
+    out = session.model.forward({}, {"x": x}, ctx)[0]
     dropped = out.value == 0
     assert dropped.mean() == pytest.approx(rate, abs=0.01)
     np.testing.assert_allclose(out.value[~dropped], x_value[~dropped] / (1 - rate), rtol=1e-15)
@@ -443,7 +444,7 @@ def test_dropout_training(make_session, rate):
     backward(ops.reduce_sum(out))
     np.testing.assert_allclose(x.grad, np.where(dropped, 0.0, 1 / (1 - rate)), rtol=1e-15)
 
-    again = session.model.forward({}, {"x": x_value}, ForwardContext(session.backend, True, np.random.default_rng(42)))
+    again = session.model.forward({}, {"x": x_value}, ForwardContext(session.backend, True, np.random.default_rng(42)))[0]
     np.testing.assert_array_equal(again.value, out.value)  # seeded: the same mask
 
 
@@ -451,12 +452,12 @@ def test_dropout_training(make_session, rate):
 def test_dropout_identity(make_session, training, rate):
     session = _dropout_session(make_session, rate)
     x = np.random.default_rng(2).standard_normal((4, 500))
-    out = session.model.forward({}, {"x": x}, ForwardContext(session.backend, training, np.random.default_rng(0)))
+    out = session.model.forward({}, {"x": x}, ForwardContext(session.backend, training, np.random.default_rng(0)))[0]
     np.testing.assert_array_equal(out.value if hasattr(out, "value") else out, x)
 
 
 def test_dropout_float32(make_session):
     session = _dropout_session(make_session, 0.25)
     x = Tensor(np.ones((3, 500), dtype=np.float32))
-    out = session.model.forward({}, {"x": x}, ForwardContext(session.backend, True, np.random.default_rng(0)))
+    out = session.model.forward({}, {"x": x}, ForwardContext(session.backend, True, np.random.default_rng(0)))[0]
     assert out.dtype == np.float32

@@ -11,7 +11,7 @@ import pytest
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
-from nnctl.train.metrics import METRICS, TOP_K  # noqa: E402
+from nnctl.train.metrics import METRICS  # noqa: E402
 from nnctl.train.session import Totals  # noqa: E402
 
 BATCHES = [4, 7, 1, 5, 3]
@@ -79,10 +79,12 @@ ROWS = {
     "recall-one-hot": ("recall", "categorical_crossentropy", 4, classes(4, one_hot=True),
                        lambda o, y, p: sklearn_metrics.recall_score(y.ravel(), p.ravel() > 0.5)),
     "top-k-sparse": ("top_k_categorical_accuracy", "sparse_categorical_crossentropy", 12, classes(12, scale=0.5),
-                     lambda o, y, p: sklearn_metrics.top_k_accuracy_score(y, o, k=TOP_K, labels=range(12))),
+                     lambda o, y, p: sklearn_metrics.top_k_accuracy_score(y, o, k=5, labels=range(12))),
     "top-k-one-hot-logits": ("top_k_categorical_accuracy", {"type": "categorical_crossentropy", "from_logits": True}, 10,
                              classes(10, one_hot=True, logits=True, scale=0.5),
-                             lambda o, y, p: sklearn_metrics.top_k_accuracy_score(y.argmax(-1), o, k=TOP_K, labels=range(10))),
+                             lambda o, y, p: sklearn_metrics.top_k_accuracy_score(y.argmax(-1), o, k=5, labels=range(10))),
+    "top-3": ({"type": "top_k_categorical_accuracy", "k": 3}, "sparse_categorical_crossentropy", 12, classes(12, scale=0.5),
+              lambda o, y, p: sklearn_metrics.top_k_accuracy_score(y, o, k=3, labels=range(12))),
     "r2": ("r2", "mse", 1, values(1), lambda o, y, p: sklearn_metrics.r2_score(y, o)),
     "r2-columns": ("r2", "mse", 3, values(3), lambda o, y, p: sklearn_metrics.r2_score(y, o)),
 }
@@ -91,6 +93,15 @@ ROWS = {
 def _session(make_session, metric, loss, units):
     return make_session({"seed": 0, "inputs": {"x": [2]}, "layers": [{"type": "dense", "units": units}],
                          "loss": loss, "metrics": [metric]})
+
+
+def _name(metric) -> str:
+    return metric["type"] if isinstance(metric, dict) else metric
+
+
+def _add(totals, output, target):
+    """One batch into `totals` of the one-output model `_session` builds (its output: dense)."""
+    totals.add(0.0, [output], {"dense": target}, len(output))
 
 
 def _epoch(rng, draw):
@@ -105,8 +116,9 @@ def test_metric_over_uneven_batches_matches_scikit_learn(make_session, row):
     parts, (outputs, targets, probabilities) = _epoch(np.random.default_rng(3), draw)
     totals = Totals(session)
     for output, target, _ in parts:
-        totals.add(0.0, output, target, len(output))
+        _add(totals, output, target)
     expected = reference(outputs, targets, probabilities)
+    metric = _name(metric)
     got = totals.read()[metric]
     assert isinstance(got, float)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
@@ -115,7 +127,7 @@ def test_metric_over_uneven_batches_matches_scikit_learn(make_session, row):
     per_batch = []
     for output, target, _ in parts:
         one = Totals(session)
-        one.add(0.0, output, target, len(output))
+        _add(one, output, target)
         per_batch.append(one.read()[metric])
     if metric in ("auc", "r2"):
         assert not np.isclose(np.average(per_batch, weights=BATCHES), expected, rtol=1e-9), "the row cannot tell exact from batch means"
@@ -129,35 +141,34 @@ def test_metric_state_resumes_bit_exactly(make_session, row):
     straight = Totals(session)
     first = Totals(session)
     for i, (output, target, _) in enumerate(parts):
-        straight.add(0.0, output, target, len(output))
+        _add(straight, output, target)
         if i < 2:
-            first.add(0.0, output, target, len(output))
+            _add(first, output, target)
     saved = {k: np.asarray(v) for k, v in first.state().items()}
     saved["count"] = int(saved["count"])
     resumed = Totals(session, saved)
     for output, target, _ in parts[2:]:
-        resumed.add(0.0, output, target, len(output))
-    assert resumed.read()[metric] == straight.read()[metric]
+        _add(resumed, output, target)
+    assert resumed.read()[_name(metric)] == straight.read()[_name(metric)]
 
 
 def test_table_covers_every_metric():
-    assert set(METRICS) == {row[0] for row in ROWS.values()}
+    assert set(METRICS) == {_name(row[0]) for row in ROWS.values()}
 
 
-@pytest.mark.parametrize("metric,expected", [("auc", "nan"), ("precision", 0.0), ("recall", 0.0)])
-def test_undefined_values(make_session, metric, expected):
-    """AUC with targets of one class is undefined (nan); precision and recall with nothing to
-    count are 0, as in Keras."""
+@pytest.mark.parametrize("metric,target", [("auc", 0.0), ("auc", 1.0), ("precision", 0.0), ("recall", 0.0)])
+def test_undefined_values_are_zero_as_in_keras(make_session, metric, target):
+    """AUC with targets of one class is undefined, precision and recall with nothing to count
+    too: each is 0, as Keras gives (a monitor never compares NaN)."""
     session = _session(make_session, metric, "binary_crossentropy", 1)
     totals = Totals(session)
-    totals.add(0.0, np.full((4, 1), 0.2), np.zeros((4, 1)), 4)
-    got = totals.read()[metric]
-    assert np.isnan(got) if expected == "nan" else got == expected
+    _add(totals, np.full((4, 1), 0.2), np.full((4, 1), target))
+    assert totals.read()[metric] == 0.0
 
 
 def test_r2_of_a_constant_target_follows_scikit_learn(make_session):
     session = _session(make_session, "r2", "mse", 2)
     y = np.column_stack([np.full(5, 2.0), np.arange(5.0)])
     totals = Totals(session)
-    totals.add(0.0, np.column_stack([np.full(5, 2.0), np.arange(5.0) + 0.5]), y, 5)
+    _add(totals, np.column_stack([np.full(5, 2.0), np.arange(5.0) + 0.5]), y)
     assert totals.read()["r2"] == pytest.approx(sklearn_metrics.r2_score(y, np.column_stack([np.full(5, 2.0), np.arange(5.0) + 0.5])))

@@ -264,6 +264,39 @@ ROWS.update({
     },
 })
 
+# Several outputs: the loss is the weighted sum (loss_weights), gradients meet where the outputs'
+# paths do, and an output may feed another layer (its own loss gradient plus what flows back).
+ROWS.update({
+    "two-outputs-regression-and-classes": {
+        "inputs": {"x": [3]},
+        "layers": [{"name": "shared", **dense(4, "tanh")},
+                   {"name": "value", "from": "shared", **dense(2)},
+                   {"name": "label", "from": "shared", **dense(3)}],
+        "outputs": ["value", "label"],
+        "loss": {"value": "mse", "label": {"type": "sparse_categorical_crossentropy", "from_logits": True}},
+        "loss_weights": {"value": 0.5, "label": 2.0},
+    },
+    "two-outputs-one-feeds-the-other": {
+        "inputs": {"x": [3]},
+        "layers": [{"name": "first", **dense(3, "sigmoid")},
+                   {"name": "second", "from": "first", **dense(2, "tanh")}],
+        "outputs": ["first", "second"],
+        "loss": "binary_crossentropy",
+        "loss_weights": [1.5, 0.25],
+    },
+    "three-outputs-default-weights": {
+        "inputs": {"a": [2], "b": [3]},
+        "layers": [{"name": "ha", "from": "a", **dense(3, "relu")},
+                   {"name": "joined", "type": "concat", "from": ["ha", "b"]},
+                   {"name": "out1", "from": "joined", **dense(1)},
+                   {"name": "out2", "from": "joined", **dense(2, "softmax")},
+                   {"name": "out3", "from": "ha", **dense(2)}],
+        "outputs": ["out1", "out2", "out3"],
+        "loss": {"out1": "huber", "out2": "categorical_crossentropy", "out3": {"type": "mae", "reduction": "sum"}},
+    },
+})
+
+
 def test_table_covers_every_layer_activation_and_loss():
     layers = [layer for spec in ROWS.values() for layer in spec["layers"]]
     assert set(LAYERS) <= {layer["type"] for layer in layers}
@@ -274,6 +307,7 @@ def test_table_covers_every_layer_activation_and_loss():
     assert {(name, on_data) for name in ACTIVATIONS for on_data in (False, True)} <= standalone
     losses = {(s["loss"]["type"], s["loss"]["reduction"], s["loss"].get("from_logits"))
               for s in ROWS.values() if isinstance(s["loss"], dict) and "reduction" in s["loss"]}
+    assert sum(len(s.get("outputs", [])) > 1 and isinstance(s["outputs"], list) for s in ROWS.values()) >= 3
     for name, cls in LOSSES.items():
         logits = [False, True] if issubclass(cls, CrossEntropy) else [None]
         for reduction in ("mean", "sum"):
@@ -283,19 +317,27 @@ def test_table_covers_every_layer_activation_and_loss():
 
 # --- the harness ---------------------------------------------------------------------------------
 def _batch(session, size, seed):
-    """Seeded inputs and targets of the loss's kind, on the session's backend."""
+    """Seeded inputs and targets (by output) of each loss's kind, on the session's backend."""
     rng = np.random.default_rng(seed)
     inputs, targets = random_batch(session, size, rng)
     inputs = with_ids(session, inputs, rng)
     backend = session.backend
     return ({name: backend.asarray(x, dtype=session.dtype) for name, x in inputs.items()},
-            backend.asarray(targets if targets.dtype.kind == "i" else targets.astype(session.dtype)))
+            {name: backend.asarray(t if t.dtype.kind == "i" else t.astype(session.dtype)) for name, t in targets.items()})
 
 
 def test_random_batch_targets_take_the_output_shape(make_session):
     session = make_session({"seed": 1, **ROWS["rank3-mse"]})
     inputs, targets = random_batch(session, 4)
-    assert inputs["x"].shape == (4, 2, 3) and targets.shape == (4, 2, 3)
+    assert inputs["x"].shape == (4, 2, 3) and targets["tanh"].shape == (4, 2, 3)
+    session = make_session({"seed": 1, **ROWS["two-outputs-regression-and-classes"]})
+    targets = random_batch(session, 5)[1]
+    assert targets["value"].shape == (5, 2) and targets["label"].shape == (5,) and targets["label"].dtype.kind == "i"
+
+
+def _joined(session, outputs):
+    """The outputs (model order) side by side, one host row per sample: one array to compare."""
+    return np.concatenate([_host(session, o).reshape(len(o), -1) for o in outputs], axis=1)
 
 
 def _ctx(session, seed, training=True):
@@ -310,21 +352,23 @@ def _reference(session, inputs, targets, seed, training=True):
     """(loss, output, penalty or None, grads): autograd's forward, objective and backward."""
     params = session.params
     params.zero_grad()
-    output = session.model.forward(params.tensors, inputs, _ctx(session, seed, training))
-    loss = session.objective(output, targets, params.tensors)
+    outputs = session.model.forward(params.tensors, inputs, _ctx(session, seed, training))
+    loss = session.objective(outputs, targets, params.tensors)
     backward(loss)
     penalty = session.penalty(params.frozen()) if session.regularized else None
     grads = {key: _host(session, view) for key, view in params.grad_views.items()}
-    return (_host(session, loss.value), _host(session, output.value),
+    return (_host(session, loss.value), _joined(session, [o.value for o in outputs]),
             None if penalty is None else _host(session, penalty.value), grads)
 
 
 def _compiled(session, inputs, targets, seed, training=True):
     """The same four from `Session.gradients`, into a gradient buffer filled with NaN first."""
     session.params.grad_flat.fill(np.nan)
-    loss, output, penalty = session.gradients(inputs, targets, _ctx(session, seed, training))
+    size = len(next(iter(inputs.values())))
+    loss, outputs, penalty, own = session.gradients(inputs, targets, size, _ctx(session, seed, training))
+    assert (own is None) == (len(outputs) == 1)
     grads = {key: _host(session, view) for key, view in session.params.grad_views.items()}
-    return (_host(session, loss), _host(session, output),
+    return (_host(session, loss), _joined(session, outputs),
             None if penalty is None else _host(session, penalty), grads)
 
 
@@ -399,12 +443,13 @@ def test_float32_stays_float32(make_session, backend, name):
     inputs, targets = _batch(session, FULL, 5)
     assert all(x.dtype == np.float32 for x in inputs.values())
     session.params.grad_flat.fill(np.nan)
-    loss, output, penalty = session.gradients(inputs, targets, _ctx(session, 9))
+    loss, outputs, penalty, _ = session.gradients(inputs, targets, FULL, _ctx(session, 9))
+    output = outputs[0]
     assert output.dtype == np.float32
     assert np.asarray(_host(session, loss)).dtype == np.float32
     assert penalty is None or _host(session, penalty).dtype == np.float32
     assert session.params.grad_flat.dtype == np.float32
-    compiled = (_host(session, loss), _host(session, output), None if penalty is None else _host(session, penalty),
+    compiled = (_host(session, loss), _joined(session, outputs), None if penalty is None else _host(session, penalty),
                 {key: _host(session, view) for key, view in session.params.grad_views.items()})
     assert all(g.dtype == np.float32 for g in compiled[3].values())
     _assert_same(compiled, _reference(session, inputs, targets, 9), tol=dict(rtol=2e-5, atol=1e-6))
@@ -502,9 +547,9 @@ def test_dropout_compiles_and_draws_the_masks_autograd_draws(make_session, backe
 def test_compiled_forward_matches_autograd_inference(make_session, backend, name):
     session = make_session({"seed": 11, **ROWS[name]}, backend=backend)
     inputs, _ = _batch(session, FULL, 4)
-    expected = session.model.forward(session.params.frozen(), inputs, _ctx(session, 7, training=False)).value
+    expected = session.model.forward(session.params.frozen(), inputs, _ctx(session, 7, training=False))
     got = session._step(FULL).forward(inputs, _ctx(session, 7, training=False))
-    np.testing.assert_allclose(_host(session, got), _host(session, expected), **TOL)
+    np.testing.assert_allclose(_joined(session, got), _joined(session, [e.value for e in expected]), **TOL)
 
 
 def test_predict_and_evaluate_over_several_batches(make_session, backend):
@@ -518,9 +563,9 @@ def test_predict_and_evaluate_over_several_batches(make_session, backend):
     rng = np.random.default_rng(8)
     n = 2 * FULL + PARTIAL
     x, y = rng.standard_normal((n, 2)), rng.standard_normal((n, 1))
-    dataset = Dataset(Path("memory"), {"x": x}, y, np.arange(n))
-    expected = session.model.forward(session.params.frozen(), {"x": backend.asarray(x)}, _ctx(session, 0, training=False))
-    values, classes = session.predict(dataset, batch_size=FULL)
+    dataset = Dataset(Path("memory"), {"x": x}, {session.model.outputs[0]: y}, np.arange(n))
+    (expected,) = session.model.forward(session.params.frozen(), {"x": backend.asarray(x)}, _ctx(session, 0, training=False))
+    ((values, classes),) = session.predict(dataset, batch_size=FULL)
     assert classes is None and values.shape == (n, 1)
     np.testing.assert_allclose(values, _host(session, expected.value), **TOL)
     logs = session.evaluate(dataset, batch_size=FULL)

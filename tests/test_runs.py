@@ -203,10 +203,10 @@ def test_a_diverging_run_leaves_the_previous_run_whole(tmp_path, monkeypatch):
 
     real, calls = Session.gradients, []
 
-    def diverging(self, inputs, targets, ctx):  # NaN from the 7th step on: after epoch 1's checkpoint
+    def diverging(self, inputs, targets, size, ctx):  # NaN from the 7th step on: after epoch 1's checkpoint
         calls.append(1)
-        loss, output, penalty = real(self, inputs, targets, ctx)
-        return (math.nan if len(calls) >= 7 else loss), output, penalty
+        loss, *rest = real(self, inputs, targets, size, ctx)
+        return (math.nan if len(calls) >= 7 else loss), *rest
 
     monkeypatch.setattr(Session, "gradients", diverging)
     result = _train(folder, "--seed", 2, "--epochs", 3)

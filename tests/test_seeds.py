@@ -49,7 +49,7 @@ def _fnn_forward():
     x = numpy.array([[1.0, 2.0]])
     y = numpy.array([[0.3, 0.5, 0.2]])
     ctx = Recorder(session.backend)
-    loss = session.loss(session.model.forward(session.params.tensors, {"x": x}, ctx), y)
+    loss = session.heads[0].loss(session.model.forward(session.params.tensors, {"x": x}, ctx)[0], y)
     backward(loss)
     return session, ctx.nodes, x, y
 

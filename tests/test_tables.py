@@ -124,8 +124,8 @@ def test_parquet_and_feather_columns_are_typed(tmp_path, suffix):
         "n": (NUMBER, [1.5, None, 3.0], [False, True, False]), "i": (NUMBER, [1.0, 2.0, 3.0], [False] * 3),
         "s": (TEXT, ["a", None, "c"], [False, True, False]), "flag": (TEXT, ["true", "false", None], [False, False, True]),
         "d": (TEXT, ["u", "v", "u"], [False] * 3)}
-    data = load_dataset(path, {"x": ["i", "i"]}, "i", {"x": (2,)}, cache_folder=None)
-    assert data.inputs["x"].tolist() == [[1, 1], [2, 2], [3, 3]] and data.targets.tolist() == [[1], [2], [3]]
+    data = load_dataset(path, {"x": ["i", "i"]}, {"y": "i"}, {"x": (2,)}, cache_folder=None)
+    assert data.inputs["x"].tolist() == [[1, 1], [2, 2], [3, 3]] and data.targets["y"].tolist() == [[1], [2], [3]]
 
 
 @pytest.mark.parametrize("column, message", [
@@ -138,7 +138,7 @@ def test_a_parquet_column_the_model_cannot_read_is_named(tmp_path, column, messa
     path = tmp_path / "t.parquet"
     pyarrow.parquet.write_table(ARROW_TABLE, str(path))
     with pytest.raises(DataError) as caught:
-        load_dataset(path, {"x": [column]}, "i", {"x": (1,)}, cache_folder=None)
+        load_dataset(path, {"x": [column]}, {"y": "i"}, {"x": (1,)}, cache_folder=None)
     assert str(caught.value) == f"{path}: {message}"
 
 
@@ -166,20 +166,20 @@ NUMERIC = [
 def test_pyarrow_reads_the_numbers_csvtable_reads(tmp_path, monkeypatch, text):
     path = tmp_path / "t.csv"
     path.write_bytes(text.encode("utf-8"))
-    fast_inputs, fast_targets, fast_locate = read_csv(path, {"x": ["a", "b"]}, ["c"])
+    fast_inputs, fast_targets, fast_locate = read_csv(path, {"x": ["a", "b"]}, {"y": ["c"]})
     calls = []
     monkeypatch.setattr(readers, "arrow_number_blocks", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(tables.Fallback("test")))
-    slow_inputs, slow_targets, slow_locate = read_csv(path, {"x": ["a", "b"]}, ["c"])
-    assert calls and fast_inputs["x"].tobytes() == slow_inputs["x"].tobytes() and fast_targets.tobytes() == slow_targets.tobytes()
-    last = len(fast_targets) - 1
-    assert fast_locate(last) == slow_locate(last)
+    slow_inputs, slow_targets, slow_locate = read_csv(path, {"x": ["a", "b"]}, {"y": ["c"]})
+    assert calls and fast_inputs["x"].tobytes() == slow_inputs["x"].tobytes() and fast_targets["y"].tobytes() == slow_targets["y"].tobytes()
+    last = len(fast_targets["y"]) - 1
+    assert fast_locate["y"](last) == slow_locate["y"](last)
 
 
 def test_a_delimiter_and_missing_values_reach_the_model_reader(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a;b\n1;2\n?;4\n")
     with pytest.raises(DataError) as caught:
-        read_csv(path, {"x": ["a"]}, ["b"], options=ReadOptions(";", ("?",)))
+        read_csv(path, {"x": ["a"]}, {"y": ["b"]}, options=ReadOptions(";", ("?",)))
     assert str(caught.value) == f"{path}:3:1: column 'a': expected a number, received '?'"
 
 
@@ -189,11 +189,11 @@ def test_streamed_blocks_hold_the_same_numbers(tmp_path, monkeypatch, stream):
     path.write_text("a,b\n" + "".join(f"{i / 7!r},{i}\n" for i in range(200_000)))
     monkeypatch.setattr(readers, "STREAM_BYTES", 0 if stream else 1 << 40)
     monkeypatch.setattr(tables, "BLOCK_BYTES", 1 << 20)
-    wanted, blocks, _ = readers.table_blocks(path, {"x": ["a"]}, ["b"])
+    wanted, blocks, _ = readers.table_blocks(path, {"x": ["a"]}, {"y": ["b"]})
     parts = list(blocks())
     assert (len(parts) > 1) == stream
     joined = readers.joined_blocks(wanted, iter(parts))
-    assert joined["x"][:, 0].tolist() == [i / 7 for i in range(200_000)] and joined[None][-1, 0] == 199_999
+    assert joined["x"][:, 0].tolist() == [i / 7 for i in range(200_000)] and joined[readers.Target("y")][-1, 0] == 199_999
 
 
 # --- the cache -------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def _write(path, rows, scale=1.0):
 
 
 def _load(path, folder, **kw):
-    return load_dataset(path, {"x": ["a", "b"]}, ["y"], {"x": (2,)}, dtype="float64", cache_folder=folder, **kw)
+    return load_dataset(path, {"x": ["a", "b"]}, {"y": ["y"]}, {"x": (2,)}, dtype="float64", cache_folder=folder, **kw)
 
 
 def _parses(monkeypatch):
@@ -232,7 +232,7 @@ def test_a_second_read_comes_from_the_cache_without_parsing(tmp_path, monkeypatc
     assert len(parses) == 1 and len(entries) == 1 and (entries[0] / "manifest.json").exists()
     assert list(json.loads((folder / "hashes.json").read_text()).values())[0]["sha256"] == json.loads(
         (entries[0] / "manifest.json").read_text())["identity"]["file"]["sha256"]
-    assert second.inputs["x"].tobytes() == first.inputs["x"].tobytes() and second.targets.tobytes() == first.targets.tobytes()
+    assert second.inputs["x"].tobytes() == first.inputs["x"].tobytes() and second.targets["y"].tobytes() == first.targets["y"].tobytes()
     assert first.notes == second.notes == []
     assert _load(path, None).inputs["x"].tobytes() == first.inputs["x"].tobytes() and len(parses) == 2
 
@@ -252,7 +252,7 @@ def test_a_changed_file_or_config_is_read_again(tmp_path, monkeypatch, small_cac
     elif change == "config":
         data = _load(path, folder, read=ReadOptions(",", ("", "?")))
     else:
-        data = load_dataset(path, {"x": ["b", "a"]}, ["y"], {"x": (2,)}, dtype="float64", cache_folder=folder)
+        data = load_dataset(path, {"x": ["b", "a"]}, {"y": ["y"]}, {"x": (2,)}, dtype="float64", cache_folder=folder)
         assert data.inputs["x"][3].tolist() == [-3.0, 3.0]
     assert len(parses) == 2 and len(_entries(folder)) == 2
 
@@ -306,7 +306,7 @@ def test_large_cached_inputs_stay_on_disk(tmp_path, monkeypatch, small_cache):
     _write(path, 1000)
     monkeypatch.setattr(cache, "LOAD_WHOLE_BYTES", 1000)
     data = _load(path, folder)  # built, then read back as the next run would
-    assert isinstance(data.inputs["x"], RowFile) and not isinstance(data.targets, RowFile)
+    assert isinstance(data.inputs["x"], RowFile) and not isinstance(data.targets["y"], RowFile)
     assert data.inputs["x"].take([0, 999]).tolist() == [[0.0, 0.0], [999.0, -999.0]]
 
 
@@ -319,18 +319,18 @@ def test_the_cache_holds_its_identity(tmp_path, small_cache):
     identity = manifest["identity"]
     assert identity["file"]["size"] == os.path.getsize(path) and len(identity["file"]["sha256"]) == 64
     assert identity["config"] == {"delimiter": ",", "missing_values": ["", "NA", "NaN", "null", "None"], "dtype": "float64"}
-    assert identity["columns"] == [["x", [0, 1]], [None, [2]]]  # header positions: the hash fixes the header and [a["rows"] for a in manifest["arrays"]] == [10, 10]
+    assert identity["columns"] == [["x", [0, 1]], [{"targets": "y"}, [2]]]  # header positions: the hash fixes the header and [a["rows"] for a in manifest["arrays"]] == [10, 10]
     assert numpy.load(entry / "0.npy").tolist() == [[float(i), -float(i)] for i in range(10)]
 
 
 def test_cached_inputs_are_the_uncached_ones_in_the_model_dtype(tmp_path, small_cache):
     path, folder = tmp_path / "d.csv", tmp_path / "cache"
     path.write_text("a,b,y\n" + "".join(f"{i / 3!r},{i * 1e30!r},{i / 7!r}\n" for i in range(50)))
-    load = lambda cache_folder: load_dataset(path, {"x": ["a", "b"]}, ["y"], {"x": (2,)}, dtype="float32", cache_folder=cache_folder)
+    load = lambda cache_folder: load_dataset(path, {"x": ["a", "b"]}, {"y": ["y"]}, {"x": (2,)}, dtype="float32", cache_folder=cache_folder)
     plain, built, read = load(None), load(folder), load(folder)
     assert plain.inputs["x"].dtype == built.inputs["x"].dtype == read.inputs["x"].dtype == numpy.float32
     assert plain.inputs["x"].tobytes() == built.inputs["x"].tobytes() == read.inputs["x"].tobytes()
-    assert read.targets.dtype == plain.targets.dtype and read.targets.tobytes() == plain.targets.tobytes()
+    assert read.targets["y"].dtype == plain.targets["y"].dtype and read.targets["y"].tobytes() == plain.targets["y"].tobytes()
 
 
 def test_a_stream_that_must_start_over_caches_only_the_second_reading(tmp_path, monkeypatch, small_cache):
@@ -340,7 +340,7 @@ def test_a_stream_that_must_start_over_caches_only_the_second_reading(tmp_path, 
     monkeypatch.setattr(readers, "STREAM_BYTES", 0)
     monkeypatch.setattr(tables, "BLOCK_BYTES", 1 << 16)
     data = _load(path, folder)
-    assert len(data) == 100_001 and data.inputs["x"][-1].tolist() == [7.0, 8.0] and data.targets[-1, 0] == 1.0
+    assert len(data) == 100_001 and data.inputs["x"][-1].tolist() == [7.0, 8.0] and data.targets["y"][-1, 0] == 1.0
     assert _load(path, folder).inputs["x"].tobytes() == data.inputs["x"].tobytes()
 
 

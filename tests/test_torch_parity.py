@@ -195,8 +195,8 @@ def _nnctl_step(session, x, y):
     """Forward, loss and backward as `fit` does them; the gradients land in session.params."""
     backend = session.backend
     session.params.zero_grad()
-    output = session.model.forward(session.params.tensors, {"x": backend.asarray(x)}, ForwardContext(backend, training=True))
-    loss = session.loss(output, backend.asarray(y))
+    output = session.model.forward(session.params.tensors, {"x": backend.asarray(x)}, ForwardContext(backend, training=True))[0]
+    loss = session.heads[0].loss(output, backend.asarray(y))
     backward(loss)
     return backend.to_host(output.value), float(loss.value)
 

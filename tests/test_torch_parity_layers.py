@@ -198,8 +198,8 @@ def _batch(session, rng):
             feeds[name] = rng.standard_normal((BATCH, *shape))
         else:
             feeds[name] = rng.integers(0, embedding.config["input_dim"], (BATCH, *shape)).astype(np.float64)
-    units = session.output_units
-    if session.spec.loss.name == "binary_crossentropy":
+    units = session.heads[0].units
+    if session.spec.outputs[0].loss.name == "binary_crossentropy":
         y = rng.integers(0, 2, (BATCH, units)).astype(np.float64)
     else:
         y = rng.standard_normal((BATCH, units))
@@ -208,14 +208,14 @@ def _batch(session, rng):
 
 def _torch_loss(session, output, y):
     y = torch.from_numpy(y.copy())
-    if session.spec.loss.name == "binary_crossentropy":
+    if session.spec.outputs[0].loss.name == "binary_crossentropy":
         return F.binary_cross_entropy_with_logits(output, y, reduction="none").mean(-1).mean()
     return ((output - y) ** 2).mean(-1).mean()
 
 
 def _train_step(session, model, feeds, y):
     """One batch through nnctl's compiled step and through torch; (nnctl loss, output), torch's."""
-    loss, output, _ = session.gradients(feeds, y, ForwardContext(session.backend, training=True))
+    loss, (output,), _, _ = session.gradients(feeds, {session.heads[0].name: y}, len(y), ForwardContext(session.backend, training=True))
     model.train()
     torch_output = model({k: torch.from_numpy(v.copy()) for k, v in feeds.items()})
     torch_loss = _torch_loss(session, torch_output, y)
@@ -304,7 +304,7 @@ def test_adam_steps_then_inference(make_session, kind):
     model.eval()
     with torch.no_grad():
         expected = model({k: torch.from_numpy(v.copy()) for k, v in feeds.items()}).numpy()
-    got = session._step(BATCH).forward(feeds, ForwardContext(session.backend))
+    (got,) = session._step(BATCH).forward(feeds, ForwardContext(session.backend))
     np.testing.assert_allclose(got, expected, **TOL)
     if kind == "batch_normalization":
         model.train()

@@ -325,7 +325,7 @@ def test_progress_sees_the_current_rate(project):
     import io
 
     console = Console(file=io.StringIO(), width=200, force_terminal=False)
-    live = LiveProgress(console, ["mae"])
+    live = LiveProgress(console)
     live.on_train_begin(1, 1, 4)
     live.on_epoch_end(1, {"epoch": 1, "loss": 1.0, "mae": 0.5, "lr": 0.00125, "seconds": 1.0, "samples_per_second": 4.0})
     assert "lr 0.00125" in console.file.getvalue()
@@ -409,8 +409,8 @@ def test_penalty_value_and_gradient(make_session, regularizer):
 
     def grads(objective):
         session.params.zero_grad()
-        output = session.model.forward(session.params.tensors, {"x": inputs["x"]}, ForwardContext(session.backend))
-        backward(session.objective(output, targets, session.params.tensors) if objective else session.loss(output, targets))
+        output = session.model.forward(session.params.tensors, {"x": inputs["x"]}, ForwardContext(session.backend))[0]
+        backward(session.objective([output], targets, session.params.tensors) if objective else session.heads[0].loss(output, targets["out"]))
         return {k: v.copy() for k, v in session.params.grad_views.items()}
 
     with_penalty, without = grads(True), grads(False)
@@ -423,8 +423,8 @@ def test_penalty_value_and_gradient(make_session, regularizer):
     # Central differences in float64 through nnctl.diagnostics.gradcheck: the penalty is part of its loss.
     rows, loss, _ = gradcheck(session, inputs, targets)
     assert all(r.passed for r in rows), [r for r in rows if not r.passed]
-    output = session.model.forward(session.params.frozen(), {"x": inputs["x"]}, ForwardContext(session.backend))
-    np.testing.assert_allclose(loss, float(session.loss(output, targets).value) + expected, rtol=1e-12)
+    output = session.model.forward(session.params.frozen(), {"x": inputs["x"]}, ForwardContext(session.backend))[0]
+    np.testing.assert_allclose(loss, float(session.heads[0].loss(output, targets["out"]).value) + expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("regularizer", REGULARIZER_CASES, ids=str)

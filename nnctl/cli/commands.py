@@ -155,7 +155,7 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, re
     from nnctl.train.run import RunInterrupted, train_run
 
     loaded = _load_spec(spec, epochs=epochs, batch_size=batch_size, seed=seed, backend=backend)
-    progress = Progress() if as_json or quiet() else LiveProgress(console(), loaded.metrics)
+    progress = Progress() if as_json or quiet() else LiveProgress(console())
     try:
         with _graceful_stop() as stop_requested:
             result = train_run(loaded, out=out, init=init_weights, resume=resume, restart=restart,
@@ -204,7 +204,7 @@ def _graceful_stop():
 @json_option
 def predict(spec, weights, input_path, output, layer, backend, as_json):
     """Run SPEC with WEIGHTS on the rows of INPUT."""
-    from nnctl.cli.report import predictions_view
+    from nnctl.cli.report import predictions_json, predictions_view
     from nnctl.io.paths import check_suffix, refuse_inputs
     from nnctl.io.records import save_predictions
     from nnctl.train.session import predict_file
@@ -212,16 +212,15 @@ def predict(spec, weights, input_path, output, layer, backend, as_json):
     if output is not None:
         check_suffix(output, (".csv", ".npy"), "--output")
     refuse_inputs(output, "--output", {"the spec": spec, "the --weights file": weights, "the --input file": input_path})
-    values, classes, columns, report = predict_file(_session(spec, weights, backend=backend), input_path, layer)
+    predictions = predict_file(_session(spec, weights, backend=backend), input_path, layer)
     if output is not None:
-        save_predictions(output, values, classes, columns)
+        save_predictions(output, predictions.values, predictions.classes, predictions.columns)
     if as_json:
-        emit_json({"columns": columns, "outputs": values.tolist(), "classes": None if classes is None else classes.tolist(),
-                   "output": str(output) if output else None, **({"preprocessing": report} if report else {})})
+        emit_json(predictions_json(predictions, output))
     elif output is None:
-        show(predictions_view(values, classes, columns, report))
+        show(predictions_view(predictions))
     else:
-        click.echo(f"Wrote {len(values)} predictions to {output}", file=STDOUT)
+        click.echo(f"Wrote {len(predictions.values)} predictions to {output}", file=STDOUT)
 
 
 @cli.command()

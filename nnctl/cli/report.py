@@ -54,7 +54,8 @@ def summary_data(model, dtype: str) -> dict:
         "name": model.spec.name,
         "dtype": dtype,
         "layers": layers,
-        "output": model.output,
+        "outputs": [{"name": o.name, "loss": o.loss.name, "loss_weight": o.weight, "metrics": [m.name for m in o.metrics]}
+                    for o in model.spec.outputs],
         "total_params": total,
         "trainable_params": trainable,
         "non_trainable_params": total - trainable,
@@ -108,6 +109,9 @@ def summary_view(data: dict):
         f" Non-trainable params: {data['non_trainable_params']:,} ({human_bytes(data['non_trainable_params'] * itemsize)})"
     )
     parts = [table, totals]
+    if len(data["outputs"]) > 1:
+        described = [f"{escape(o['name'])} ({escape(o['loss'])}, weight {_fmt(o['loss_weight'])})" for o in data["outputs"]]
+        parts.append(Text.from_markup(f" Outputs: {', '.join(described)}"))
     for trainable, title in ((True, "Trainable variables"), (False, "Non-trainable variables")):
         rows = [w for w in data["weights"] if w["trainable"] == trainable]
         if not rows and not trainable:
@@ -213,9 +217,8 @@ def training_view(result):
 class LiveProgress:
     """A rich progress bar on a terminal; one line per epoch otherwise (CI logs, pipes)."""
 
-    def __init__(self, console: Console, metric_names):
+    def __init__(self, console: Console):
         self.console = console
-        self.metric_names = list(metric_names)
         self.live = console.is_terminal
         self.bar = None
         self._last_refresh = 0.0
@@ -296,21 +299,30 @@ def preprocessing_note(report: dict | None) -> str:
     return escape(" · ".join(parts))
 
 
-def predictions_view(values, classes, columns, report=None, limit: int = 50):
+def predictions_json(predictions, output) -> dict:
+    """`predict --json`: a one-output model's classes as a list (null without), several outputs' by
+    class column."""
+    classes = predictions.classes
+    if set(classes) <= {"class"}:
+        classes = classes["class"].tolist() if classes else None
+    else:
+        classes = {name: labels.tolist() for name, labels in classes.items()}
+    return {"columns": predictions.columns, "outputs": predictions.values.tolist(), "classes": classes,
+            "output": str(output) if output else None, **({"preprocessing": predictions.report} if predictions.report else {})}
+
+
+def predictions_view(predictions, limit: int = 50):
+    values, classes = predictions.values, predictions.classes
     table = Table(title="Predictions", title_justify="left")
     table.add_column("#", justify="right")
-    for name in columns:
+    for name in [*predictions.columns, *classes]:
         table.add_column(escape(name), justify="right")
-    if classes is not None:
-        table.add_column("class", justify="right")
     for i in range(min(len(values), limit)):
         # Readable at a glance; --output and --json keep every digit.
-        cells = [f"{v:.4f}" if 0 <= v <= 1 else f"{v:.6g}" for v in values[i]]
-        if classes is not None:
-            cells.append(escape(str(classes[i])))
-        table.add_row(str(i + 1), *cells)
+        cells = [f"{v:.4f}" if 0 <= v <= 1 else f"{v:.6g}" for v in values[i].reshape(-1)]
+        table.add_row(str(i + 1), *cells, *(escape(str(labels[i])) for labels in classes.values()))
     captions = [f"first {limit} of {len(values)} rows; use --output FILE for all"] if len(values) > limit else []
-    captions += [preprocessing_note(report)] if preprocessing_note(report) else []
+    captions += [preprocessing_note(predictions.report)] if preprocessing_note(predictions.report) else []
     table.caption = "; ".join(captions) or None
     return table
 
@@ -318,33 +330,43 @@ def predictions_view(values, classes, columns, report=None, limit: int = 50):
 # --- evaluate --------------------------------------------------------------------------------------
 def evaluation_view(data: dict):
     parts = [Text.assemble(("Evaluation of ", "bold"), (data["name"], "bold"), f" on {data['data']}: {data['samples']:,} samples, all rows")]
+    several = len(data["outputs"]) > 1
+    losses = {("loss" if not several else f"{o['name']}_loss"): o["loss_name"] for o in data["outputs"]}
     table = Table()
     table.add_column("Metric")
     table.add_column("Value", justify="right")
     for key, value in data["metrics"].items():
-        table.add_row(escape(f"{key} ({data['loss_name']})" if key == "loss" else key), _fmt(value))
+        label = f"{key} ({losses[key]})" if key in losses else f"{key} (weighted sum)" if key == "loss" else key
+        table.add_row(escape(label), _fmt(value))
     parts.append(table)
-    cls = data.get("classification")
-    if cls:
-        parts += [Text(""), Text.assemble(("Confusion matrix", "bold"), " (rows: true class, columns: predicted class)")]
-        matrix = Table()
-        matrix.add_column("true \\ pred", justify="right")
-        names = [escape(name) for name in cls["class_names"]]
-        for name in names:
-            matrix.add_column(name, justify="right")
-        for i, row in enumerate(cls["confusion_matrix"]):
-            matrix.add_row(names[i], *[f"[bold]{n}[/bold]" if i == j and n else str(n) for j, n in enumerate(row)])
-        parts += [matrix, Text(""), Text.assemble(("Per-class scores", "bold"), f" (accuracy {cls['accuracy']:.4f})")]
-        scores = Table()
-        for column in ("Class", "Precision", "Recall", "F1", "Support"):
-            scores.add_column(column, justify="left" if column == "Class" else "right")
-        for i, row in enumerate(cls["per_class"]):
-            scores.add_row(names[row["class"]], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}",
-                           end_section=i == len(cls["per_class"]) - 1)
-        for name, row in cls["averages"].items():
-            scores.add_row(f"{name} avg", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")
-        parts.append(scores)
+    for output in data["outputs"]:
+        if output["classification"]:
+            parts += _classification_view(output["classification"], output["name"] if several else None)
     return Group(*parts)
+
+
+def _classification_view(cls: dict, output: str | None) -> list:
+    """The confusion matrix and per-class scores of one output (named when there are several)."""
+    of = f" of output {output}" if output is not None else ""
+    parts = [Text(""), Text.assemble(("Confusion matrix", "bold"), escape(of), " (rows: true class, columns: predicted class)")]
+    matrix = Table()
+    matrix.add_column("true \\ pred", justify="right")
+    names = [escape(name) for name in cls["class_names"]]
+    for name in names:
+        matrix.add_column(name, justify="right")
+    for i, row in enumerate(cls["confusion_matrix"]):
+        matrix.add_row(names[i], *[f"[bold]{n}[/bold]" if i == j and n else str(n) for j, n in enumerate(row)])
+    parts += [matrix, Text(""), Text.assemble(("Per-class scores", "bold"), escape(of), f" (accuracy {cls['accuracy']:.4f})")]
+    scores = Table()
+    for column in ("Class", "Precision", "Recall", "F1", "Support"):
+        scores.add_column(column, justify="left" if column == "Class" else "right")
+    for i, row in enumerate(cls["per_class"]):
+        scores.add_row(names[row["class"]], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}",
+                       end_section=i == len(cls["per_class"]) - 1)
+    for name, row in cls["averages"].items():
+        scores.add_row(f"{name} avg", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")
+    parts.append(scores)
+    return parts
 
 
 # --- curves: terminal chart and sparkline -------------------------------------------------------------

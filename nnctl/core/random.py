@@ -5,7 +5,9 @@ backend, so the same spec, seed and backend give the same weights, splits, batch
 """
 from __future__ import annotations
 
-STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK = range(5)
+# STREAM_GRADCHECK draws gradcheck's random batch, _SAMPLE the elements it checks, _DROPOUT its masks.
+(STREAM_INIT, STREAM_SPLIT, STREAM_SHUFFLE, STREAM_DROPOUT, STREAM_GRADCHECK, STREAM_GRADCHECK_SAMPLE,
+ STREAM_GRADCHECK_DROPOUT) = range(7)
 
 
 def rng_for(seed: int, stream: int):

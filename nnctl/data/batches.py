@@ -5,6 +5,8 @@ import numpy
 
 from nnctl.data.readers import RowFile
 
+TARGETS = object()  # with an output's name, the key of its targets' buffers (an input's key is its name)
+
 
 class Batches:
     """Batches of rows: gathered into reused host buffers, or on the device itself.
@@ -19,11 +21,11 @@ class Batches:
         self.dataset, self.batch_size, self.backend, self.dtype = dataset, batch_size, backend, dtype
         self._buffers = {}
         self._device = None
-        arrays = [*dataset.inputs.values()] + ([dataset.targets] if dataset.targets is not None else [])
+        self._targets = {(TARGETS, output): array for output, array in (dataset.targets or {}).items()}
+        arrays = [*dataset.inputs.values(), *self._targets.values()]
         if backend.name != "numpy" and not any(isinstance(a, RowFile) for a in arrays) and sum(a.nbytes for a in arrays) <= self.DEVICE_BYTES:
             self._device = {name: backend.asarray(a, dtype=dtype) for name, a in dataset.inputs.items()}
-            if dataset.targets is not None:
-                self._device["__targets__"] = backend.asarray(dataset.targets)
+            self._device.update({key: backend.asarray(array) for key, array in self._targets.items()})
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
@@ -41,7 +43,8 @@ class Batches:
         return numpy.take(array, rows, axis=0, out=buffer, mode="clip")
 
     def __call__(self, order, skip: int = 0):
-        """Yield (inputs, targets, size) for the dataset's rows taken in `order`, after `skip` batches."""
+        """Yield (inputs, targets, size) for the dataset's rows taken in `order`, after `skip` batches;
+        targets by output name, or None."""
         rows_all = self.dataset.rows[order] if order is not None else self.dataset.rows
         if self._device is not None:
             yield from self._on_device(self.backend.asarray(rows_all), skip)
@@ -50,15 +53,13 @@ class Batches:
         for start in range(skip * self.batch_size, len(rows_all), self.batch_size):
             rows = rows_all[start:start + self.batch_size]
             inputs = {name: to_device(self._gather(name, array, rows)) for name, array in self.dataset.inputs.items()}
-            targets = None
-            if self.dataset.targets is not None:
-                targets = to_device(self._gather("__targets__", self.dataset.targets, rows))
-            yield inputs, targets, len(rows)
+            targets = {key[1]: to_device(self._gather(key, array, rows)) for key, array in self._targets.items()}
+            yield inputs, targets if self.dataset.targets is not None else None, len(rows)
 
     def _on_device(self, rows_all, skip):
         take = self.backend.xp.take
         for start in range(skip * self.batch_size, len(rows_all), self.batch_size):
             rows = rows_all[start:start + self.batch_size]
             inputs = {name: take(self._device[name], rows, axis=0) for name in self.dataset.inputs}
-            targets = take(self._device["__targets__"], rows, axis=0) if "__targets__" in self._device else None
-            yield inputs, targets, len(rows)
+            targets = {key[1]: take(self._device[key], rows, axis=0) for key in self._targets}
+            yield inputs, targets if self.dataset.targets is not None else None, len(rows)

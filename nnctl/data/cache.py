@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy
 
-from nnctl.data.readers import LOAD_WHOLE_BYTES, RESTART, RowFile
+from nnctl.data.readers import LOAD_WHOLE_BYTES, RESTART, RowFile, Target
 from nnctl.errors import DataError, FileSystemError, NnctlError
 from nnctl.io.arrays import NpyFile
 from nnctl.io.atomic import atomic_write
@@ -74,26 +74,26 @@ def _npy_header(rows: int, width: int, dtype) -> bytes:
 
 
 def _names(wanted: dict) -> list:
-    """A file name per key of `wanted` (an input's name may be any text; None is the targets)."""
+    """A file name per key of `wanted` (an input's name may be any text, as may an output's)."""
     return [f"{i}.npy" for i in range(len(wanted))]
 
 
 def _dtype(key, config: dict):
     """Inputs as the model computes in (the cast a load would make, made once); targets in float64,
     which the loss's checks of class indices and probabilities read."""
-    return numpy.dtype("<f8") if key is None else numpy.dtype(config["dtype"]).newbyteorder("<")
+    return numpy.dtype("<f8") if isinstance(key, Target) else numpy.dtype(config["dtype"]).newbyteorder("<")
 
 
 def cached_arrays(folder, file, config: dict, wanted: dict, blocks) -> tuple[dict, list]:
     """({key: array or RowFile}, notes): the entry for `file` read with `config`, built from
-    `blocks()` (readers.table_blocks) when absent, stale or corrupt. Targets (key None) are loaded
+    `blocks()` (readers.table_blocks) when absent, stale or corrupt. Targets (Target keys) are loaded
     whole; large inputs stay on disk. A cache folder that cannot be written is a note, and the
     arrays come from the file."""
     from nnctl.data.readers import joined_blocks
 
     file = Path(file)
     identity = {"format": FORMAT, "file": fingerprint(file, folder), "config": config,
-                "columns": [[key, list(cols)] for key, cols in wanted.items()]}
+                "columns": [[key if isinstance(key, str) else {"targets": key.output}, list(cols)] for key, cols in wanted.items()]}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
     entry = Path(folder) / key
     notes = []
@@ -123,7 +123,7 @@ def _read_entry(entry: Path, identity: dict, wanted: dict, verify: bool = True) 
                 raise ValueError(f"{name} holds {list(header.shape)} {header.dtype}, not {shape} {dtype}")
             if os.stat(path).st_size != header.offset + header.nbytes:
                 raise ValueError(f"{name} is {os.stat(path).st_size} bytes, not {header.offset + header.nbytes}")
-            if key is None or header.nbytes <= LOAD_WHOLE_BYTES:
+            if isinstance(key, Target) or header.nbytes <= LOAD_WHOLE_BYTES:
                 array = npy.load()
                 # a loaded array costs a checksum: a flipped byte is found, not trained on
                 if verify and zlib.crc32(array) != expected["crc32"]:

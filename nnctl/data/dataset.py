@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy
 
 from nnctl.data import cache
-from nnctl.data.readers import TABLE_SUFFIXES, ReadOptions, RowFile, joined_blocks, read_npy, read_npz, table_blocks
+from nnctl.data.readers import (TABLE_SUFFIXES, ReadOptions, RowFile, joined_blocks, read_npy, read_npz, split_keys, table_blocks,
+                                target_text)
 from nnctl.data.targets import VALUES, sample_locator
 from nnctl.errors import DataError, Problem
 
@@ -20,7 +21,7 @@ class Dataset:
 
     file: Path
     inputs: dict  # input name -> array (N, *shape)
-    targets: object  # array (N, ...) or None
+    targets: dict | None  # output name -> its targets, array (N, ...); None without targets
     rows: object  # int64 index array into the arrays
     notes: list = field(default_factory=list)  # what the caller should tell the user (a rebuilt cache)
 
@@ -31,27 +32,28 @@ class Dataset:
         return Dataset(self.file, self.inputs, self.targets, rows, self.notes)
 
 
-def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kind=VALUES, output_units=None, dtype="float32",
-                 read: ReadOptions = ReadOptions(), cache_folder=cache.DEFAULT_FOLDER) -> Dataset:
-    """Read `file`, pick the model's inputs (and targets unless `target_columns` is None), check them
-    (targets as the loss's `kind` of target, nnctl.data.targets). A table file (.csv, .parquet,
-    .feather, .arrow) is read as `read` says, through the cache in `cache_folder` (None: none)."""
+def load_dataset(file, column_map: dict, target_map: dict | None, input_shapes: dict, target_kinds: dict | None = None,
+                 dtype="float32", read: ReadOptions = ReadOptions(), cache_folder=cache.DEFAULT_FOLDER) -> Dataset:
+    """Read `file`, pick the model's inputs (and each output's targets: `target_map` is {output:
+    columns}, None for none), check them (targets as `target_kinds[output]` = (the loss's kind of
+    target, nnctl.data.targets, and the output's units) says; values by default). A table file (.csv,
+    .parquet, .feather, .arrow) is read as `read` says, through the cache in `cache_folder` (None: none)."""
     file = Path(file)
     suffix = file.suffix.lower()
-    locate = None  # sample index -> Problem(...) keyword arguments and a text naming the place
+    locators = {}  # output -> (sample index -> Problem(...) keyword arguments and a text naming the place)
     notes = []
     if suffix in TABLE_SUFFIXES:
-        wanted, blocks, locate = table_blocks(file, column_map, target_columns, dtype, read)
+        wanted, blocks, locators = table_blocks(file, column_map, target_map, dtype, read)
         if cache_folder is not None and os.stat(file).st_size >= cache.MIN_BYTES:
             config = {"delimiter": read.delimiter, "missing_values": list(read.missing_values), "dtype": str(dtype)}
             arrays, notes = cache.cached_arrays(cache_folder, file, config, wanted, blocks)
         else:
             arrays = joined_blocks(wanted, blocks())
-        inputs, targets = {name: arrays[name] for name in column_map}, arrays.get(None)
+        inputs, targets = split_keys(arrays, column_map, target_map)
     elif suffix == ".npz":
-        inputs, targets = read_npz(file, column_map, target_columns, dtype)
+        inputs, targets = read_npz(file, column_map, target_map, dtype)
     elif suffix == ".npy":
-        inputs, targets = read_npy(file, column_map, target_columns, dtype)
+        inputs, targets = read_npy(file, column_map, target_map, dtype)
     else:
         raise DataError(Problem(f"expected a .csv, .parquet, .feather, .arrow, .npy or .npz file, received a {suffix or 'suffix-less'} file", str(file)))
     n = len(next(iter(inputs.values())))
@@ -62,9 +64,12 @@ def load_dataset(file, column_map: dict, target_columns, input_shapes: dict, kin
             raise DataError(Problem(f"expected {n} samples in every array, received {len(array)} for input {name!r}", str(file)))
         inputs[name] = shape_input(file, name, array, input_shapes[name], dtype)
     if targets is not None:
-        if len(targets) != n:
-            raise DataError(Problem(f"expected {n} targets (one per sample), received {len(targets)}", str(file)))
-        targets = kind.check(file, targets, output_units, dtype, locate or sample_locator(file, target_columns))
+        for output, values in targets.items():
+            if len(values) != n:
+                raise DataError(Problem(f"expected {n} {target_text(target_map, output)} (one per sample), received {len(values)}", str(file)))
+            kind, units = (target_kinds or {}).get(output, (VALUES, None))
+            locate = locators.get(output) or sample_locator(file, target_map[output])
+            targets[output] = kind.check(file, values, units, dtype, locate, target_text(target_map, output))
     return Dataset(file, inputs, targets, numpy.arange(n), notes)
 
 

@@ -11,14 +11,20 @@ import numpy
 
 from nnctl.data import preprocessing
 from nnctl.data.dataset import Dataset, shape_input
+from nnctl.data.readers import Target, target_text
 from nnctl.data.targets import VALUES
 from nnctl.errors import DataError, Problem
 from nnctl.io.tables import read_table
 
 
+def target_groups(data_spec) -> dict:
+    """{output: its target columns}."""
+    return {output: [columns] if isinstance(columns, str) else list(columns) for output, columns in data_spec.targets.items()}
+
+
 def target_names(data_spec) -> list:
-    targets = data_spec.targets
-    return [targets] if isinstance(targets, str) else list(targets)
+    """Every target column, each once, in the outputs' order."""
+    return list(dict.fromkeys(name for columns in target_groups(data_spec).values() for name in columns))
 
 
 def input_groups(data_spec) -> dict:
@@ -62,13 +68,14 @@ def fit(raw: dict, data_spec, rows, problem) -> dict:
     return preprocessing.fit(raw, configs_of(data_spec), rows, problem, targets=target_names(data_spec))
 
 
-def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, kind=VALUES, units=None, dtype="float32",
+def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, target_kinds: dict | None = None, dtype="float32",
             targets: bool = True):
-    """(Dataset, kept-row mask, preprocessing.Report) for `raw` transformed by `fitted`."""
+    """(Dataset, kept-row mask, preprocessing.Report) for `raw` transformed by `fitted`; each
+    output's targets checked as `target_kinds[output]` = (kind of target, units) says."""
     configs = configs_of(data_spec, targets)
     groups = input_groups(data_spec)
     if targets:
-        groups["__targets__"] = target_names(data_spec)
+        groups.update({Target(output): columns for output, columns in target_groups(data_spec).items()})
     try:
         arrays, keep, report = preprocessing.transform(raw, {n: fitted[n] for n in configs}, configs, groups)
     except KeyError as exc:
@@ -84,21 +91,24 @@ def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, kind=V
             raise DataError(Problem(f"{exc.problems[0].message}; after preprocessing its columns are {widths} wide", str(file))) from None
     target_values = None
     if targets:
-        first, kept = raw[target_names(data_spec)[0]], numpy.flatnonzero(keep)
+        kept, target_values = numpy.flatnonzero(keep), {}
+        for output, columns in target_groups(data_spec).items():
+            first = raw[columns[0]]
 
-        def locate(i):
-            return first.place(int(kept[i])), f"column {first.name!r}"
+            def locate(i, first=first):
+                return first.place(int(kept[i])), f"column {first.name!r}"
 
-        target_values = kind.check(file, arrays["__targets__"], units, dtype, locate)
+            kind, units = (target_kinds or {}).get(output, (VALUES, None))
+            target_values[output] = kind.check(file, arrays[Target(output)], units, dtype, locate, target_text(data_spec.targets, output))
     return Dataset(file, inputs, target_values, numpy.arange(int(keep.sum()))), keep, report
 
 
-def target_transform(fitted: dict | None, data_spec):
-    """The fitted transform of the (first) target column, or None without preprocessing."""
-    return None if fitted is None else fitted.get(target_names(data_spec)[0])
+def target_transform(fitted: dict | None, data_spec, output: str):
+    """The fitted transform of an output's (first) target column, or None without preprocessing."""
+    return None if fitted is None else fitted.get(target_groups(data_spec)[output][0])
 
 
-def class_names(fitted: dict | None, data_spec) -> list | None:
-    """The classes of a text (category) target, in index order; None for numbers."""
-    target = target_transform(fitted, data_spec)
+def class_names(fitted: dict | None, data_spec, output: str) -> list | None:
+    """The classes of an output's text (category) target, in index order; None for numbers."""
+    target = target_transform(fitted, data_spec, output)
     return list(target.vocabulary) if isinstance(target, preprocessing.Category) else None

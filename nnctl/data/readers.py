@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy
 
@@ -30,6 +31,18 @@ def _fits_text(dtype) -> str:
     return f"finite in {numpy.dtype(dtype).name} (|x| <= {_limit(dtype):.3g})"
 
 
+class Target(NamedTuple):
+    """The key of an output's targets among the columns a reader picks (an input's key is its
+    name, a string: the two never clash)."""
+
+    output: str
+
+
+def target_text(target_map: dict, output: str) -> str:
+    """How messages name an output's targets: "targets", or with the output when there are several."""
+    return "targets" if len(target_map) == 1 else f"targets of output {output!r}"
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How a table file is read (the spec's data.delimiter and data.missing_values)."""
@@ -42,35 +55,37 @@ class ReadOptions:
 RESTART = object()
 
 
-def table_blocks(file: Path, column_map: dict, target_columns, dtype="float64", options: ReadOptions = ReadOptions()):
-    """(keys, blocks, locate) for the model's columns of a table file: `blocks()` yields, a block of
-    rows at a time, {key: float64 array (rows, columns)} with key an input's name or None for the
-    targets (or RESTART: drop what came before); `locate(i)` names the place of target row i."""
+def table_blocks(file: Path, column_map: dict, target_map: dict | None, dtype="float64", options: ReadOptions = ReadOptions()):
+    """(keys, blocks, locators) for the model's columns of a table file: `blocks()` yields, a block
+    of rows at a time, {key: float64 array (rows, columns)} with key an input's name or an output's
+    Target (or RESTART: drop what came before); `locators[output](i)` names the place of that
+    output's target row i. `target_map` is {output: its target columns}, or None."""
     if Path(file).suffix.lower() == ".csv":
-        return _csv_blocks(file, column_map, target_columns, dtype, options)
-    return _arrow_file_blocks(file, column_map, target_columns, dtype, options)
+        return _csv_blocks(file, column_map, target_map, dtype, options)
+    return _arrow_file_blocks(file, column_map, target_map, dtype, options)
 
 
-def _wanted(column_map, target_columns, find):
+def _wanted(column_map, target_map, find):
     wanted = {name: find(cols, f"input {name!r}") for name, cols in column_map.items()}
-    if target_columns is not None:
-        wanted[None] = find(target_columns, "targets")  # None: no input can be named so
+    for output, cols in (target_map or {}).items():
+        wanted[Target(output)] = find(cols, target_text(target_map, output))
     return wanted
 
 
-def _csv_blocks(file, column_map, target_columns, dtype, options):
+def _csv_blocks(file, column_map, target_map, dtype, options):
     with CsvTable(file, DataError, "a data file", options.delimiter) as table:
         header, header_line, raw = table.header, table.header_line, table.raw_header
     if header is None:
         raise DataError(Problem("expected a header row of column names, received an empty file", str(file)))
-    wanted = _wanted(column_map, target_columns, lambda cols, what: column_indices(header, cols, DataError, file, header_line, what))
+    wanted = _wanted(column_map, target_map, lambda cols, what: column_indices(header, cols, DataError, file, header_line, what))
     needed = sorted({i for indices in wanted.values() for i in indices})
     located = Table(str(file), header, {}, 0, options.delimiter)
 
-    def locate(i):
-        first = wanted[None][0]
-        names = ", ".join(repr(header[c]) for c in wanted[None])
-        return {"file": str(file), "line": located.line(i), "column": first + 1}, f"column{'s' if len(wanted[None]) > 1 else ''} {names}"
+    def locator(indices):
+        def locate(i):
+            names = ", ".join(repr(header[c]) for c in indices)
+            return {"file": str(file), "line": located.line(i), "column": indices[0] + 1}, f"column{'s' if len(indices) > 1 else ''} {names}"
+        return locate
 
     def blocks():
         limit = _limit(dtype)
@@ -88,7 +103,7 @@ def _csv_blocks(file, column_map, target_columns, dtype, options):
             yield RESTART
             yield from _python_csv_blocks(file, header, wanted, needed, dtype, options)
 
-    return wanted, blocks, locate
+    return wanted, blocks, {key.output: locator(indices) for key, indices in wanted.items() if isinstance(key, Target)}
 
 
 def _python_csv_blocks(file, header, wanted, needed, dtype, options):
@@ -122,7 +137,7 @@ def _python_csv_blocks(file, header, wanted, needed, dtype, options):
             yield convert(chunk)
 
 
-def _arrow_file_blocks(file, column_map, target_columns, dtype, options):
+def _arrow_file_blocks(file, column_map, target_map, dtype, options):
     """A Parquet or Feather file's columns, read whole: numbers only, every cell present and finite."""
     header = table_header(file, DataError, "a data file")
 
@@ -130,7 +145,7 @@ def _arrow_file_blocks(file, column_map, target_columns, dtype, options):
         column_indices(header, cols, DataError, file, None, what)
         return [cols] if isinstance(cols, str) else list(cols)
 
-    wanted = _wanted(column_map, target_columns, find)
+    wanted = _wanted(column_map, target_map, find)
     names = list(dict.fromkeys(c for cols in wanted.values() for c in cols))
 
     def blocks():
@@ -149,11 +164,12 @@ def _arrow_file_blocks(file, column_map, target_columns, dtype, options):
                 raise DataError(Problem(f"column {name!r}: expected {expected} at row {int(out[0]) + 1}, received {value!r}", str(file)))
         yield {key: numpy.stack([table.columns[c].values for c in cols], axis=1) for key, cols in wanted.items()}
 
-    def locate(i):
-        cols = wanted[None]
-        return {"file": str(file)}, f"row {i + 1}, column{'s' if len(cols) > 1 else ''} {', '.join(map(repr, cols))}"
+    def locator(cols):
+        def locate(i):
+            return {"file": str(file)}, f"row {i + 1}, column{'s' if len(cols) > 1 else ''} {', '.join(map(repr, cols))}"
+        return locate
 
-    return wanted, blocks, locate
+    return wanted, blocks, {key.output: locator(cols) for key, cols in wanted.items() if isinstance(key, Target)}
 
 
 def joined_blocks(wanted, blocks) -> dict:
@@ -168,11 +184,16 @@ def joined_blocks(wanted, blocks) -> dict:
     return {key: numpy.concatenate(p) if p else numpy.empty((0, len(wanted[key]))) for key, p in parts.items()}
 
 
-def read_csv(file: Path, column_map: dict, target_columns, dtype="float64", options: ReadOptions = ReadOptions()):
-    """Inputs and targets as float64 arrays: pyarrow's reader, or CsvTable's where pyarrow cannot tell."""
-    wanted, blocks, locate = table_blocks(file, column_map, target_columns, dtype, options)
-    arrays = joined_blocks(wanted, blocks())
-    return {name: arrays[name] for name in column_map}, arrays.get(None), locate
+def split_keys(arrays: dict, column_map: dict, target_map: dict | None) -> tuple[dict, dict | None]:
+    """({input: array}, {output: targets} or None) from arrays keyed as `table_blocks` keys them."""
+    targets = {output: arrays[Target(output)] for output in target_map} if target_map is not None else None
+    return {name: arrays[name] for name in column_map}, targets
+
+
+def read_csv(file: Path, column_map: dict, target_map: dict | None, dtype="float64", options: ReadOptions = ReadOptions()):
+    """(inputs, targets, locators) as float64 arrays: pyarrow's reader, or CsvTable's where pyarrow cannot tell."""
+    wanted, blocks, locators = table_blocks(file, column_map, target_map, dtype, options)
+    return (*split_keys(joined_blocks(wanted, blocks()), column_map, target_map), locators)
 
 
 # --- NumPy files ----------------------------------------------------------------------------------
@@ -241,7 +262,7 @@ def _check_values(file, name, array, dtype):
         raise DataError(Problem(f"array {name!r}: expected a numeric array, received dtype {array.dtype}", str(file)))
 
 
-def read_npz(file: Path, column_map: dict, target_columns, dtype="float64"):
+def read_npz(file: Path, column_map: dict, target_map: dict | None, dtype="float64"):
     """The named arrays, read whole; the archive's other members are never read."""
     with Archive(file, DataError, "a data file") as archive:
         def array(name, what):
@@ -256,7 +277,9 @@ def read_npz(file: Path, column_map: dict, target_columns, dtype="float64"):
             return value
 
         inputs = {name: array(arr, f"input {name!r}") for name, arr in column_map.items()}
-        targets = array(target_columns, "targets") if target_columns is not None else None
+        targets = None
+        if target_map is not None:
+            targets = {output: array(name, target_text(target_map, output)) for output, name in target_map.items()}
     return inputs, targets
 
 
@@ -303,7 +326,7 @@ def _open_npy(file: Path):
     return RowFile(file, header.offset, header.shape[0], header.shape[1], header.dtype)
 
 
-def read_npy(file: Path, column_map: dict, target_columns, dtype="float64"):
+def read_npy(file: Path, column_map: dict, target_map: dict | None, dtype="float64"):
     array = _open_npy(file)
     _check_values(file, file.name, array, dtype)
     width = array.shape[1]
@@ -318,5 +341,7 @@ def read_npy(file: Path, column_map: dict, target_columns, dtype="float64"):
         return numpy.ascontiguousarray(array[:, cols])
 
     inputs = {name: pick(cols, f"input {name!r}") for name, cols in column_map.items()}
-    targets = pick(target_columns, "targets", copy=True) if target_columns is not None else None
+    targets = None
+    if target_map is not None:
+        targets = {output: pick(cols, target_text(target_map, output), copy=True) for output, cols in target_map.items()}
     return inputs, targets

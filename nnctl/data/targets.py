@@ -27,17 +27,18 @@ class Targets:
     name = "values"
     shows_classes = False  # whether `nnctl predict` adds a class column
 
-    def check(self, file, targets, units, dtype, locate):
-        """The targets as the step reads them, or a DataError naming the first bad sample."""
+    def check(self, file, targets, units, dtype, locate, what="targets"):
+        """The targets as the step reads them, or a DataError naming the first bad sample; `what`
+        names them in messages ("targets", or an output's of several)."""
         values = targets.reshape(len(targets), -1) if targets.ndim != 2 else targets
         if units is not None and values.shape[1] != units:
             plural = "column" if units == 1 else "columns"
-            raise DataError(Problem(f"targets: expected {units} {plural} (one per output unit), received {values.shape[1]}", str(file)))
+            raise DataError(Problem(f"{what}: expected {units} {plural} (one per output unit), received {values.shape[1]}", str(file)))
         bad = self._bad_rows(values)
         if bad is not None and bad.size:
             row = int(bad[0])
             place, text = locate(row)
-            raise DataError(Problem(f"targets: expected {self._expected}, received [{', '.join(map(number_text, values[row]))}] (in {text})", **place))
+            raise DataError(Problem(f"{what}: expected {self._expected}, received [{', '.join(map(number_text, values[row]))}] (in {text})", **place))
         return values.astype(dtype, copy=False)
 
     _expected = ""
@@ -85,18 +86,18 @@ class Labels(_Classes):
 
     name = "labels"
 
-    def check(self, file, targets, units, dtype, locate):
+    def check(self, file, targets, units, dtype, locate, what="targets"):
         import numpy
 
         values = targets.reshape(len(targets), -1) if targets.ndim > 1 else targets[:, None]
         if values.shape[1] != 1:
-            raise DataError(Problem(f"targets: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", str(file)))
+            raise DataError(Problem(f"{what}: expected one class-index column for {describe('sparse_categorical_crossentropy')}, received {values.shape[1]} columns", str(file)))
         labels = values[:, 0]
         bad = numpy.flatnonzero((labels != numpy.round(labels)) | (labels < 0) | (labels >= units))
         if bad.size:
             row = int(bad[0])
             place, text = locate(row)
-            raise DataError(Problem(f"targets: expected class indices in [0, {units}) for sparse categorical cross-entropy "
+            raise DataError(Problem(f"{what}: expected class indices in [0, {units}) for sparse categorical cross-entropy "
                                     f"(the output has {units} units), received {number_text(labels[row])} (in {text})", **place))
         return labels.astype(numpy.int64)
 

@@ -50,33 +50,43 @@ def per_class_scores(matrix) -> tuple[list[dict], dict]:
 
 
 def evaluate_file(session, path=None) -> dict:
-    """Loss and metrics of the session's weights on every row of the spec's data file (or `path`)."""
+    """Loss and metrics of the session's weights on every row of the spec's data file (or `path`),
+    and per output its loss and, for a classifier, its classification report. A one-output model's
+    also stand at the top level (`loss_name`, `classification`)."""
     dataset = load_spec_data(session, path)
     batch_size = session.spec.train["batch_size"]
     result = {
         "name": session.spec.name,
         "data": os.path.normpath(dataset.file),  # specs/../data/x.csv -> data/x.csv
         "samples": len(dataset),
-        "loss_name": session.spec.loss.name,
         "metrics": session.evaluate(dataset, batch_size),
-        "classification": None,
     }
     if str(dataset.file) in session.preprocessing_reports:  # the spec preprocesses its columns
         result["preprocessing"] = session.preprocessing_reports[str(dataset.file)].as_dict()
-    kind = session.loss.targets
-    classes = kind.class_count(session.output_units)
-    if classes is not None:
-        true = kind.true_classes(numpy.asarray(dataset.targets[dataset.rows]))
-        predicted = kind.predicted_classes(session.predict(dataset)[0])
-        matrix = confusion_matrix(true, predicted, classes)
-        rows, averages = per_class_scores(matrix)
-        names = class_names(session.preprocessing, session.spec.data) if session.spec.data is not None else None
-        result["classification"] = {
-            "classes": classes,
-            "class_names": names or [str(i) for i in range(classes)],
-            "accuracy": float(numpy.trace(matrix) / matrix.sum()),
-            "confusion_matrix": matrix.tolist(),
-            "per_class": rows,
-            "averages": averages,
-        }
+    predictions = None
+    outputs = []
+    for i, head in enumerate(session.heads):
+        kind = head.targets
+        classes = kind.class_count(head.units)
+        classification = None
+        if classes is not None:
+            predictions = predictions or session.predict(dataset)
+            true = kind.true_classes(numpy.asarray(dataset.targets[head.name][dataset.rows]))
+            matrix = confusion_matrix(true, kind.predicted_classes(predictions[i][0]), classes)
+            rows, averages = per_class_scores(matrix)
+            data = session.spec.data
+            names = class_names(session.preprocessing, data, head.name) if data is not None else None
+            classification = {
+                "classes": classes,
+                "class_names": names or [str(j) for j in range(classes)],
+                "accuracy": float(numpy.trace(matrix) / matrix.sum()),
+                "confusion_matrix": matrix.tolist(),
+                "per_class": rows,
+                "averages": averages,
+            }
+        outputs.append({"name": head.name, "loss_name": session.spec.outputs[i].loss.name, "loss_weight": head.weight,
+                        "classification": classification})
+    result["outputs"] = outputs
+    if len(outputs) == 1:
+        result["loss_name"], result["classification"] = outputs[0]["loss_name"], outputs[0]["classification"]
     return result

@@ -40,7 +40,8 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
     """The walkthrough for the one sample in `inputs`/`targets` (batch axis of length 1), in float64."""
     backend, model, params = session.backend, session.model, session.params
     host = backend.to_host
-    probe = Probe(session, inputs, targets)
+    # One sample: its walkthrough is the inference-mode pass (batch statistics of one sample are none).
+    probe = Probe(session, inputs, targets, training=False)
     inputs, targets = probe.inputs, probe.targets
 
     def numeric(count, derivative) -> numpy.ndarray:
@@ -63,15 +64,17 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
 
     # --- hand-derived gradients, walking back from the output ----------------------------------
     # The textbook formulas hold for the plain loss: not with a regularization penalty added.
-    textbook = session.spec.loss.name == "half_squared_error" and not getattr(session, "regularized", None)
+    # They are written for one output.
+    outputs = session.spec.outputs
+    textbook = len(outputs) == 1 and outputs[0].loss.name == "half_squared_error" and not getattr(session, "regularized", None)
     value = {name: host(t.value).astype(numpy.float64) for name, t in probe.nodes.items()}
-    y = host(targets).astype(numpy.float64)
+    y = {name: host(t).astype(numpy.float64) for name, t in targets.items()}
     dL_da, dL_dz, formula_text = {}, {}, {}
     if textbook:
         for node in reversed(model.nodes):
             a = value[node.name]
-            if node.name == model.output:
-                dL_da[node.name] = a - y
+            if node.name in y:
+                dL_da[node.name] = a - y[node.name]
                 formula_text[node.name] = f"{symbols[node.name]} - y"
             elif consumers[node.name] and all(c.name in dL_dz for c in consumers[node.name]):
                 dL_da[node.name] = sum(dL_dz[c.name] @ host(params.views[f"{c.name}/kernel"]).T for c in consumers[node.name])
@@ -146,11 +149,12 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
 
     return {
         "name": session.spec.name,
-        "loss_name": session.spec.loss.name,
+        "loss_name": ", ".join(dict.fromkeys(o.loss.name for o in outputs)),
         "textbook": textbook,
         "loss": probe.loss,
         "inputs": {k: host(v).reshape(-1).tolist() for k, v in inputs.items()},
-        "targets": y.reshape(-1).tolist(),
+        # One output's targets as a list, several outputs' by name.
+        "targets": y[outputs[0].name].reshape(-1).tolist() if len(outputs) == 1 else {k: v.reshape(-1).tolist() for k, v in y.items()},
         "eps": eps, "rtol": rtol, "atol": atol,
         "nodes": nodes,
         "weights": weights,

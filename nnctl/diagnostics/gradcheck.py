@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from nnctl.core.random import STREAM_GRADCHECK, rng_for
+from nnctl.core.random import STREAM_GRADCHECK, STREAM_GRADCHECK_SAMPLE, rng_for
 from nnctl.diagnostics.numeric import Probe
 from nnctl.train.session import load_spec_data
 
@@ -29,13 +29,13 @@ class GradRow:
 
 
 def random_batch(session, size: int, rng=None):
-    """Seeded inputs and targets of the right kind and shape (host float64 arrays, int labels),
-    for specs without data; `rng` defaults to the spec seed's gradcheck stream."""
+    """Seeded inputs and targets (by output) of the right kind and shape (host float64 arrays, int
+    labels), for specs without data; `rng` defaults to the spec seed's gradcheck stream."""
     rng = rng or rng_for(session.spec.seed, STREAM_GRADCHECK)
     model = session.model
     inputs = {name: rng.integers(0, model.id_inputs[name], (size,) + shape).astype(float) if name in model.id_inputs
               else rng.standard_normal((size,) + shape) for name, shape in model.input_shapes.items()}
-    return inputs, session.loss.targets.random(rng, (size, *model.shapes[model.output]))
+    return inputs, {head.name: head.targets.random(rng, (size, *head.shape)) for head in session.heads}
 
 
 def check_batch(session, size: int):
@@ -56,7 +56,7 @@ def gradcheck(session, inputs: dict, targets, eps=1e-6, rtol=1e-4, atol=1e-6, ma
     """Compare gradients for every trainable weight and every node; returns (rows, loss value, probe)."""
     backend, params = session.backend, session.params
     probe = Probe(session, inputs, targets)
-    rng = rng_for(session.spec.seed, STREAM_GRADCHECK + 1)
+    rng = rng_for(session.spec.seed, STREAM_GRADCHECK_SAMPLE)
     rows = []
 
     def compare(name, kind, analytic, numeric_at, shape):

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from nnctl.core import ops
 from nnctl.core.autograd import Tensor, backward
+from nnctl.core.random import STREAM_GRADCHECK_DROPOUT, rng_for
 from nnctl.model.graph import ForwardContext
 
 
 class Recorder(ForwardContext):
-    """Records every tapped node (with retained gradient) and can nudge one element of one node."""
+    """Records every tapped node (with retained gradient) and can nudge one element of one node.
 
-    def __init__(self, backend, nudge=None):
-        super().__init__(backend)
+    In training mode (`dropout_rng` given) it leaves layer state alone, and each pass draws the
+    same dropout masks from a fresh generator: L is one function of the weights."""
+
+    def __init__(self, backend, nudge=None, dropout_rng=None):
+        super().__init__(backend, training=dropout_rng is not None, dropout_rng=dropout_rng, updates_state=False)
         self.nodes = {}
         self.nudge = nudge  # (node name, flat index, delta)
 
@@ -33,15 +37,20 @@ class Recorder(ForwardContext):
 
 class Probe:
     """The loss of one batch in float64 at the session's weights: `loss` and the autograd
-    gradients (in `params.grad_views` and on `nodes`), and central differences on request."""
+    gradients (in `params.grad_views` and on `nodes`), and central differences on request.
 
-    def __init__(self, session, inputs: dict, targets):
+    `training`: the loss as a training step computes it (batch normalization from the batch's
+    statistics, dropout with masks fixed for the probe), the gradient training follows; else as
+    evaluation computes it (moving statistics, no dropout)."""
+
+    def __init__(self, session, inputs: dict, targets, training: bool = True):
         backend = session.backend
         self.session = session
+        self.training = training
         self.inputs = {k: backend.asarray(v, dtype="float64") for k, v in inputs.items()}
-        self.targets = backend.asarray(targets)
+        self.targets = {name: backend.asarray(values) for name, values in targets.items()}
         params = session.params
-        recorder = Recorder(backend)
+        recorder = self._recorder()
         params.zero_grad()
         loss = session.objective(session.model.forward(params.tensors, self.inputs, recorder), self.targets, params.tensors)
         backward(loss)
@@ -52,8 +61,12 @@ class Probe:
         """The loss with node element `nudge` = (name, flat index, delta) moved, or as it is."""
         session = self.session
         weights = session.params.frozen()
-        output = session.model.forward(weights, self.inputs, Recorder(session.backend, nudge))
-        return float(session.objective(output, self.targets, weights).value)
+        outputs = session.model.forward(weights, self.inputs, self._recorder(nudge))
+        return float(session.objective(outputs, self.targets, weights).value)
+
+    def _recorder(self, nudge=None) -> Recorder:
+        rng = rng_for(self.session.spec.seed, STREAM_GRADCHECK_DROPOUT) if self.training else None
+        return Recorder(self.session.backend, nudge, rng)
 
     def weight_derivative(self, key: str, index: int, eps: float) -> float:
         """(L(w + eps) - L(w - eps)) / 2 eps for element `index` of weight `key`."""

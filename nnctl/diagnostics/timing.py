@@ -34,7 +34,7 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
     sync = _synchronizer(backend)
     host_inputs, host_targets = random_batch(session, batch_size)
     inputs = {k: backend.asarray(v, dtype=session.dtype) for k, v in host_inputs.items()}
-    targets = backend.asarray(host_targets if host_targets.dtype.kind == "i" else host_targets.astype(session.dtype))
+    targets = {name: backend.asarray(t if t.dtype.kind == "i" else t.astype(session.dtype)) for name, t in host_targets.items()}
     names = [node.name for node in model.nodes] + [LOSS]
     seconds = {part: dict.fromkeys(names, 0.0) for part in ("forward", "backward")}
 
@@ -76,7 +76,7 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
     step_ms, update_ms = (step_s + update_s) * ms, update_s * ms
     forward_ms = sum(seconds["forward"].values()) * ms
     classes = {node.name: (node.layer.type_name, node.layer.keras_name) for node in model.nodes}
-    classes[LOSS] = (session.spec.loss.name, "Loss")
+    classes[LOSS] = (", ".join(dict.fromkeys(o.loss.name for o in session.spec.outputs)), "Loss")
     layers = []
     for name in names:
         layer_forward, layer_backward = seconds["forward"][name] * ms, seconds["backward"][name] * ms

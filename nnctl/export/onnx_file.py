@@ -1,16 +1,17 @@
 """`nnctl export`: a session's model as an ONNX file, checked and run by onnxruntime against nnctl.
 
 The graph is written with onnx.helper from the lowering table (nnctl.export.lowering): one input
-per model input, named as it and shaped (batch, *per-sample) with a symbolic batch dimension; one
-output named as `predict`'s columns are ("prob" for probabilities, else the output layer's name),
-plus "class" (int64) where `predict` shows the predicted class. Dropout is the identity.
+per model input, named as it and shaped (batch, *per-sample) with a symbolic batch dimension; per
+model output, one named as `predict`'s columns are ("prob" for probabilities, else the output
+layer's name; prefixed by the output's name when there are several), plus "class" (int64, or
+"<output>_class") where `predict` shows the predicted class. Dropout is the identity.
 
 A spec with column preprocessing (data.columns) takes the raw rows instead: one input per raw
 column, named as the column and shaped (batch, 1): float64 for a numeric column (NaN where
 missing), string for a category or binary one ("" where missing). The graph fills, normalizes
 and encodes each column as nnctl does, puts each model input's columns side by side as
 data.inputs lists them, and, for a text target, "class" is the class's text (column j of "prob"
-is predict's prob_<class j>).
+is predict's prob_<class j>); a normalized regression target's values are in its own units.
 
 Verification runs `onnx.checker.check_model(full_check=True)` and onnxruntime on up to 256 of the
 spec's data rows, evenly spaced (seeded random inputs for a spec without data; raw rows, with
@@ -35,7 +36,7 @@ from nnctl.errors import MissingTool, Problem, UsageError
 from nnctl.export.lowering import LOWERINGS, MIN_OPSET, ML_DOMAIN, ML_OPSET, Graph
 from nnctl.io.atomic import atomic_write
 from nnctl.io.tables import Table
-from nnctl.train.session import class_names, fitted_preprocessing, load_spec_data, open_session
+from nnctl.train.session import class_names, fitted_preprocessing, load_spec_data, open_session, shown_predictions
 
 DEFAULT_OPSET = 17
 # (rtol, atol): a sample agrees when |onnxruntime - nnctl| <= atol + rtol * |nnctl|.
@@ -43,7 +44,6 @@ TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-9, 1e-9)}
 VERIFY_ROWS = 256
 # protobuf's limit on one message: a bigger model needs its weights in external data files.
 MAX_BYTES = 2**31 - 1
-CLASS_OUTPUT = "class"
 _ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int64": "INT64", "string": "STRING"}
 EXACT = ("int64", "string")  # outputs compared for equality
 
@@ -94,7 +94,7 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
     needs a newer opset than `opset`."""
     onnx = require("onnx")
     helper = onnx.helper
-    spec, model, loss = session.spec, session.model, session.loss
+    spec, model = session.spec, session.model
     dtype = session.dtype
     g = Graph(helper, onnx.numpy_helper, dtype, opset)
     fitted = fitted_preprocessing(session)
@@ -105,11 +105,11 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
         groups = prepared.input_groups(spec.data)
         places = {column: ("data", "inputs", group) for group, columns in groups.items() for column in columns}
         inputs = [Port(column, "float64" if isinstance(fitted[column], Numeric) else "string", ["batch", 1]) for column in places]
-    out_shape = list(model.shapes[model.output])
-    outputs = [Port("prob" if loss.gives_probabilities else model.output, dtype, ["batch", *out_shape])]
-    names = class_names(session)
-    if loss.targets.shows_classes:
-        outputs.append(Port(CLASS_OUTPUT, "int64" if names is None else "string", ["batch", *out_shape[:-1]]))
+    outputs = []
+    for head in session.heads:
+        outputs.append(Port(head.shown, dtype, ["batch", *head.shape]))
+        if head.targets.shows_classes:
+            outputs.append(Port(head.class_column, "int64" if class_names(session, head) is None else "string", ["batch", *head.shape[:-1]]))
     clash = [port.name for port in inputs if port.name in {out.name for out in outputs}]
     if clash:
         raise UsageError(spec.problem(places[clash[0]], f"expected input names other than the exported outputs' "
@@ -130,17 +130,8 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
         g.where = ("layers", node.index), f"{node.layer.type_name} layer {node.name!r}"
         own = {w.name: weights[f"{node.name}/{w.name}"] for w in node.layer.weights}
         tensors[node.name] = LOWERINGS["layer", node.layer.type_name](g, node.layer, [tensors[r] for r in node.inputs], own)
-    g.where = ("loss",), f"the {spec.loss.name} output"
-    rank = len(out_shape) + 1
-    shown = LOWERINGS["output", spec.loss.name](g, loss, tensors[model.output], rank)
-    g.nodes.append(helper.make_node("Identity", [shown], [outputs[0].name], name=outputs[0].name))
-    if loss.targets.shows_classes:
-        # First index of the largest value, as NumPy's argmax (Loss.targets.predicted_classes).
-        index = CLASS_OUTPUT if names is None else g.name(f"{CLASS_OUTPUT}/index")
-        g.nodes.append(helper.make_node("ArgMax", [outputs[0].name], [index], name=index, axis=rank - 1, keepdims=0))
-        if names is not None:
-            g.nodes.append(helper.make_node("Gather", [g.constant(names, f"{CLASS_OUTPUT}/names", str), index], [CLASS_OUTPUT],
-                                            name=CLASS_OUTPUT, axis=0))
+    for head, output in zip(session.heads, spec.outputs):
+        _lower_output(g, session, head, output, tensors[head.name])
     _refuse_shortfalls(spec, g.shortfalls, opset)
 
     def info(port):
@@ -158,6 +149,28 @@ def build(session, opset: int = DEFAULT_OPSET) -> Exported:
         raise UsageError(Problem(f"expected a model that fits one ONNX file ({MAX_BYTES:,} bytes at most; weights in "
                                  f"external data files are not written), received {size:,} bytes", str(spec.file)))
     return Exported(proto, opset, inputs, outputs, proto.SerializeToString())
+
+
+def _lower_output(g, session, head, output, tensor) -> None:
+    """An output as `predict` shows it: its loss's shown values (probabilities for logits), in a
+    normalized regression target's own units, and its class (by name for a text target)."""
+    helper, rank = g.helper, len(head.shape) + 1
+    g.where = (("loss", output.name) if len(session.heads) > 1 else ("loss",)), f"the {output.loss.name} output {head.name!r}"
+    shown = LOWERINGS["output", output.loss.name](g, head.loss, tensor, rank)
+    data = session.spec.data
+    target = prepared.target_transform(session.preprocessing, data, head.name) if data is not None else None
+    if isinstance(target, Numeric):  # Numeric.restore: values * scale + center, in the model's dtype
+        scaled = g.op("Mul", [shown, g.constant(target.scale, f"{head.shown}/scale")], f"{head.shown}/scaled")
+        shown = g.op("Add", [scaled, g.constant(target.center, f"{head.shown}/center")], f"{head.shown}/restored")
+    g.nodes.append(helper.make_node("Identity", [shown], [head.shown], name=head.shown))
+    if head.targets.shows_classes:
+        names = class_names(session, head)
+        # First index of the largest value, as NumPy's argmax (Loss.targets.predicted_classes).
+        index = head.class_column if names is None else g.name(f"{head.class_column}/index")
+        g.nodes.append(helper.make_node("ArgMax", [head.shown], [index], name=index, axis=rank - 1, keepdims=0))
+        if names is not None:
+            g.nodes.append(helper.make_node("Gather", [g.constant(names, f"{head.class_column}/names", str), index], [head.class_column],
+                                            name=head.class_column, axis=0))
 
 
 def _refuse_shortfalls(spec, shortfalls, opset):
@@ -231,8 +244,8 @@ def raw_feeds(raw: dict, rows, fitted: dict) -> dict:
 
 
 def nnctl_outputs(session, inputs: dict) -> list:
-    """What `nnctl predict` gives for the feeds `inputs`: the shown values, and the classes (by
-    name for a text target) where it shows them."""
+    """What `nnctl predict` gives for the feeds `inputs`, in the exported outputs' order: per output
+    the shown values, and the classes (by name for a text target) where it shows them."""
     fitted = fitted_preprocessing(session)
     n = len(next(iter(inputs.values())))
     if fitted is None:
@@ -243,11 +256,7 @@ def nnctl_outputs(session, inputs: dict) -> list:
         raw = {name: Column(name, values[:, 0] if values.dtype.kind == "f" else numpy.array([None if t == "" else t for t in values[:, 0]], dtype=object), table)
                for name, values in inputs.items()}
         dataset = prepared.prepare(table.file, raw, fitted, session.spec.data, session.model.input_shapes, dtype=session.dtype, targets=False)[0]
-    values, classes = session.predict(dataset)
-    names = class_names(session)
-    if classes is not None and names is not None:
-        classes = numpy.array(names, dtype=object)[classes]
-    return [values] if classes is None else [values, classes]
+    return [part for values, classes in shown_predictions(session, dataset) for part in ([values] if classes is None else [values, classes])]
 
 
 def verify(session, exported: Exported, inputs: dict) -> list[OutputError]:

@@ -32,20 +32,18 @@ def save_history(path, history: list[dict]) -> None:
             writer.writerow([repr(row[c]) if isinstance(row.get(c), float) else row.get(c, "") for c in columns])
 
 
-def save_predictions(path, values, classes, columns) -> None:
-    """.npy: the output array; .csv: one row per sample, floats in round-trip precision."""
+def save_predictions(path, values, classes: dict, columns) -> None:
+    """.npy: the values array; .csv: one row per sample, floats in round-trip precision, then the
+    class columns (`classes`: {column name: a class per row})."""
     if str(path).lower().endswith(".npy"):
         with atomic_write(path) as handle:
             numpy.save(handle, values)
         return
     with atomic_write(path, "w") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns + (["class"] if classes is not None else []))
+        writer.writerow(list(columns) + list(classes))
         for i, row in enumerate(values.reshape(len(values), -1)):
-            cells = [repr(float(v)) for v in row]
-            if classes is not None:
-                cells.append(str(classes[i]))
-            writer.writerow(cells)
+            writer.writerow([repr(float(v)) for v in row] + [str(labels[i]) for labels in classes.values()])
 
 
 def save_run_record(path, spec, argv, outcome: dict) -> None:

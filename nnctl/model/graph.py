@@ -57,7 +57,7 @@ class Model:
     def __init__(self, spec):
         self.spec = spec
         self.input_shapes = dict(spec.inputs)
-        self.output = spec.outputs
+        self.outputs = [output.name for output in spec.outputs]
         self.nodes = self._order_and_build(spec)
         self.shapes = {**self.input_shapes, **{n.name: n.layer.output_shape for n in self.nodes}}
         # Trainable weights first (layer order within each group): the optimizer steps one range.
@@ -136,7 +136,8 @@ class Model:
     @staticmethod
     def _check_reachable(spec, problems):
         by_name = {layer.name: layer for layer in spec.layers}
-        needed, stack = set(), [spec.outputs]
+        outputs = [output.name for output in spec.outputs]
+        needed, stack = set(), list(outputs)
         while stack:
             name = stack.pop()
             if name in needed:
@@ -144,12 +145,13 @@ class Model:
             needed.add(name)
             if name in by_name:
                 stack.extend(by_name[name].inputs)
+        target = f"the output {outputs[0]!r}" if len(outputs) == 1 else f"an output ({', '.join(map(repr, outputs))})"
         for layer in spec.layers:
             if layer.name not in needed:
-                problems.append(spec.problem(("layers", layer.index), f"expected every layer to lead to the output {spec.outputs!r}, received layer {layer.name!r}, which does not"))
+                problems.append(spec.problem(("layers", layer.index), f"expected every layer to lead to {target}, received layer {layer.name!r}, which does not"))
         for name in spec.inputs:
             if name not in needed:
-                problems.append(spec.problem(("inputs", name), f"expected every input to lead to the output {spec.outputs!r}, received input {name!r}, which does not"))
+                problems.append(spec.problem(("inputs", name), f"expected every input to lead to {target}, received input {name!r}, which does not"))
 
     # --- weights -------------------------------------------------------------------------------
     @property
@@ -187,15 +189,16 @@ class Model:
         return values
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, weights: dict, feeds: dict, ctx) -> Tensor:
-        """The output tensor for input arrays/tensors `feeds`; `weights` maps keys to tensors."""
+    def forward(self, weights: dict, feeds: dict, ctx) -> list[Tensor]:
+        """The output tensors (in `outputs` order) for input arrays/tensors `feeds`; `weights` maps
+        keys to tensors."""
         # Ids are not tapped: no gradient flows to them, and a nudged id would be no id.
         values = {name: feeds[name] if name in self.id_inputs else ctx.tap(name, feeds[name]) for name in self.input_shapes}
         for node, keys in zip(self.nodes, self._weight_keys):
             own = {name: weights[key] for name, key in keys}
             out = node.layer.call([values[ref] for ref in node.inputs], own, ctx)
             values[node.name] = ctx.tap(node.name, out)
-        return values[self.output]
+        return [values[name] for name in self.outputs]
 
 
 def _activation_axis_problem(spec, layer_spec, output_shape):
@@ -217,13 +220,15 @@ class ForwardContext:
     """What a forward pass needs besides weights and inputs.
 
     `tap(name, tensor)` sees every named intermediate value: gradcheck uses it to record nodes
-    and to perturb them; in training it is the identity.
+    and to perturb them; in training it is the identity. `updates_state` false leaves layer state
+    (batch normalization's moving statistics) as it is in a training-mode pass: a gradient check's.
     """
 
-    def __init__(self, backend, training=False, dropout_rng=None):
+    def __init__(self, backend, training=False, dropout_rng=None, updates_state=True):
         self.backend = backend
         self.training = training
         self.dropout_rng = dropout_rng
+        self.updates_state = updates_state
 
     def tap(self, name, tensor):
         return tensor

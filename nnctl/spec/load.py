@@ -14,6 +14,7 @@ from pathlib import Path
 from nnctl.core.backend import BACKENDS
 from nnctl.data.column_options import COLUMN_OPTIONS
 from nnctl.train.controls import EARLY_STOPPING, SCHEDULES, monitorable, monitors
+from nnctl.train.heads import log_names
 from nnctl.errors import Problem, SpecError, describe, did_you_mean
 from nnctl.io.paths import open_regular
 from nnctl.model.layers import LAYERS
@@ -46,7 +47,7 @@ def safe_name(stem: str) -> str:
     return name if _is_run_name(name) else "model"
 TOP_LEVEL_KEYS = (
     "name", "description", "seed", "dtype", "backend", "inputs", "layers", "outputs",
-    "loss", "metrics", "optimizer", "data", "train",
+    "loss", "loss_weights", "metrics", "optimizer", "data", "train",
 )
 TRAIN_OPTIONS = {
     "epochs": Option(integer(1), 10, "passes over the training data"),
@@ -72,10 +73,20 @@ class LayerSpec:
 
 
 @dataclass
+class OutputSpec:
+    """One of the model's outputs: the layer, its loss, its weight in the total, its metrics."""
+
+    name: str
+    loss: Choice
+    weight: float = 1.0  # loss_weights
+    metrics: list = field(default_factory=list)  # [Choice(metric name, options)]
+
+
+@dataclass
 class DataSpec:
     path: Path
     inputs: dict  # input name -> list of CSV columns, or an array name for .npz
-    targets: object  # list of CSV columns, or an array name
+    targets: dict  # output name -> its list of CSV columns, or an array name
     validation_split: float = 0.0
     validation: Path | None = None
     test: Path | None = None  # evaluated once, after training
@@ -96,9 +107,7 @@ class Spec:
     backend: str
     inputs: dict  # name -> per-sample shape tuple
     layers: list
-    outputs: str
-    loss: Choice
-    metrics: list
+    outputs: list  # [OutputSpec], in the spec's order
     optimizer: Choice
     data: DataSpec | None
     train: dict
@@ -118,12 +127,20 @@ class Spec:
         for layer in self.layers:
             config = {k: typed(v) if isinstance(v, Choice) else v for k, v in layer.config.items()}
             layers.append({"name": layer.name, "type": layer.type, "from": list(layer.inputs), **config})
+        several = len(self.outputs) > 1
+
+        def per_output(value_of):
+            return {o.name: value_of(o) for o in self.outputs} if several else value_of(self.outputs[0])
+
+        def metrics(output):
+            return [typed(m) if m.options else m.name for m in output.metrics]
+
         data = None
         if self.data is not None:
             data = {
                 "path": str(self.data.path),
                 "inputs": self.data.inputs,
-                "targets": self.data.targets,
+                "targets": per_output(lambda o: self.data.targets[o.name]),
                 "validation_split": self.data.validation_split,
                 "validation": str(self.data.validation) if self.data.validation else None,
                 "test": str(self.data.test) if self.data.test else None,
@@ -134,8 +151,10 @@ class Spec:
             }
         return {
             "name": self.name, "seed": self.seed, "dtype": self.dtype, "backend": self.backend,
-            "inputs": {k: list(v) for k, v in self.inputs.items()}, "layers": layers, "outputs": self.outputs,
-            "loss": typed(self.loss), "metrics": list(self.metrics), "optimizer": typed(self.optimizer),
+            "inputs": {k: list(v) for k, v in self.inputs.items()}, "layers": layers,
+            "outputs": [o.name for o in self.outputs] if several else self.outputs[0].name,
+            "loss": per_output(lambda o: typed(o.loss)), **({"loss_weights": per_output(lambda o: o.weight)} if several else {}),
+            "metrics": per_output(metrics), "optimizer": typed(self.optimizer),
             "data": data, "train": {k: typed(v) if isinstance(v, Choice) else v for k, v in self.train.items()},
         }
 
@@ -317,23 +336,21 @@ def _validate(data: dict, path: Path, c: _Checker) -> Spec | None:
         from nnctl.model.graph import reference_problems
 
         c.problems.extend(reference_problems(inputs, layers, c.problem))
-    outputs = _validate_outputs(data.get("outputs"), layers, inputs, c)
-    loss = c.typed(data["loss"], LOSSES, ("loss",), "loss") if "loss" in data else None
-    metrics = _validate_metrics(data.get("metrics", []), c)
+    outputs = _validate_outputs(data, layers, inputs, c)
     optimizer = c.typed(data.get("optimizer", "adam"), OPTIMIZERS, ("optimizer",), "optimizer")
-    data_spec = _validate_data(data["data"], path, inputs, c) if data.get("data") is not None else None
+    data_spec = _validate_data(data["data"], path, inputs, [o.name for o in outputs], c) if data.get("data") is not None else None
     _input_widths(inputs, data_spec, c)
     train_raw = data.get("train", {})
     if not isinstance(train_raw, dict):
         c.report(("train",), f"expected a mapping of training options, received {describe(train_raw)}")
         train_raw = {}
     train = c.options(train_raw, TRAIN_OPTIONS, ("train",), "train")
-    _check_training_controls(train, metrics, optimizer, data_spec, c)
+    _check_training_controls(train, outputs, optimizer, data_spec, c)
     if c.problems:
         return None
     return Spec(
         file=path, name=name, seed=seed, dtype=dtype, backend=backend, inputs=inputs, layers=layers,
-        outputs=outputs, loss=loss, metrics=metrics, optimizer=optimizer, data=data_spec, train=train,
+        outputs=outputs, optimizer=optimizer, data=data_spec, train=train,
         marks=c.marks, description=description,
     )
 
@@ -434,34 +451,106 @@ def _validate_layers(raw, inputs: dict, c: _Checker) -> list:
     return layers
 
 
-def _validate_outputs(raw, layers, inputs, c: _Checker):
+def _validate_outputs(data: dict, layers, inputs, c: _Checker) -> list:
+    """The outputs with their losses, weights and metrics (`outputs`, `loss`, `loss_weights`,
+    `metrics`); `loss` and `metrics` may be one for every output or a mapping by output name, and
+    every key of such a mapping is checked against the outputs here, not at the first batch."""
+    names = _output_names(data.get("outputs"), layers, inputs, c)
+    if not names:
+        return []
+    losses = _per_output(data["loss"], names, "loss", "loss", c) if "loss" in data else {}
+    metrics = _per_output(data.get("metrics", []), names, "metrics", "list of metrics", c)
+    weights = _loss_weights(data.get("loss_weights"), names, c)
+    outputs = []
+    for name in names:
+        loss = c.typed(losses[name][0], LOSSES, losses[name][1], "loss") if name in losses else None
+        outputs.append(OutputSpec(name, loss, weights.get(name, 1.0), _validate_metrics(*metrics.get(name, ([], ("metrics",))), c)))
+    return outputs
+
+
+def _output_names(raw, layers, inputs, c: _Checker) -> list:
+    """`outputs`: a layer's name or a list of distinct names (default: the last layer)."""
     if raw is None:
-        return layers[-1].name if layers else None
-    if isinstance(raw, list) and len(raw) == 1:
-        raw = raw[0]
-    if not isinstance(raw, str):
-        c.report(("outputs",), f"expected the name of the output layer, received {describe(raw)}")
-        return None
-    names = [layer.name for layer in layers] + list(inputs)
-    if raw not in names:
-        c.report(("outputs",), f"expected the name of a layer, received {raw!r}{did_you_mean(raw, names)}")
-    return raw
+        return [layers[-1].name] if layers else []
+    listed = raw if isinstance(raw, list) else [raw]
+    if not listed or not all(isinstance(name, str) for name in listed):
+        c.report(("outputs",), f"expected the name of the output layer, or a list of output layer names, received {describe(raw)}")
+        return []
+    known = [layer.name for layer in layers] + list(inputs)
+    names = []
+    for i, name in enumerate(listed):
+        path = ("outputs", i) if isinstance(raw, list) else ("outputs",)
+        if name not in known:
+            c.report(path, f"expected the name of a layer, received {name!r}{did_you_mean(name, known)}")
+        elif name in names:
+            c.report(path, f"expected each output once, received {name!r} again")
+        else:
+            names.append(name)
+    return names if len(names) == len(listed) else []
 
 
-def _validate_metrics(raw, c: _Checker) -> list:
-    if isinstance(raw, str):
-        raw = [raw]
+def _per_output(raw, names: list, key: str, what: str, c: _Checker) -> dict:
+    """{output: (its value, its key path)} from `raw`: one value for every output, or a mapping by
+    output name (a mapping with a 'type' key is one loss). Each key must be an output, and with a
+    mapping every output needs its entry (metrics excepted: an output may have none)."""
+    by_output = isinstance(raw, dict) and "type" not in raw and (len(names) > 1 or set(raw) <= set(names) and raw)
+    if not by_output:
+        return {name: (raw, (key,)) for name in names}
+    found = {}
+    for name, value in raw.items():
+        if name not in names:
+            c.report((key, name), f"expected an output name ({', '.join(names)}), received {name!r}{did_you_mean(name, names)}", key=True)
+        else:
+            found[name] = (value, (key, name))
+    if key == "loss":
+        for name in names:
+            if name not in found:
+                c.report((key,), f"expected a loss for output {name!r}, received none")
+    return found
+
+
+def _loss_weights(raw, names: list, c: _Checker) -> dict:
+    """`loss_weights`: {output: weight >= 0}, or a list of weights in the outputs' order (Keras)."""
+    if raw is None:
+        return {}
+    weight = number(low=0)
+    if isinstance(raw, list):
+        if len(raw) != len(names):
+            c.report(("loss_weights",), f"expected {len(names)} weights (one per output: {', '.join(names)}), received {len(raw)}")
+            return {}
+        pairs = [(name, value, ("loss_weights", i)) for i, (name, value) in enumerate(zip(names, raw))]
+    elif isinstance(raw, dict):
+        pairs = []
+        for name, value in raw.items():
+            if name not in names:
+                c.report(("loss_weights", name), f"expected an output name ({', '.join(names)}), received {name!r}{did_you_mean(name, names)}", key=True)
+            else:
+                pairs.append((name, value, ("loss_weights", name)))
+    else:
+        c.report(("loss_weights",), f"expected a mapping of output name -> weight, or a list of weights, received {describe(raw)}")
+        return {}
+    weights = {name: c.value(weight, value, path) for name, value, path in pairs}
+    return {name: float(value) for name, value in weights.items() if value is not None}
+
+
+def _validate_metrics(raw, path: tuple, c: _Checker) -> list:
+    """[Choice(metric, options)]: names, or mappings with 'type' and options (`k`)."""
+    if isinstance(raw, (str, dict)):
+        raw, listed = [raw], False
+    else:
+        listed = True
     if not isinstance(raw, list):
-        c.report(("metrics",), f"expected a list of metric names, received {describe(raw)}")
+        c.report(path, f"expected a list of metric names, received {describe(raw)}")
         return []
     metrics = []
-    for i, name in enumerate(raw):
-        if not isinstance(name, str) or name not in METRICS:
-            c.report(("metrics", i), f"expected a metric: one of {', '.join(METRICS)}; received {describe(name)}{did_you_mean(name, METRICS)}")
-        elif name in metrics:
-            c.report(("metrics", i), f"expected each metric once, received {name!r} again")
+    for i, entry in enumerate(raw):
+        choice = c.typed(entry, METRICS, path + ((i,) if listed else ()), "metric")
+        if choice is None:
+            continue
+        if any(m.name == choice.name for m in metrics):
+            c.report(path + ((i,) if listed else ()), f"expected each metric once, received {choice.name!r} again")
         else:
-            metrics.append(name)
+            metrics.append(choice)
     return metrics
 
 
@@ -482,7 +571,7 @@ MISSING_LIST = Check("a list of distinct strings (cells that are missing values)
                      {"type": "array", "items": {"type": "string"}, "uniqueItems": True})
 
 
-def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec | None:
+def _validate_data(raw, spec_path: Path, inputs: dict, outputs: list, c: _Checker) -> DataSpec | None:
     if not isinstance(raw, dict):
         c.report(("data",), f"expected a data mapping (path, inputs, targets), received {describe(raw)}")
         return None
@@ -513,7 +602,7 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
     if "targets" not in raw:
         c.report(("data",), "expected key 'targets' (the target columns), received none")
         return None
-    targets = _validate_columns(raw["targets"], ("data", "targets"), c)
+    targets = _validate_targets(raw["targets"], outputs, c)
     split = c.value(number(0, 1, high_open=True), raw.get("validation_split", 0.0), ("data", "validation_split"))
     validation = _optional_path(raw, "validation", base, c)
     if raw.get("validation") is not None and raw.get("validation_split"):
@@ -532,7 +621,28 @@ def _validate_data(raw, spec_path: Path, inputs: dict, c: _Checker) -> DataSpec 
                     delimiter or ",", tuple(missing) if missing is not None else MISSING_VALUES, cache, columns)
 
 
-def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) -> dict | None:
+def _validate_targets(raw, outputs: list, c: _Checker) -> dict:
+    """{output: its columns}: the columns themselves for one output, a mapping by output name for
+    several (one entry each)."""
+    if not isinstance(raw, dict):
+        if len(outputs) > 1:
+            c.report(("data", "targets"), f"expected a mapping of output name -> target columns (the model has outputs "
+                                          f"{', '.join(outputs)}), received {describe(raw)}")
+            return {}
+        return {name: _validate_columns(raw, ("data", "targets"), c) for name in outputs}
+    targets = {}
+    for name, columns in raw.items():
+        if name not in outputs:
+            c.report(("data", "targets", name), f"expected an output name ({', '.join(outputs)}), received {name!r}{did_you_mean(name, outputs)}", key=True)
+        else:
+            targets[name] = _validate_columns(columns, ("data", "targets", name), c)
+    for name in outputs:
+        if name not in raw:
+            c.report(("data", "targets"), f"expected target columns for output {name!r}, received none")
+    return targets
+
+
+def _validate_preprocessing(raw: dict, data_inputs: dict, targets: dict, c: _Checker) -> dict | None:
     """{column: resolved options} for every column the spec reads, from data.preprocessing (the
     defaults) and data.columns (per column); None when the spec has neither."""
     if raw.get("preprocessing") is None and raw.get("columns") is None:
@@ -542,7 +652,8 @@ def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) 
     if not isinstance(per_column, dict):
         c.report(("data", "columns"), f"expected a mapping of column name -> preprocessing options, received {describe(per_column)}")
         per_column = {}
-    target_names = targets if isinstance(targets, list) else [targets] if isinstance(targets, str) else []
+    target_names = list(dict.fromkeys(name for columns in targets.values() if columns is not None
+                                      for name in ([columns] if isinstance(columns, str) else columns)))
     read = [name for columns in data_inputs.values() if isinstance(columns, list) for name in columns]
     read += [name for name in target_names if name not in read]
     resolved = {}
@@ -561,9 +672,9 @@ def _validate_preprocessing(raw: dict, data_inputs: dict, targets, c: _Checker) 
     return resolved
 
 
-def _check_training_controls(train: dict, metrics: list, optimizer, data_spec, c: _Checker) -> None:
+def _check_training_controls(train: dict, outputs: list, optimizer, data_spec, c: _Checker) -> None:
     """What no single option can check: monitored names, validation data, rates, clipping."""
-    allowed = monitorable(metrics)
+    allowed = monitorable(log_names(outputs))
     has_validation = data_spec is None or bool(data_spec.validation or data_spec.validation_split)
     for path, monitor in monitors(train):
         if monitor is None:  # already reported as invalid

@@ -20,6 +20,7 @@ from nnctl.options import Invalid, integer, number, one_of
 from nnctl.spec.load import TOP_LEVEL_KEYS, load_spec, safe_name
 from nnctl.spec.yamlmarks import load_yaml
 from nnctl.train.controls import monitorable
+from nnctl.train.heads import log_names
 
 METHODS = ("grid", "random", "tpe")
 GOALS = ("minimize", "maximize")
@@ -165,7 +166,7 @@ def load_plan(spec_file, sweep_file) -> Plan:
     plan = Plan(spec_file, sweep_file, safe_name(sweep_file.stem), spec.name, spec_raw, seed=spec.seed, epochs=spec.train["epochs"])
     plan.method = r.value(one_of(METHODS), raw.get("method", "tpe"), ("method",)) or "tpe"
     metric = r.mapping(raw.get("metric", {}), ("metric",), "a metric mapping (name, goal)", ("name", "goal"))
-    allowed = [m for m in monitorable(spec.metrics) if not m.startswith("val_") or _has_validation(spec)]
+    allowed = [m for m in monitorable(log_names(spec.outputs)) if not m.startswith("val_") or _has_validation(spec)]
     plan.metric = metric.get("name", "val_loss" if _has_validation(spec) else "loss")
     if plan.metric not in allowed:
         place = ("metric", "name") if "name" in metric else ("metric",)

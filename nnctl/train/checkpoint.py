@@ -19,6 +19,7 @@ from nnctl.errors import CheckpointError, DataError, Problem
 from nnctl.io.atomic import atomic_write
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.fit import TrainState
+from nnctl.train.heads import total_keys
 from nnctl.io.arrays import Archive
 from nnctl.io.paths import open_regular
 
@@ -189,7 +190,7 @@ def _check_state(path, spec, meta, optimizer, totals, order, size) -> None:
     if meta["step"] > 0:
         if order is None or order.ndim != 1 or order.dtype.kind not in "iu":
             raise damaged("a run stopped mid-epoch needs its sample 'order' (1-D integers)")
-        needed = ["loss"] + [f"metric/{m}" for m in spec.metrics]
+        needed = total_keys(spec.outputs)
         missing = [k for k in needed if k not in totals]
         if missing:
             raise damaged(f"the running totals lack {', '.join(missing)}")

@@ -23,10 +23,10 @@ def direction(monitor: str, mode: str) -> str:
     return "max" if monitor.removeprefix("val_") == "accuracy" else "min"
 
 
-def monitorable(metrics) -> list[str]:
-    """The logged values a control may watch: loss and the metrics, then their val_ forms."""
-    names = ["loss", *metrics]
-    return names + [f"val_{name}" for name in names]
+def monitorable(names) -> list[str]:
+    """The logged values a control may watch: an epoch's log `names` (nnctl.train.heads.log_names),
+    then their val_ forms."""
+    return [*names] + [f"val_{name}" for name in names]
 
 
 def monitors(train: dict) -> list[tuple[tuple, str]]:

@@ -144,12 +144,12 @@ def fit(session, train_set, val_set=None, progress: Progress | None = None, stat
 
         started = time.perf_counter()
         for step, (inputs, targets, size) in enumerate(batches(order, skip=done), start=done + 1):
-            loss, output, penalty = session.gradients(inputs, targets, ctx)
+            loss, outputs, penalty, own = session.gradients(inputs, targets, size, ctx)
             if check_each_step and not (math.isfinite(loss) and all_finite(params.grad_flat)):
                 what = "loss" if not math.isfinite(loss) else "gradient"
                 raise TrainingDiverged(f"the {what} became NaN or inf at epoch {epoch}, step {step}")
             optimizer.step(params.flat, params.grad_flat)
-            totals.add(loss, output, targets, size, penalty)
+            totals.add(loss, outputs, targets, size, penalty, own)
             progress.on_step(epoch, step, read_logs)
             if stop_requested():
                 raise Interrupted(snapshot(epoch, step, order, totals))

@@ -1,4 +1,5 @@
-"""Metrics: the registry `METRICS`, name -> function of the loss giving the metric's accumulator.
+"""Metrics: the registry `METRICS`, name -> `MetricType` (its options, and the accumulator it makes
+for an output's loss).
 
 An epoch's metric is exact over the whole epoch, not a mean of batch values: each `Metric` keeps
 a state that `update` folds one batch into and `result` reads once per progress update. Means of
@@ -14,7 +15,10 @@ it is used: reading a spec (`nnctl summary`) needs no NumPy.
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 from nnctl.data.targets import LABELS
+from nnctl.options import Option, integer
 
 
 class Metric:
@@ -114,8 +118,9 @@ class R2(Metric):
 
 class AUC(Metric):
     """The exact area under the ROC curve of every score in the epoch (ties count half): the
-    Mann-Whitney statistic, equal to scikit-learn's roc_auc_score. nan while the epoch's targets
-    hold one class only, where it is undefined."""
+    Mann-Whitney statistic, equal to scikit-learn's roc_auc_score. Undefined while the epoch's
+    targets hold one class only; it is then 0, as Keras' AUC gives (its true-positive rate is 0
+    over 0, which Keras takes as 0), so a monitor never compares NaN."""
 
     def __init__(self, loss):
         self.loss = loss
@@ -132,13 +137,13 @@ class AUC(Metric):
         import numpy
 
         if not state:
-            return float("nan")
+            return 0.0
         scores, labels = numpy.concatenate([backend.to_host(chunk) for chunk in state], axis=1)
         positive = labels > 0.5
         n_pos = int(positive.sum())
         n_neg = labels.size - n_pos
         if not n_pos or not n_neg:
-            return float("nan")
+            return 0.0
         return float((_average_ranks(scores)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
     def pack(self, backend, state):
@@ -182,7 +187,7 @@ def _predicted_positive(xp, loss, output):
 
 def _share_of_positives(denominator):
     """Precision (`denominator` "predicted") or recall ("actual"): true positives over those."""
-    def metric(loss):
+    def metric(loss, config):
         def counts(xp, output, targets):
             predicted = _predicted_positive(xp, loss, output)
             actual = _indicator(xp, loss, output, targets) > 0.5
@@ -192,15 +197,14 @@ def _share_of_positives(denominator):
     return metric
 
 
-# Keras' default k; a class tied with the k-th best score counts as in the top k (in_top_k).
-TOP_K = 5
+def _top_k(loss, config):
+    """A class tied with the k-th best score counts as in the top k (Keras' in_top_k)."""
+    k = config["k"]
 
-
-def _top_k(loss):
     def hits(xp, output, targets):
         true = _true_class(xp, loss, targets)
         score = xp.take_along_axis(output, true[:, None].astype("int64"), axis=-1)
-        return ((output > score).sum(axis=-1) < TOP_K).sum()
+        return ((output > score).sum(axis=-1) < k).sum()
     return Mean(hits)
 
 
@@ -210,13 +214,21 @@ def _mean_error(xp, output, targets, power):
     return per_sample.sum()
 
 
+class MetricType(NamedTuple):
+    """A metric as the spec names it: its options, and `make(loss, config)` -> its accumulator for
+    an output trained with `loss`."""
+
+    make: Callable
+    options: dict = {}
+
+
 METRICS = {
-    "accuracy": lambda loss: Mean(loss.accuracy),
-    "mae": lambda loss: Mean(lambda xp, output, targets: _mean_error(xp, output, targets, 1)),
-    "mse": lambda loss: Mean(lambda xp, output, targets: _mean_error(xp, output, targets, 2)),
-    "auc": AUC,
-    "precision": _share_of_positives("predicted"),
-    "recall": _share_of_positives("actual"),
-    "top_k_categorical_accuracy": _top_k,
-    "r2": lambda loss: R2(),
+    "accuracy": MetricType(lambda loss, config: Mean(loss.accuracy)),
+    "mae": MetricType(lambda loss, config: Mean(lambda xp, output, targets: _mean_error(xp, output, targets, 1))),
+    "mse": MetricType(lambda loss, config: Mean(lambda xp, output, targets: _mean_error(xp, output, targets, 2))),
+    "auc": MetricType(lambda loss, config: AUC(loss)),
+    "precision": MetricType(_share_of_positives("predicted")),
+    "recall": MetricType(_share_of_positives("actual")),
+    "top_k_categorical_accuracy": MetricType(_top_k, {"k": Option(integer(1), 5, "how many of the best-scored classes count as a hit (Keras' default 5)")}),
+    "r2": MetricType(lambda loss, config: R2()),
 }

@@ -1,10 +1,14 @@
-"""A spec compiled on a backend: model, weights in flat buffers, loss, metrics, optimizer.
+"""A spec compiled on a backend: model, weights in flat buffers, each output's loss and metrics
+(nnctl.train.heads), optimizer.
 
 `Session` computes gradients through the compiled step (nnctl.train.step), evaluates and
 predicts; nnctl.train.fit runs its epochs. The spec's data files are read here, checked against
 the model and the loss's kind of target.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy
 
@@ -19,8 +23,7 @@ from nnctl.io.weights import load_weights
 from nnctl.errors import Problem, SpecError, UsageError, WeightsError, did_you_mean
 from nnctl.model.graph import ForwardContext, Model
 from nnctl.model.parameters import Parameters
-from nnctl.train.losses import LOSSES
-from nnctl.train.metrics import METRICS
+from nnctl.train.heads import make_heads
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.step import TrainStep
 
@@ -31,8 +34,7 @@ class Session:
         self.backend = backend
         self.dtype = dtype or spec.dtype
         self.model = Model(spec)
-        self.loss = LOSSES[spec.loss.name](spec.loss.options)
-        self.metrics = {m: METRICS[m](self.loss) for m in spec.metrics}
+        self.heads = make_heads(spec, self.model.shapes)  # the outputs, each with its loss and metrics
         values = weights if weights is not None else self.model.initial_weights(spec.seed)
         self.params = Parameters(self.model, backend, self.dtype, values)
         # Layers whose weights add a penalty to the loss (a kernel_regularizer with l1 or l2 > 0).
@@ -53,16 +55,23 @@ class Session:
                 total = term if total is None else ops.add(total, term)
         return total
 
-    def objective(self, output, targets, weights):
-        """What training minimises: the loss of `output`, plus the penalty of `weights` if any."""
-        loss = self.loss(output, targets)
+    def objective(self, outputs, targets, weights):
+        """What training minimises: the outputs' losses (weighted, with several), plus the penalty
+        of `weights` if any; `outputs` in the model's order, `targets` by output name."""
+        loss = None
+        for head, output in zip(self.heads, outputs):
+            own = head.loss(output, targets[head.name])
+            if len(self.heads) > 1:
+                own = ops.multiply(own, head.weight)
+            loss = own if loss is None else ops.add(loss, own)
         penalty = self.penalty(weights) if self.regularized else None
         return loss if penalty is None else ops.add(loss, penalty)
 
-    def gradients(self, inputs, targets, ctx):
-        """One batch forward and backward through the compiled step (nnctl.train.step):
-        (loss, output, penalty or None) arrays. The gradients land in `params.grad_flat`."""
-        return self._step(len(targets))(inputs, targets, ctx)
+    def gradients(self, inputs, targets, size, ctx):
+        """One batch of `size` samples forward and backward through the compiled step
+        (nnctl.train.step): (loss, outputs, penalty or None, each output's loss or None) arrays.
+        The gradients land in `params.grad_flat`."""
+        return self._step(size)(inputs, targets, ctx)
 
     def _step(self, batch: int) -> TrainStep:
         """The compiled step for `batch` samples, compiled on first use (one per batch size)."""
@@ -71,9 +80,9 @@ class Session:
             step = self._steps[batch] = TrainStep(self, batch)
         return step
 
-    @property
-    def output_units(self) -> int:
-        return self.model.shapes[self.model.output][-1]
+    def target_kinds(self) -> dict:
+        """{output: (the kind of target its loss reads, its units)}, for checking a data file's targets."""
+        return {head.name: (head.targets, head.units) for head in self.heads}
 
     def make_optimizer(self):
         return OPTIMIZERS[self.spec.optimizer.name](self.spec.optimizer.options, self.params.flat)
@@ -86,30 +95,40 @@ class Session:
         regularization penalty of the current weights (a constant over the batches)."""
         totals = Totals(self)
         ctx = ForwardContext(self.backend)
+        several = len(self.heads) > 1
         for inputs, targets, size in self.batches(dataset, batch_size)(None):
-            output = self._step(size).forward(inputs, ctx)
-            totals.add(self.loss(output, targets).value, output, targets, size)
+            outputs = self._step(size).forward(inputs, ctx)
+            own = [head.loss(output, targets[head.name]).value for head, output in zip(self.heads, outputs)]
+            total = sum(head.weight * value for head, value in zip(self.heads, own)) if several else own[0]
+            totals.add(total, outputs, targets, size, own=own if several else None)
         logs = totals.read()
         penalty = self.penalty(self.params.frozen()) if self.regularized else None
         if penalty is not None and logs:
             logs["loss"] += self.backend.scalar(penalty.value)
         return logs
 
-    def predict(self, dataset, batch_size: int = 1024, layer: str | None = None):
-        """Host arrays of the outputs, in chunks (probabilities for logits), and class indices or
-        None; or, for `layer`, that layer's activations as they are (and None)."""
+    def predict(self, dataset, batch_size: int = 1024) -> list:
+        """Per output, (host array of its values, class indices or None): probabilities for
+        logits, read in chunks."""
         xp = self.backend.xp
         ctx = ForwardContext(self.backend)
-        chunks = []
+        chunks = [[] for _ in self.heads]
         for inputs, _, size in self.batches(dataset, batch_size)(None):
-            output = self._step(size).forward(inputs, ctx, layer)
-            # A copy: on NumPy, to_host of the step's own buffer is that buffer.
-            chunks.append(numpy.array(self.backend.to_host(output if layer is not None else self.loss.probabilities(xp, output))))
-        values = numpy.concatenate(chunks)
-        if layer is not None:
-            return values, None
-        classes = self.loss.targets.predicted_classes(values) if self.loss.targets.shows_classes else None
-        return values, classes
+            for head, output, kept in zip(self.heads, self._step(size).forward(inputs, ctx), chunks):
+                # A copy: on NumPy, to_host of the step's own buffer is that buffer.
+                kept.append(numpy.array(self.backend.to_host(head.loss.probabilities(xp, output))))
+        predictions = []
+        for head, kept in zip(self.heads, chunks):
+            values = numpy.concatenate(kept)
+            predictions.append((values, head.targets.predicted_classes(values) if head.targets.shows_classes else None))
+        return predictions
+
+    def activations(self, dataset, layer: str, batch_size: int = 1024):
+        """Host array of layer (or input) `layer`'s values for every sample, as they are."""
+        ctx = ForwardContext(self.backend)
+        chunks = [numpy.array(self.backend.to_host(self._step(size).activations(inputs, ctx, layer)))
+                  for inputs, _, size in self.batches(dataset, batch_size)(None)]
+        return numpy.concatenate(chunks)
 
 
 def open_session(spec, weights=None, dtype: str | None = None, backend: str | None = None) -> Session:
@@ -130,38 +149,52 @@ def open_session(spec, weights=None, dtype: str | None = None, backend: str | No
 
 
 class Totals:
-    """Sample-weighted sums of loss (and penalty), and each metric's accumulated state
-    (nnctl.train.metrics), kept on the device until read."""
+    """Sample-weighted sums of the loss (and penalty, and each output's loss when there are
+    several), and each metric's accumulated state (nnctl.train.metrics), kept on the device until
+    read. Keys are log names (nnctl.train.heads)."""
 
     def __init__(self, session: Session, saved: dict | None = None, penalty: bool = False):
         self.session = session
         xp = session.backend.xp
+        self.heads = session.heads
         self.count = 0
         self.loss = 0.0
         self.penalty = 0.0 if penalty else None
-        self.metrics = {name: metric.start(xp) for name, metric in session.metrics.items()}
+        self.own = {head.loss_log: 0.0 for head in self.heads if head.loss_log is not None}
+        self.metrics = {name: metric.start(xp) for head in self.heads for name, metric in head.metrics.items()}
         if saved:
             self.count = int(saved["count"])
             self.loss = xp.asarray(saved["loss"])
             if penalty:
                 self.penalty = xp.asarray(saved["penalty"])
-            self.metrics = {name: metric.unpack(xp, saved[f"metric/{name}"]) for name, metric in session.metrics.items()}
+            self.own = {name: xp.asarray(saved[f"loss/{name}"]) for name in self.own}
+            self.metrics = {name: metric.unpack(xp, saved[f"metric/{name}"]) for name, metric in self._metrics()}
+
+    def _metrics(self):
+        return [(name, metric) for head in self.heads for name, metric in head.metrics.items()]
 
     def state(self) -> dict:
         """Host arrays (dtype kept, so a resumed sum continues bit-exactly)."""
         backend = self.session.backend
         penalty = {"penalty": backend.to_host(self.penalty)} if self.penalty is not None else {}
-        metrics = {f"metric/{name}": metric.pack(backend, self.metrics[name]) for name, metric in self.session.metrics.items()}
-        return {"count": self.count, "loss": backend.to_host(self.loss), **penalty, **metrics}
+        own = {f"loss/{name}": backend.to_host(value) for name, value in self.own.items()}
+        metrics = {f"metric/{name}": metric.pack(backend, self.metrics[name]) for name, metric in self._metrics()}
+        return {"count": self.count, "loss": backend.to_host(self.loss), **penalty, **own, **metrics}
 
-    def add(self, loss_value, output, targets, size, penalty_value=None):
+    def add(self, loss_value, outputs, targets, size, penalty_value=None, own=None):
+        """Fold in a batch: its loss, outputs (model order), targets (by output), and with several
+        outputs `own`, each output's loss."""
         xp = self.session.backend.xp
         self.count += size
         self.loss = self.loss + loss_value * size
         if penalty_value is not None:
             self.penalty = self.penalty + penalty_value * size
-        for name, metric in self.session.metrics.items():
-            self.metrics[name] = metric.update(xp, self.metrics[name], output, targets)
+        if own is not None:
+            for head, value in zip(self.heads, own):
+                self.own[head.loss_log] = self.own[head.loss_log] + value * size
+        for head, output in zip(self.heads, outputs):
+            for name, metric in head.metrics.items():
+                self.metrics[name] = metric.update(xp, self.metrics[name], output, targets[head.name])
 
     def read(self) -> dict:
         backend = self.session.backend
@@ -170,7 +203,9 @@ class Totals:
         logs = {"loss": backend.scalar(self.loss) / self.count}
         if self.penalty is not None:
             logs["penalty"] = backend.scalar(self.penalty) / self.count
-        for name, metric in self.session.metrics.items():
+        for name, value in self.own.items():
+            logs[name] = backend.scalar(value) / self.count
+        for name, metric in self._metrics():
             logs[name] = metric.result(backend, self.metrics[name], self.count)
         return logs
 
@@ -184,7 +219,7 @@ def load_spec_data(session, path=None, targets=True):
     path = path or spec.data.path
     if spec.data.columns is None:
         return load_dataset(path, spec.data.inputs, spec.data.targets if targets else None,
-                            session.model.input_shapes, session.loss.targets, session.output_units, session.dtype,
+                            session.model.input_shapes, session.target_kinds(), session.dtype,
                             read_options(spec.data), spec.data.cache)
     if session.preprocessing is None:
         training_sets(session)
@@ -197,7 +232,7 @@ def read_options(data_spec) -> ReadOptions:
 
 def _prepared(session, path, raw, targets=True):
     dataset, keep, report = prepared.prepare(path, raw, session.preprocessing, session.spec.data, session.model.input_shapes,
-                                             session.loss.targets, session.output_units, session.dtype, targets)
+                                             session.target_kinds(), session.dtype, targets)
     session.preprocessing_reports[str(path)] = report
     return dataset, keep
 
@@ -245,19 +280,32 @@ def fitted_preprocessing(session) -> dict | None:
     return session.preprocessing
 
 
-def class_names(session) -> list | None:
-    """The names of the classes `predict` gives (a text target's, in index order), or None where it
-    gives class indices (or no classes)."""
-    names = prepared.class_names(session.preprocessing, session.spec.data) if session.spec.data is not None else None
-    shape = session.model.shapes[session.model.output]
-    return names if names is not None and session.loss.targets.shows_classes and shape == (len(names),) else None
+def class_names(session, head) -> list | None:
+    """The names of the classes `predict` gives for output `head` (a text target's, in index
+    order), or None where it gives class indices (or no classes)."""
+    data = session.spec.data
+    names = prepared.class_names(session.preprocessing, data, head.name) if data is not None and head.name in data.targets else None
+    return names if names is not None and head.targets.shows_classes and head.shape == (len(names),) else None
 
 
-def predict_file(session, path, layer: str | None = None):
-    """(outputs, classes or None, column names, preprocessing report or None) for every row of the
-    file at `path`, read with the spec's data.inputs (targets not needed); probabilities for
-    cross-entropies; classes by name for a text target. With `layer`, that layer's activations
-    (a tower's embedding, a hidden representation), flattened, columns `<layer>_<i>`."""
+@dataclass
+class Predictions:
+    """What `predict` gives for a file's rows: `values` (rows, columns) named by `columns` (a single
+    output's values in its own shape), each classifier output's class per row by column name
+    (`class`, or `<output>_class` with several outputs), and the preprocessing report or None."""
+
+    values: numpy.ndarray
+    columns: list
+    classes: dict
+    report: dict | None
+
+
+def predict_file(session, path, layer: str | None = None) -> Predictions:
+    """Predictions for every row of the file at `path`, read with the spec's data.inputs (targets
+    not needed): probabilities for cross-entropies, classes by name for a text target, a normalized
+    regression target in its own units. Columns are `prob_<class or i>` (or `<output>_<i>`), prefixed
+    by the output's name when there are several. With `layer`, that layer's activations (a tower's
+    embedding, a hidden representation), flattened, columns `<layer>_<i>`."""
     spec = session.spec
     if layer is not None and layer not in session.model.shapes:
         names = list(session.model.shapes)
@@ -270,20 +318,34 @@ def predict_file(session, path, layer: str | None = None):
     else:
         fitted_preprocessing(session)
         dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
-    if layer is not None:
-        values = session.predict(dataset, layer=layer)[0].reshape(len(dataset), -1)
-        report = session.preprocessing_reports.get(str(path))
-        return values, None, [f"{layer}_{i}" for i in range(values.shape[1])], report.as_dict() if report is not None else None
-    values, classes = session.predict(dataset)
-    target = prepared.target_transform(session.preprocessing, spec.data)
-    if isinstance(target, preprocessing.Numeric):  # a normalized regression target: predictions in its units
-        values = target.restore(values)
-    names = class_names(session)
-    prefix = "prob" if session.loss.gives_probabilities else session.model.output
-    if names is not None:
-        columns = [f"{prefix}_{name}" for name in names]
-        classes = numpy.array(names, dtype=object)[classes]
-    else:
-        columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
     report = session.preprocessing_reports.get(str(path))
-    return values, classes, columns, report.as_dict() if report is not None else None
+    report = report.as_dict() if report is not None else None
+    if layer is not None:
+        values = session.activations(dataset, layer).reshape(len(dataset), -1)
+        return Predictions(values, [f"{layer}_{i}" for i in range(values.shape[1])], {}, report)
+    parts, columns, classes = [], [], {}
+    for head, (values, indices) in zip(session.heads, shown_predictions(session, dataset)):
+        names = class_names(session, head)
+        columns += [f"{head.shown}_{label}" for label in (names or range(math.prod(head.shape)))]
+        if indices is not None:
+            classes[head.class_column] = indices
+        parts.append(values)
+    if len(parts) == 1:
+        return Predictions(parts[0], columns, classes, report)
+    return Predictions(numpy.concatenate([v.reshape(len(v), -1) for v in parts], axis=1), columns, classes, report)
+
+
+def shown_predictions(session, dataset) -> list:
+    """Per output, (values, classes or None) as `predict` shows them: a normalized regression
+    target's values in its own units, a text target's classes by name."""
+    shown = []
+    for head, (values, indices) in zip(session.heads, session.predict(dataset)):
+        data = session.spec.data
+        target = prepared.target_transform(session.preprocessing, data, head.name) if data is not None and head.name in data.targets else None
+        if isinstance(target, preprocessing.Numeric):
+            values = target.restore(values)
+        names = class_names(session, head)
+        if indices is not None and names is not None:
+            indices = numpy.array(names, dtype=object)[indices]
+        shown.append((values, indices))
+    return shown

@@ -6,7 +6,8 @@ sort and fresh arrays, which on a small net cost more than its arithmetic. A mod
 static once compiled from the spec, so `TrainStep` lowers it once per batch size: each layer
 becomes a forward and a backward closure over buffers allocated here (`Layer.compile`), weight
 gradients are written straight into the flat gradient buffer (no zeroing, no accumulation),
-the loss gives its value and its gradient in one pass (`Loss.compile`), and a step is two loops.
+each output's loss gives its value and its gradient in one pass (`Loss.compile`), and a step is
+two loops. With several outputs the trained loss is their weighted sum (nnctl.train.heads).
 Each forward closure gets the call's ForwardContext (training or inference, the dropout generator).
 
 A layer or loss without a compiled form runs through autograd on its own (`_through_autograd`),
@@ -26,7 +27,7 @@ class TrainStep:
         slots = {name: i for i, name in enumerate([*model.input_shapes, *(node.name for node in model.nodes)])}
         self.slots = slots  # input or layer name -> its place in a forward's values
         self.input_slots = [(name, slots[name]) for name in model.input_shapes]
-        self.output_slot = slots[model.output]
+        self.output_slots = [slots[name] for name in model.outputs]
         self.n_slots = len(slots)
         self.names = [node.name for node in model.nodes]
         self.nodes = []  # (forward, backward, input slots, output slot, weight gradient views)
@@ -39,17 +40,26 @@ class TrainStep:
             if compiled is None:
                 compiled = self._through_autograd(node.layer, weights, grads, needs_grad)
             self.nodes.append((*compiled, [slots[ref] for ref in node.inputs], slots[node.name], list(grads.values())))
-        output_shape = (batch, *model.shapes[model.output])
-        self.loss_and_grad = session.loss.compile(xp, output_shape, session.dtype) or self._loss_through_autograd(session.loss)
+        self.heads = session.heads
+        self.losses = [head.loss.compile(xp, (batch, *head.shape), session.dtype) or self._loss_through_autograd(head.loss)
+                       for head in self.heads]
 
-    def __call__(self, inputs: dict, targets, ctx):
-        """(loss, output, penalty or None) as arrays; the loss includes the penalty, as in Keras."""
+    def __call__(self, inputs: dict, targets: dict, ctx):
+        """(loss, outputs, penalty or None, each output's loss or None) as arrays: the loss is the
+        outputs' weighted sum (the one output's own loss when alone) and includes the penalty, as in
+        Keras; each output's loss only with several outputs."""
         values = self._forward(inputs, ctx)
-        output = values[self.output_slot]
-        loss, grad = self.loss_and_grad(output, targets)
-
+        outputs = [values[slot] for slot in self.output_slots]
         grads = [None] * self.n_slots
-        grads[self.output_slot] = grad
+        loss, own = 0.0, []
+        for head, loss_and_grad, output, slot in zip(self.heads, self.losses, outputs, self.output_slots):
+            value, grad = loss_and_grad(output, targets[head.name])
+            if head.weight != 1:
+                grad *= head.weight  # the loss's own buffer
+            # Each output's slot is distinct; another node's gradient is added to it below.
+            grads[slot] = grad
+            own.append(value)
+            loss = loss + head.weight * value if len(self.heads) > 1 else value
         for _, node_backward, ins, out, weight_grads in reversed(self.nodes):
             g = grads[out]
             if g is None:  # nothing downstream depends on it: its weights get no gradient
@@ -64,12 +74,17 @@ class TrainStep:
                     # Not in place: an input gradient may be a view of, or the same array as, another.
                     grads[slot] = input_grad if grads[slot] is None else grads[slot] + input_grad
         penalty = self._penalty() if self.session.regularized else None
-        return (loss if penalty is None else loss + penalty), output, penalty
+        return (loss if penalty is None else loss + penalty), outputs, penalty, own if len(self.heads) > 1 else None
 
-    def forward(self, inputs: dict, ctx, layer: str | None = None):
-        """The output for a batch (or layer `layer`'s), nothing else (evaluation, prediction). It
-        lives in this step's buffers: the next call overwrites it."""
-        return self._forward(inputs, ctx)[self.output_slot if layer is None else self.slots[layer]]
+    def forward(self, inputs: dict, ctx) -> list:
+        """The outputs for a batch, nothing else (evaluation, prediction). They live in this step's
+        buffers: the next call overwrites them."""
+        values = self._forward(inputs, ctx)
+        return [values[slot] for slot in self.output_slots]
+
+    def activations(self, inputs: dict, ctx, layer: str):
+        """Layer (or input) `layer`'s values for a batch, in this step's buffers."""
+        return self._forward(inputs, ctx)[self.slots[layer]]
 
     def _forward(self, inputs, ctx) -> list:
         values = [None] * self.n_slots
@@ -81,10 +96,10 @@ class TrainStep:
 
     def wrap(self, wrapper) -> None:
         """Replace every closure by wrapper(name, part, closure), part "forward" or "backward";
-        the loss (value and gradient in one call) is named "loss", part "forward". For `nnctl time`."""
+        the losses (value and gradient in one call) are named "loss", part "forward". For `nnctl time`."""
         self.nodes = [(wrapper(name, "forward", forward), wrapper(name, "backward", node_backward), *rest)
                       for name, (forward, node_backward, *rest) in zip(self.names, self.nodes)]
-        self.loss_and_grad = wrapper("loss", "forward", self.loss_and_grad)
+        self.losses = [wrapper("loss", "forward", loss_and_grad) for loss_and_grad in self.losses]
 
     def _penalty(self):
         """The regularization penalty's value, its gradient added to the weights' gradients."""

@@ -145,7 +145,8 @@ class BatchNormalization(_Affine):
             self._check_batch(value)
             mean = value.mean(axis=axes)
             centered = value - mean
-            self._update_moving(moving_mean, moving_variance, mean, (centered * centered).mean(axis=axes))
+            if ctx.updates_state:
+                self._update_moving(moving_mean, moving_variance, mean, (centered * centered).mean(axis=axes))
             z = ops.normalize(x, axis=axes, epsilon=eps)
         else:
             z = ops.multiply(ops.subtract(x, moving_mean), 1 / ctx.backend.xp.sqrt(moving_variance + eps))
@@ -167,7 +168,8 @@ class BatchNormalization(_Affine):
             if ctx.training:
                 self._check_batch(x)
                 mean, var, state[0] = _standardize(xp, x, summed, count, eps, xhat)
-                self._update_moving(moving_mean, moving_variance, mean, var)
+                if ctx.updates_state:
+                    self._update_moving(moving_mean, moving_variance, mean, var)
             else:
                 state[0] = 1 / xp.sqrt(moving_variance + eps)
                 xp.multiply(xp.subtract(x, moving_mean, out=xhat), state[0], out=xhat)
