@@ -54,6 +54,9 @@ class Project:
 
 
 # --- ways to break a project ------------------------------------------------------------------------
+# The two-tower project with a second output, dense2 (its targets: the inputs' own columns).
+TWO_OUTPUTS = (("outputs: dense3", "outputs: [dense3, dense2]"), ("targets: [y]", "targets: {dense3: [y], dense2: [x1, x2]}"))
+
 def spec_edit(*pairs, command="train"):
     """Replace text in the spec (each pair once), then run `command`."""
     def breaker(project):
@@ -241,6 +244,29 @@ SPEC = [
      ["spec.yaml:8:49:", "layers[2].from[1]", "received 'dense22'", "did you mean 'dense2'?"]),
     ("misspelt output", spec_edit(("outputs: dense3", "outputs: dens3")),
      ["spec.yaml:10:10:", "outputs", "received 'dens3'", "did you mean 'dense3'?"]),
+    # Several outputs: every key of loss, metrics, loss_weights and data.targets is an output,
+    # checked when the spec is read (Keras #21675: not at the first batch).
+    ("a loss key that is no output", spec_edit(*TWO_OUTPUTS, ("loss: mse", "loss: {dense3: mse, dense22: mse}")),
+     ["spec.yaml:11:21:", "loss.dense22", "expected an output name (dense3, dense2), received 'dense22'", "did you mean 'dense2'?",
+      "spec.yaml:11:7: loss: expected a loss for output 'dense2', received none"]),
+    ("a metrics key that is no output", spec_edit(*TWO_OUTPUTS, ("metrics: [mae]", "metrics: {dense33: [mae]}")),
+     ["spec.yaml:12:11:", "metrics.dense33", "received 'dense33'", "did you mean 'dense3'?"]),
+    ("a loss_weights key that is no output", spec_edit(*TWO_OUTPUTS, ("loss: mse", "loss: mse\nloss_weights: {dense3: 1, dens2: 0.5}")),
+     ["spec.yaml:12:27:", "loss_weights.dens2", "received 'dens2'", "did you mean 'dense2'?"]),
+    ("a negative loss weight", spec_edit(*TWO_OUTPUTS, ("loss: mse", "loss: mse\nloss_weights: [1, -0.5]")),
+     ["spec.yaml:12:", "loss_weights[1]", "expected a number >= 0", "received -0.5"]),
+    ("loss weights of another count", spec_edit(*TWO_OUTPUTS, ("loss: mse", "loss: mse\nloss_weights: [1]")),
+     ["spec.yaml:12:15:", "loss_weights", "expected 2 weights (one per output: dense3, dense2), received 1"]),
+    ("one target for two outputs", spec_edit(TWO_OUTPUTS[0]),
+     ["spec.yaml:17:12:", "data.targets", "expected a mapping of output name -> target columns (the model has outputs dense3, dense2)"]),
+    ("a target missing for one output", spec_edit(TWO_OUTPUTS[0], ("targets: [y]", "targets: {dense3: [y]}")),
+     ["spec.yaml:17:12:", "data.targets", "expected target columns for output 'dense2', received none"]),
+    ("a targets key that is no output", spec_edit(TWO_OUTPUTS[0], ("targets: [y]", "targets: {dense3: [y], dense_2: [x1, x2]}")),
+     ["spec.yaml:17:26:", "data.targets.dense_2", "received 'dense_2'", "did you mean 'dense2'?"]),
+    ("an output twice", spec_edit(("outputs: dense3", "outputs: [dense3, dense3]")),
+     ["spec.yaml:10:19:", "outputs[1]", "expected each output once, received 'dense3' again"]),
+    ("a misspelt metric option", spec_edit(("metrics: [mae]", "metrics: [{type: top_k_categorical_accuracy, kk: 3}]")),
+     ["spec.yaml:12:", "metrics[0].kk", "did you mean 'k'?"]),
     ("misspelt train key", spec_edit(("shuffle: true", "shufle: true")),
      ["spec.yaml:19:35:", "train.shufle", "did you mean 'shuffle'?"]),
     ("misspelt data key", spec_edit(("validation_split: 0.2", "validation_splt: 0.2")),

@@ -110,7 +110,7 @@ def summary_view(data: dict):
     )
     parts = [table, totals]
     if len(data["outputs"]) > 1:
-        described = [f"{escape(o['name'])} ({escape(o['loss'])}, weight {_fmt(o['loss_weight'])})" for o in data["outputs"]]
+        described = [f"{escape(o['name'])} ({escape(o['loss'])}, weight {o['loss_weight']:g})" for o in data["outputs"]]
         parts.append(Text.from_markup(f" Outputs: {', '.join(described)}"))
     for trainable, title in ((True, "Trainable variables"), (False, "Non-trainable variables")):
         rows = [w for w in data["weights"] if w["trainable"] == trainable]
@@ -145,11 +145,24 @@ def _fmt_log(key, value) -> str:
     return f"{value:.4g}" if key == "lr" and isinstance(value, float) else _fmt(value)
 
 
+# Beyond this many columns (several outputs log many values) the validation values get a table of
+# their own: one table that wide would crop every number to a few digits.
+MAX_HISTORY_COLUMNS = 10
+
+
 def history_view(history: list[dict], title: str = "Training history"):
-    table = Table(title=title, title_justify="left")
     from nnctl.io.records import history_columns
 
     keys = [k for k in history_columns(history) if k not in ("seconds",)]
+    validation = [k for k in keys if k.startswith("val_")]
+    if len(keys) > MAX_HISTORY_COLUMNS and validation:
+        return Group(_history_table(history, title, [k for k in keys if k not in validation]),
+                     _history_table(history, "Validation history", ["epoch", *validation]))
+    return _history_table(history, title, keys)
+
+
+def _history_table(history: list[dict], title: str, keys: list):
+    table = Table(title=title, title_justify="left")
     for key in keys:
         table.add_column(key.replace("_", " ") if key != "samples_per_second" else "samples/s", justify="right")
     rows = history if len(history) <= 20 else history[:5] + [None] + history[-10:]
