@@ -456,10 +456,11 @@ def test_schema_lists_every_registry_name(schema):
     assert [ref["$ref"] for ref in defs["layer"]["oneOf"]] == [f"#/$defs/layer.{name}" for name in LAYERS]
     for name in LAYERS:
         assert defs[f"layer.{name}"]["properties"]["type"] == {**defs[f"layer.{name}"]["properties"]["type"], "const": name}
-    for what, registry in (("activation", ACTIVATIONS), ("initializer", INITIALIZERS), ("loss", LOSSES), ("optimizer", OPTIMIZERS)):
+    registries = (("activation", ACTIVATIONS), ("initializer", INITIALIZERS), ("loss", LOSSES), ("metric", METRICS), ("optimizer", OPTIMIZERS))
+    for what, registry in registries:
         assert defs[what]["oneOf"][0]["enum"] == list(registry), what
         assert all(f"{what}.{name}" in defs for name in registry)
-    assert schema["properties"]["metrics"]["oneOf"][0]["enum"] == list(METRICS)
+    assert defs["metric.top_k_categorical_accuracy"]["properties"]["k"]["default"] == 5
     assert list(schema["properties"]) == list(TOP_LEVEL_KEYS) and set(schema["properties"]["train"]["properties"]) == set(TRAIN_OPTIONS)
     dense = defs["layer.dense"]["properties"]
     assert dense["units"]["type"] == "integer" and "units" in defs["layer.dense"]["required"]
@@ -487,6 +488,9 @@ def test_every_shipped_spec_validates_against_the_schema(schema, path):
     lambda s: s.update(loss={"type": "mse", "from_logits": True}),
     lambda s: s.update(optimizer={"type": "adam", "learning_rate": -1}),
     lambda s: s.update(metrics=["accuracy", "accuracy"]),
+    lambda s: s.update(metrics=[{"type": "top_k_categorical_accuracy", "k": 0}]),
+    lambda s: s.update(loss_weights={"dense3": -1}),
+    lambda s: s.update(outputs=["dense3", "dense3"]),
     lambda s: s["train"].update(epochs=0),
     lambda s: s.pop("layers"),
 ])

@@ -461,3 +461,30 @@ def test_dropout_float32(make_session):
     x = Tensor(np.ones((3, 500), dtype=np.float32))
     out = session.model.forward({}, {"x": x}, ForwardContext(session.backend, True, np.random.default_rng(0)))[0]
     assert out.dtype == np.float32
+
+
+def test_gradcheck_checks_the_training_gradient(make_session):
+    """Batch normalization from the batch's statistics and dropout with fixed masks: the loss
+    gradcheck differentiates is the one a training step computes, not inference's, and the check
+    leaves the moving statistics as they were."""
+    from nnctl.diagnostics.numeric import Probe
+    from nnctl.model.graph import ForwardContext
+    from nnctl.train.step import TrainStep
+
+    spec = {"seed": 2, "inputs": {"x": [3]}, "loss": "mse", "layers": [
+        {"name": "h", **dense(5, "tanh")}, {"name": "bn", "type": "batch_normalization", "momentum": 0.5},
+        {"name": "drop", "type": "dropout", "rate": 0.3}, {"name": "out", **dense(2)}]}
+    session = make_session(spec)
+    inputs, targets = random_batch(session, 6)
+    before = session.params.to_host()
+    training, inference = Probe(session, inputs, targets), Probe(session, inputs, targets, training=False)
+    assert training.loss != pytest.approx(inference.loss, rel=1e-3)
+    # The training loss without dropout's randomness: the compiled step's, at rate 0.
+    plain = make_session({**spec, "layers": [l if l["type"] != "dropout" else {**l, "rate": 0.0} for l in spec["layers"]]})
+    step = TrainStep(plain, 6)
+    loss = step({"x": inputs["x"]}, targets, ForwardContext(plain.backend, training=True, dropout_rng=np.random.default_rng(0)))[0]
+    assert Probe(plain, inputs, targets).loss == pytest.approx(float(loss), rel=1e-12)
+    _assert_gradcheck_passes(session, batch=6)
+    after = session.params.to_host()
+    for key in ("bn/moving_mean", "bn/moving_variance"):
+        np.testing.assert_array_equal(after[key], before[key])

@@ -29,6 +29,7 @@ REGISTRIES = {
     "activation": ACTIVATIONS,
     "initializer": INITIALIZERS,
     "loss": LOSSES,
+    "metric": METRICS,
     "optimizer": OPTIMIZERS,
 }
 # Descriptions of the data keys (spec.DATA_KEYS is the list; a key missing here is still allowed).
@@ -159,14 +160,17 @@ def spec_schema() -> dict:
     for name, layer_class in LAYERS.items():
         defs[f"layer.{name}"] = builder.layer(name, layer_class)
     refs = {what: builder.typed(what, registry) for what, registry in REGISTRIES.items()}
-    metric = {"type": "string", "enum": list(METRICS)}
+    metric = refs["metric"]
+    metric_list = {"oneOf": [metric, {"type": "array", "items": metric, "uniqueItems": True}]}
     columns = _columns("CSV columns (or an .npz array name, or .npy column ranges like '0:64')")
+    name = {"type": "string", "minLength": 1}
     data_properties = {}
     for key in DATA_KEYS:
         if key == "inputs":
             data_properties[key] = {"type": "object", "additionalProperties": columns, "description": "model input name -> its columns"}
         elif key == "targets":
-            data_properties[key] = _columns("target columns (or an .npz array name)")
+            data_properties[key] = {"description": "target columns (or an .npz array name); with several outputs, output name -> its target columns",
+                                    "oneOf": [columns, {"type": "object", "minProperties": 1, "additionalProperties": columns}]}
         elif key == "preprocessing":
             data_properties[key] = {"type": "object", "properties": builder.properties(COLUMN_OPTIONS), "additionalProperties": False,
                                     "description": "the preprocessing of every column the spec reads, unless data.columns says otherwise"}
@@ -187,11 +191,17 @@ def spec_schema() -> dict:
                    "description": "input name -> per-sample shape, e.g. x: [2]"},
         "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"},
                    "description": "the layers, in order; `from` names an input or an earlier layer"},
-        "outputs": {"description": "the output layer (default: the last layer)",
-                    "oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]},
-        "loss": {**refs["loss"], "description": "the loss minimised: a name, or a mapping with 'type' and options"},
-        "metrics": {"description": "metrics reported during training and evaluation",
-                    "oneOf": [metric, {"type": "array", "items": metric, "uniqueItems": True}], "default": []},
+        "outputs": {"description": "the output layer, or a list of them (default: the last layer)",
+                    "oneOf": [name, {"type": "array", "items": name, "minItems": 1, "uniqueItems": True}]},
+        "loss": {"description": "the loss minimised: a name, or a mapping with 'type' and options; with several outputs, one for "
+                                "every output or a mapping of output name -> its loss",
+                 "oneOf": [refs["loss"], {"type": "object", "minProperties": 1, "not": {"required": ["type"]}, "additionalProperties": refs["loss"]}]},
+        "loss_weights": {"description": "with several outputs, each output's weight in the trained loss (their weighted sum, as Keras): "
+                                        "output name -> weight, or a list in the outputs' order; default 1 each",
+                         "oneOf": [{"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+                                   {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1}]},
+        "metrics": {"description": "metrics reported during training and evaluation, for every output, or output name -> its metrics",
+                    "oneOf": [metric_list, {"type": "object", "not": {"required": ["type"]}, "additionalProperties": metric_list}], "default": []},
         "optimizer": {**refs["optimizer"], "default": "adam", "description": "the optimizer: a name, or a mapping with 'type' and options"},
         "data": {"type": "object", "description": "where the samples come from (paths relative to the spec file)",
                  "properties": data_properties, "required": ["path", "targets"], "additionalProperties": False},
