@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tracemalloc
 import zipfile
 
 import numpy
 import pytest
 
-from nnctl.data.readers import RowFile, read_csv, read_npy
+from nnctl.data.readers import RowFile, read_csv, read_npy, read_npz
 from nnctl.errors import DataError, UsageError, WeightsError
 from nnctl.io.arrays import Archive, NpyFile
 from nnctl.io.paths import check_suffix, open_regular
@@ -198,6 +199,53 @@ def test_csv_values_must_fit_the_models_dtype(tmp_path, cell, dtype, message):
     with pytest.raises(DataError) as caught:
         read_csv(path, {"x": ["a", "b"]}, None, dtype)
     assert str(caught.value) == f"{path}{message}"
+
+
+def _first_bad(array, dtype):
+    """The exact search that _check_values ran on every array before its fast pass: the first element
+    by index that is NaN, infinite or beyond `dtype`'s range, or None (in float64: a Python float's
+    limit would be cast to float16's inf for a float16 array)."""
+    bad = numpy.argwhere(~(numpy.abs(array.astype(numpy.float64)) <= float(numpy.finfo(dtype).max)))
+    return tuple(int(i) for i in bad[0]) if bad.size else None
+
+
+@pytest.mark.parametrize("stored", ["<f4", ">f4", "<f8", ">f8", "<f2", "F-order <f4", "F-order <f8"])
+@pytest.mark.parametrize("model", ["float32", "float64"])
+@pytest.mark.parametrize("value", [None, numpy.nan, numpy.inf, -numpy.inf, 1e39, -1e39, 3e38, "max"])
+def test_npz_values_are_checked_fast_and_named_exactly(tmp_path, stored, model, value):
+    """_check_values' one fast pass (the compiled finite check, or min and max where the stored dtype
+    is wider than the model's) lets through exactly what the exact search lets through, and what it
+    refuses is named at the first bad element, whatever the array's dtype, byte order or layout."""
+    order, dtype = ("F", stored.split()[1]) if stored.startswith("F-order") else ("C", stored)
+    array = numpy.random.default_rng(0).standard_normal((37, 5))
+    if value is not None:
+        array[[3, 20], [4, 1]] = numpy.finfo(dtype).max if value == "max" else value
+    with numpy.errstate(over="ignore"):
+        array = numpy.asarray(array.astype(dtype), order=order)
+    numpy.savez(tmp_path / "d.npz", x=array)
+    where = _first_bad(array, model)
+    if where is None:
+        inputs, _ = read_npz(tmp_path / "d.npz", {"x": "x"}, None, model)
+        assert numpy.array_equal(inputs["x"], array) and inputs["x"].dtype == array.dtype
+        return
+    with pytest.raises(DataError, match=re.escape(f"received {float(array[where])!r} at index {where}")):
+        read_npz(tmp_path / "d.npz", {"x": "x"}, None, model)
+
+
+def test_a_large_npy_is_checked_chunk_by_chunk_and_names_the_row(tmp_path, monkeypatch):
+    monkeypatch.setattr("nnctl.data.readers.LOAD_WHOLE_BYTES", 1 << 20)
+    rows = (1 << 20) // 24 + 1
+    array = numpy.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=numpy.float64, shape=(rows, 3))
+    array[rows - 2, 1] = 1e39  # finite in float64, inf in float32: the range check, in the last chunk
+    array.flush()
+    del array
+    monkeypatch.setattr(RowFile, "chunks", lambda self, chunk_bytes=1 << 16: RowFile_chunks(self, chunk_bytes))
+    read_npy(tmp_path / "big.npy", {"x": "0:2"}, "2", "float64")
+    with pytest.raises(DataError, match=re.escape(f"expected numbers that are finite in float32 (|x| <= 3.4e+38), received 1e+39 at index ({rows - 2}, 1)")):
+        read_npy(tmp_path / "big.npy", {"x": "0:2"}, "2", "float32")
+
+
+RowFile_chunks = RowFile.chunks
 
 
 def test_csv_reading_holds_arrays_not_rows(tmp_path):
