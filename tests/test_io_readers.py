@@ -157,6 +157,61 @@ def test_only_the_compressions_numpy_writes_are_read(tmp_path, method, message):
     assert message in str(caught.value)
 
 
+class _Unseekable:
+    """A write-only stream: zipfile then writes each member's sizes in a data descriptor after it."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+def _archives(tmp_path):
+    """The same arrays as numpy.savez and savez_compressed write them, and as a streamed zip."""
+    arrays = {"a": numpy.arange(7, dtype=numpy.int16), "x": numpy.asarray(X, order="F"), "y": X.astype(numpy.float32)[:, 1].copy()}
+    numpy.savez(tmp_path / "stored.npz", **arrays)
+    numpy.savez_compressed(tmp_path / "deflated.npz", **arrays)
+    with open(tmp_path / "streamed.npz", "wb") as handle, zipfile.ZipFile(_Unseekable(handle), "w") as archive:
+        for name, array in arrays.items():
+            archive.writestr(f"{name}.npy", hostile.npy_bytes(array))
+    return arrays, ["stored.npz", "deflated.npz", "streamed.npz"]
+
+
+def test_archive_members_read_as_numpy_reads_them(tmp_path):
+    """A stored member is read straight from the file (past its local header's name and extra
+    field, zip64 included), a deflated one through zipfile: the same arrays, dtype and order."""
+    arrays, files = _archives(tmp_path)
+    with zipfile.ZipFile(tmp_path / "streamed.npz") as archive:
+        assert all(info.flag_bits & 0x8 for info in archive.infolist())  # sizes after the data
+    for file in files:
+        with Archive(tmp_path / file, DataError) as archive:
+            for name, array in arrays.items():
+                read = archive.read(name)
+                assert read.dtype == array.dtype and read.tolist() == array.tolist() and numpy.isfortran(read) == numpy.isfortran(array)
+
+
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_a_flipped_byte_in_a_stored_member_fails_its_crc(tmp_path, where):
+    """(A member larger than zipfile's first read: a smaller one fails its CRC-32 as it is opened.)"""
+    big = numpy.arange(4000.0).reshape(1000, 4)
+    numpy.savez(tmp_path / "a.npz", x=big)
+    data = bytearray((tmp_path / "a.npz").read_bytes())
+    start = data.index(b"\x93NUMPY")
+    if where == "data":
+        data[start + len(hostile.npy_bytes(big)) - 3] ^= 0x01
+    else:  # a space of the header's padding made a tab: still a valid header
+        assert data[start + 100] == ord(" ")
+        data[start + 100] = ord("\t")
+    path = _write(tmp_path / "a.npz", bytes(data))
+    with Archive(path, DataError) as archive, pytest.raises(DataError) as caught:
+        archive.read("x")
+    assert str(caught.value).endswith("array 'x': expected a valid array, received a truncated or corrupt file (Bad CRC-32 for file 'x.npy')")
+
+
 def test_read_arrays_reads_every_member_of_a_checkpoint_like_file(tmp_path):
     numpy.savez_compressed(tmp_path / "c.npz", **{"weights/k": X, "meta": numpy.array('{"format": 3}')})
     arrays = read_arrays(tmp_path / "c.npz", what="checkpoint")
