@@ -9,9 +9,15 @@ Implementations, each `train_<impl>(workload, x, y, init, perms, batch_size=None
 repeats=1)` returning {"seconds", "samples_per_s", "steps_per_s", "final_loss", "weights"}:
 
     numpy  hand-written forward/backward, preallocated buffers, fused softmax-xent gradient
-    torch  PyTorch eager, nn.Linear + torch.optim.Adam (optional: skipped if not importable)
+    torch  PyTorch eager, nn.Linear (+ nn.BatchNorm1d) + torch.optim.Adam (optional: skipped if not importable)
     jax    whole train step under jax.jit, Adam written in jax.numpy (optional)
     gemm   only the matrix products of a training step: an upper bound on samples/s
+
+The batch-normalized MLP (mlp_bn) has two of them, torch and gemm (`unsupported` says why not
+the others): nnctl's batch normalization is Keras' (momentum 0.99, epsilon 1e-3), torch's
+BatchNorm1d is configured to match (momentum = 1 - 0.99 = 0.01, eps = 1e-3); both normalize a
+training batch with its biased variance, and only torch's running variance (the unbiased one)
+differs, which training never reads.
 
 Adam everywhere is PyTorch's formula (bias-corrected, eps added to sqrt(v_hat)), in the same
 order of operations as torch's CPU kernel so float64 runs agree to rounding.
@@ -35,6 +41,8 @@ from typing import Callable
 import numpy as np
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-7
+# Batch normalization as Keras (and nnctl) defines it; torch's momentum is 1 - this one.
+BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3
 
 # Warm-up steps run on a throwaway copy of the model before the clock starts, so JIT compiles,
 # BLAS thread start-up and first-touch allocations are never timed.
@@ -71,6 +79,8 @@ class Workload:
     loss: str  # "sparse_xent" (logits, int labels) or "mse"
     batch_size: int
     lr: float
+    # Dense layers whose output is batch-normalized (a layer "<name>_bn") before its relu.
+    batchnorm: tuple[str, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -116,7 +126,29 @@ WORKLOADS: dict[str, Workload] = _Workloads({
         batch_size=32,
         lr=0.01,
     ),
+    "mlp_bn": Workload(
+        name="mlp_bn",
+        layers=(("dense", 784, 256), ("dense_1", 256, 128), ("dense_2", 128, 10)),
+        input_layers=frozenset({"dense"}),
+        graph=functools.partial(_chain_graph, ("dense", "dense_1", "dense_2")),
+        loss="sparse_xent",
+        batch_size=128,
+        lr=1e-3,
+        batchnorm=("dense", "dense_1"),
+    ),
 })
+
+
+def unsupported(impl: str, workload: str) -> str | None:
+    """Why reference `impl` cannot train `workload` (None when it can)."""
+    if WORKLOADS[workload].batchnorm and impl in ("numpy", "jax"):
+        return "no batch-normalization reference"
+    return None
+
+
+def full_references() -> tuple:
+    """The workloads every reference trains (what --check and the reference table cover)."""
+    return tuple(name for name, workload in WORKLOADS.items() if not workload.batchnorm)
 
 
 def make_workload(name: str, n: int, epochs: int, seed: int = 0):
@@ -150,6 +182,9 @@ def make_workload(name: str, n: int, epochs: int, seed: int = 0):
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         init[f"{layer}/kernel"] = init_rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
         init[f"{layer}/bias"] = np.zeros(fan_out, np.float32)
+        if layer in workload.batchnorm:  # Keras' (and torch's) initial batch normalization
+            for weight, value in (("gamma", 1), ("beta", 0), ("moving_mean", 0), ("moving_variance", 1)):
+                init[f"{layer}_bn/{weight}"] = np.full(fan_out, value, np.float32)
 
     perms = [perm_rng.permutation(n) for _ in range(epochs)]
     return x, y, init, perms
@@ -424,13 +459,25 @@ class _TorchTrainer:
             for name, linear in self.linears.items():
                 linear.weight.copy_(torch.from_numpy(init[f"{name}/kernel"]).T)
                 linear.bias.copy_(torch.from_numpy(init[f"{name}/bias"]))
-        self.optimizer = torch.optim.Adam(self.linears.parameters(), lr=lr, betas=(BETA1, BETA2), eps=EPS)
+        # Keras' momentum 0.99 is torch's 0.01; eps as Keras' epsilon.
+        self.norms = torch.nn.ModuleDict(
+            {name: torch.nn.BatchNorm1d(fan_out, eps=BN_EPSILON, momentum=1 - BN_MOMENTUM, dtype=dtype)
+             for name, _, fan_out in wl.layers if name in wl.batchnorm}
+        )
+        with torch.no_grad():
+            for name, norm in self.norms.items():
+                for attribute, weight in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+                                          ("running_var", "moving_variance")):
+                    getattr(norm, attribute).copy_(torch.from_numpy(init[f"{name}_bn/{weight}"]))
+        parameters = list(self.linears.parameters()) + list(self.norms.parameters())
+        self.optimizer = torch.optim.Adam(parameters, lr=lr, betas=(BETA1, BETA2), eps=EPS)
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         self.loss_fn = {"sparse_xent": torch.nn.functional.cross_entropy,
                         "mse": torch.nn.functional.mse_loss}[wl.loss]
 
     def _dense(self, name, h):
-        return self.linears[name](h)
+        out = self.linears[name](h)
+        return self.norms[name](out) if name in self.norms else out  # (training mode: batch statistics)
 
     def _concat(self, parts):
         return self.torch.cat(parts, dim=1)
@@ -452,11 +499,16 @@ class _TorchTrainer:
         for name, linear in self.linears.items():
             out[f"{name}/kernel"] = linear.weight.detach().numpy().T.copy()
             out[f"{name}/bias"] = linear.bias.detach().numpy().copy()
+        for name, norm in self.norms.items():  # moving_variance: torch's running variance (unbiased)
+            for attribute, weight in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+                                      ("running_var", "moving_variance")):
+                out[f"{name}_bn/{weight}"] = getattr(norm, attribute).detach().numpy().copy()
         return out
 
 
 def train_torch(workload, x, y, init, perms, batch_size=None, lr=None, repeats=1):
-    """PyTorch eager, nn.Linear + torch.optim.Adam(eps=1e-7), default thread count."""
+    """PyTorch eager, nn.Linear (+ nn.BatchNorm1d(eps=1e-3, momentum=0.01)) + torch.optim.Adam(eps=1e-7),
+    default thread count."""
     return _train(_TorchTrainer, workload, x, y, init, perms, batch_size, lr, repeats)
 
 
@@ -652,7 +704,7 @@ CHECK_TOLERANCE = {
 }
 
 
-def check(n=2000, epochs=2, seed=0, workloads=tuple(WORKLOADS), impls=None, out=sys.stdout):
+def check(n=2000, epochs=2, seed=0, workloads=full_references(), impls=None, out=sys.stdout):
     """Train every available reference on a small problem; assert they end on the same weights.
 
     n=2000 rather than 2048 so the last batch is partial for both batch sizes (2000 % 128 = 80,
@@ -700,7 +752,7 @@ BENCH_DEFAULTS = {"mlp": (60_000, 1), "two_tower": (96_000, 1)}  # (n, timed epo
 GEMM_MIN_REPEATS = 5
 
 
-def benchmark(workloads=tuple(WORKLOADS), impls=None, n=None, epochs=None, seed=0, repeats=1, out=sys.stdout):
+def benchmark(workloads=full_references(), impls=None, n=None, epochs=None, seed=0, repeats=1, out=sys.stdout):
     """Time every available reference; print the table and return its rows (weights dropped).
 
     Defaults: mlp 60,000 samples x 1 epoch (469 steps); two_tower 96,000 x 1 (3,000 steps).
@@ -778,7 +830,7 @@ def format_table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="assert numpy/torch/jax agree, then exit")
-    parser.add_argument("--workload", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--workload", nargs="+", choices=list(full_references()), default=list(full_references()))
     parser.add_argument("--impl", nargs="+", choices=list(IMPLEMENTATIONS), default=None)
     parser.add_argument("--n", type=int, default=None, help="samples (default: 60,000 mlp, 96,000 two_tower)")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default 1)")

@@ -15,6 +15,11 @@ the data and the first and last epochs' checkpoint writes cancel (`nnctl_train_w
 "nnctl step" row is the bare compiled step and optimizer through a Session, as the references are
 driven, for diagnosis; their ratio is what the training loop adds.
 
+Workloads: the 784-256-128-64-10 relu MLP (mlp), a tiny two-tower regression (two_tower) and an
+MLP with batch normalization, 784-256-BN-relu-128-BN-relu-10 (mlp_bn: Keras' momentum 0.99 and
+epsilon 1e-3, torch's BatchNorm1d with momentum 0.01 and eps 1e-3), which only torch eager and the
+GEMM bound train besides nnctl (there is no NumPy or JAX batch-normalization reference).
+
 The other implementations train the same network on the same data, from the same initial
 weights, in the same batch order (`references.make_workload`), under one timing driver
 (`references._train`: warm-up on a throwaway model, then the timed epochs); `nnctl train` shuffles
@@ -47,8 +52,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import references  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
-SIZES = {"mlp": (60000, 1), "two_tower": (96000, 1)}
-QUICK_SIZES = {"mlp": (15000, 1), "two_tower": (32000, 1)}
+SIZES = {"mlp": (60000, 1), "two_tower": (96000, 1), "mlp_bn": (60000, 1)}
+QUICK_SIZES = {"mlp": (15000, 1), "two_tower": (32000, 1), "mlp_bn": (15000, 1)}
 IMPLEMENTATIONS = ("nnctl_train", "nnctl_step", "numpy", "torch", "jax", "gemm")
 # Epochs `nnctl train` runs beyond the 2 whose whole-process time is subtracted (quick: fewer).
 TRAIN_EXTRA_EPOCHS = {False: 3, True: 2}
@@ -57,7 +62,15 @@ TRAIN_EXTRA_EPOCHS = {False: 3, True: 2}
 # --- nnctl as a reference-driver trainer -------------------------------------------------------
 def _spec_for(workload, lr, batch_size, dtype="float32") -> dict:
     if workload.loss == "sparse_xent":  # a dense-relu chain with logits (references._chain_graph)
-        layers = [{"name": name, "type": "dense", "units": fan_out, "activation": "relu"} for name, _, fan_out in workload.layers]
+        layers = []
+        for name, _, fan_out in workload.layers:
+            if name in workload.batchnorm:  # dense, then batch normalization, then relu: Keras' usual order
+                layers += [{"name": name, "type": "dense", "units": fan_out},
+                           {"name": f"{name}_bn", "type": "batch_normalization", "momentum": references.BN_MOMENTUM,
+                            "epsilon": references.BN_EPSILON},
+                           {"name": f"{name}_relu", "type": "relu"}]
+            else:
+                layers.append({"name": name, "type": "dense", "units": fan_out, "activation": "relu"})
         del layers[-1]["activation"]
         loss = {"type": "sparse_categorical_crossentropy", "from_logits": True}
     else:
@@ -272,13 +285,14 @@ def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool, only=IM
               "nnctl_adam": "one compiled loop" if fused else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
     missing = {impl: available(impl) if impl in only else "not asked for (--only)" for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
-        rows = {impl: {"skipped": why} for impl, why in missing.items() if why}
+        rows = {impl: {"skipped": why} for impl in IMPLEMENTATIONS
+                if (why := missing[impl] or references.unsupported(impl, workload))}
         runs = {impl: [] for impl in IMPLEMENTATIONS}
         # Rounds interleave the implementations, so a slow spell of a shared machine hits all of
         # them alike; each implementation's row is its median round (by time).
         for _ in range(rounds):
             for impl in IMPLEMENTATIONS:
-                if missing[impl]:
+                if impl in rows and "skipped" in rows[impl]:
                     continue
                 timed = TRAIN_EXTRA_EPOCHS[quick] if impl == "nnctl_train" else epochs
                 result = run_worker(impl, workload, n, timed, repeats)
@@ -337,10 +351,12 @@ def print_report(report: dict) -> None:
                           f"{_ratio(result['samples_per_s'], gemm.get('samples_per_s')):.2f}",
                           f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
         console.print(table)
-        step = rows.get("nnctl_step", {})
+        step, torch = rows.get("nnctl_step", {}), rows.get("torch", {})
         if key in nnctl and key in step:
             console.print(f"nnctl train / nnctl step: {nnctl[key] / step[key]:.2f} (target >= 0.95); nnctl train's own "
                           f"samples_per_second (training steps only): {nnctl['reported_samples_per_s']:,.0f}")
+        if key in step and key in torch:
+            console.print(f"nnctl step / torch eager: {step[key] / torch[key]:.2f}x")
     console.print(f"machine: {report['machine']}, compute threads: {report['threads']}; nnctl's Adam update: {report['nnctl_adam']}")
     s = report["startup"]
     console.print(f"start-up: nnctl summary {s['nnctl_summary_s'] * 1000:.0f} ms, python -c 'import numpy' "

@@ -42,6 +42,46 @@ def test_nnctl_trainer_agrees_with_hand_numpy(workload, dtype):
     assert abs(nnctl["final_loss"] - reference["final_loss"]) <= loss_tol * abs(reference["final_loss"])
 
 
+def test_nnctl_trainer_agrees_with_torch_on_the_batchnorm_mlp():
+    """mlp_bn's two trainers (nnctl's step, torch eager with Keras' batch-normalization conventions
+    converted) train the same thing. Not compared: the biases that feed a batch normalization
+    (their gradient is zero but for rounding, so Adam walks both at random) and moving_variance
+    (torch's running variance is the unbiased one; training never reads it)."""
+    pytest.importorskip("torch")
+    x32, y32, init32, perms = references.make_workload("mlp_bn", 2000, 2, seed=0)
+    x, y, init = references.cast_workload(x32, y32, init32, np.dtype("float64"))
+    nnctl = run.train_nnctl("mlp_bn", x, y, init, perms)
+    torch = references.train_torch("mlp_bn", x, y, init, perms)
+    feeding = {f"{name}/bias" for name in references.WORKLOADS["mlp_bn"].batchnorm}
+    compared = [k for k in init if k not in feeding and not k.endswith("/moving_variance")]
+    assert nnctl["weights"].keys() == torch["weights"].keys() == init.keys()
+    assert len(compared) == len(init) - 4
+    assert references.max_relative_error({k: nnctl["weights"][k] for k in compared}, {k: torch["weights"][k] for k in compared}) <= 1e-9
+    assert references.max_relative_error(nnctl["weights"], init) > 1e-3  # it trained
+    assert abs(nnctl["final_loss"] - torch["final_loss"]) <= 1e-9 * torch["final_loss"]
+
+
+def test_the_batchnorm_row_is_nnctl_against_torch(monkeypatch, capsys):
+    """The report's plumbing, workers faked: mlp_bn has nnctl's rows, torch's and the GEMM bound,
+    numpy and jax skipped with the reason, and the ratios printed."""
+    def fake_worker(impl, workload, n, epochs, repeats):
+        speed = {"nnctl_train": 900.0, "nnctl_step": 1000.0, "torch": 500.0}.get(impl, 2000.0)
+        return {"seconds": n / speed, "samples_per_s": speed, "steps_per_s": speed / 128, "final_loss": 1.0,
+                "peak_rss_mb": 1.0, "reported_samples_per_s": speed}
+
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    monkeypatch.setattr(run, "available", lambda impl: None)
+    monkeypatch.setattr(run, "startup", lambda: {"import_numpy_s": 0.1, "nnctl_summary_s": 0.1, "ratio": 1.0})
+    report = run.benchmark(quick=True, repeats=1, rounds=1, with_memory=False)
+    rows = report["workloads"]["mlp_bn"]["results"]
+    assert rows["numpy"] == rows["jax"] == {"skipped": "no batch-normalization reference"}
+    assert {impl for impl, row in rows.items() if "samples_per_s" in row} == {"nnctl_train", "nnctl_step", "torch", "gemm"}
+    assert all("samples_per_s" in row for row in report["workloads"]["mlp"]["results"].values())
+    run.print_report(report)
+    out = capsys.readouterr().out
+    assert "mlp_bn: 15,000 samples" in out and "nnctl step / torch eager: 2.00x" in out and "no batch-normalization reference" in out
+
+
 def test_scaled_mlp_has_the_sizes_its_name_says():
     workload = references.WORKLOADS[references.scaled_mlp(64, 32, 3)]
     assert workload.layers == (("dense", 784, 32), ("dense_1", 32, 32), ("dense_2", 32, 10))
@@ -61,11 +101,12 @@ def test_scaling_points_cover_each_sweep_from_the_base():
     assert scaling.samples_for(4096, 256, 4, quick=True) == 8 * 4096  # at least 8 batches
 
 
-def test_nnctl_train_row_runs_the_command_on_files():
-    result = run.nnctl_train_worker("two_tower", 640, extra_epochs=1, repeats=1)
+@pytest.mark.parametrize("workload", ["two_tower", "mlp_bn"])
+def test_nnctl_train_row_runs_the_command_on_files(workload):
+    result = run.nnctl_train_worker(workload, 640, extra_epochs=1, repeats=1)
     seconds = result["process_seconds"]
     assert set(seconds) == {"2 epochs", "3 epochs"} and all(s > 0 for s in seconds.values())
     assert result["seconds"] == pytest.approx(seconds["3 epochs"] - seconds["2 epochs"])
     assert result["samples_per_s"] == pytest.approx(640 / result["seconds"])
     assert result["reported_samples_per_s"] > 0
-    assert 0 < result["final_loss"] < 10  # the first epoch of y = x @ teacher + 0.3 + noise, from init
+    assert 0 < result["final_loss"] < 10  # the first epoch from init (two_tower: y = x @ teacher + 0.3 + noise)

@@ -1,9 +1,11 @@
-"""The per-step finite check of `fit` (nnctl.train.fit.all_finite): the compiled one
-(nnctl/core/_loops.c) and the NumPy fallback say what numpy.isfinite(...).all() says, and `fit`
-stops at the first step whose gradient is not finite, before the optimizer touches the weights."""
+"""The finite check (nnctl.core.finite.all_finite), which `fit` runs on every step's gradient and
+the readers on every float array: the compiled one (nnctl/core/_loops.c) and the NumPy fallback say
+what numpy.isfinite(...).all() says, and `fit` stops at the first step whose gradient is not
+finite, before the optimizer touches the weights."""
 import numpy as np
 import pytest
 
+from nnctl.core import finite
 from nnctl.core.backend import get_backend
 from nnctl.errors import TrainingDiverged
 from nnctl.spec.load import Override, load_spec
@@ -14,7 +16,7 @@ from tests.helpers import SPECS
 kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
 
 
-CHECKS = {"compiled": kernels.all_finite, "numpy": fit_module.numpy_all_finite}
+CHECKS = {"compiled": kernels.all_finite, "numpy": finite.numpy_all_finite}
 
 # name -> (value placed in an otherwise finite buffer, or None for none placed)
 VALUES = {
@@ -48,7 +50,7 @@ def test_all_finite_agrees_with_numpy(check, value, where, dtype):
 
 
 def test_fit_checks_with_the_compiled_loop_when_built():
-    assert fit_module.all_finite is kernels.all_finite
+    assert finite.all_finite is fit_module.all_finite is kernels.all_finite
 
 
 def test_all_finite_of_largest_values_is_true_where_their_sum_overflows():

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tracemalloc
 import zipfile
 
 import numpy
 import pytest
 
-from nnctl.data.readers import RowFile, read_csv, read_npy
+from nnctl.data.readers import RowFile, read_csv, read_npy, read_npz
 from nnctl.errors import DataError, UsageError, WeightsError
 from nnctl.io.arrays import Archive, NpyFile
 from nnctl.io.paths import check_suffix, open_regular
@@ -156,6 +157,61 @@ def test_only_the_compressions_numpy_writes_are_read(tmp_path, method, message):
     assert message in str(caught.value)
 
 
+class _Unseekable:
+    """A write-only stream: zipfile then writes each member's sizes in a data descriptor after it."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+def _archives(tmp_path):
+    """The same arrays as numpy.savez and savez_compressed write them, and as a streamed zip."""
+    arrays = {"a": numpy.arange(7, dtype=numpy.int16), "x": numpy.asarray(X, order="F"), "y": X.astype(numpy.float32)[:, 1].copy()}
+    numpy.savez(tmp_path / "stored.npz", **arrays)
+    numpy.savez_compressed(tmp_path / "deflated.npz", **arrays)
+    with open(tmp_path / "streamed.npz", "wb") as handle, zipfile.ZipFile(_Unseekable(handle), "w") as archive:
+        for name, array in arrays.items():
+            archive.writestr(f"{name}.npy", hostile.npy_bytes(array))
+    return arrays, ["stored.npz", "deflated.npz", "streamed.npz"]
+
+
+def test_archive_members_read_as_numpy_reads_them(tmp_path):
+    """A stored member is read straight from the file (past its local header's name and extra
+    field, zip64 included), a deflated one through zipfile: the same arrays, dtype and order."""
+    arrays, files = _archives(tmp_path)
+    with zipfile.ZipFile(tmp_path / "streamed.npz") as archive:
+        assert all(info.flag_bits & 0x8 for info in archive.infolist())  # sizes after the data
+    for file in files:
+        with Archive(tmp_path / file, DataError) as archive:
+            for name, array in arrays.items():
+                read = archive.read(name)
+                assert read.dtype == array.dtype and read.tolist() == array.tolist() and numpy.isfortran(read) == numpy.isfortran(array)
+
+
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_a_flipped_byte_in_a_stored_member_fails_its_crc(tmp_path, where):
+    """(A member larger than zipfile's first read: a smaller one fails its CRC-32 as it is opened.)"""
+    big = numpy.arange(4000.0).reshape(1000, 4)
+    numpy.savez(tmp_path / "a.npz", x=big)
+    data = bytearray((tmp_path / "a.npz").read_bytes())
+    start = data.index(b"\x93NUMPY")
+    if where == "data":
+        data[start + len(hostile.npy_bytes(big)) - 3] ^= 0x01
+    else:  # a space of the header's padding made a tab: still a valid header
+        assert data[start + 100] == ord(" ")
+        data[start + 100] = ord("\t")
+    path = _write(tmp_path / "a.npz", bytes(data))
+    with Archive(path, DataError) as archive, pytest.raises(DataError) as caught:
+        archive.read("x")
+    assert str(caught.value).endswith("array 'x': expected a valid array, received a truncated or corrupt file (Bad CRC-32 for file 'x.npy')")
+
+
 def test_read_arrays_reads_every_member_of_a_checkpoint_like_file(tmp_path):
     numpy.savez_compressed(tmp_path / "c.npz", **{"weights/k": X, "meta": numpy.array('{"format": 3}')})
     arrays = read_arrays(tmp_path / "c.npz", what="checkpoint")
@@ -198,6 +254,53 @@ def test_csv_values_must_fit_the_models_dtype(tmp_path, cell, dtype, message):
     with pytest.raises(DataError) as caught:
         read_csv(path, {"x": ["a", "b"]}, None, dtype)
     assert str(caught.value) == f"{path}{message}"
+
+
+def _first_bad(array, dtype):
+    """The exact search that _check_values ran on every array before its fast pass: the first element
+    by index that is NaN, infinite or beyond `dtype`'s range, or None (in float64: a Python float's
+    limit would be cast to float16's inf for a float16 array)."""
+    bad = numpy.argwhere(~(numpy.abs(array.astype(numpy.float64)) <= float(numpy.finfo(dtype).max)))
+    return tuple(int(i) for i in bad[0]) if bad.size else None
+
+
+@pytest.mark.parametrize("stored", ["<f4", ">f4", "<f8", ">f8", "<f2", "F-order <f4", "F-order <f8"])
+@pytest.mark.parametrize("model", ["float32", "float64"])
+@pytest.mark.parametrize("value", [None, numpy.nan, numpy.inf, -numpy.inf, 1e39, -1e39, 3e38, "max"])
+def test_npz_values_are_checked_fast_and_named_exactly(tmp_path, stored, model, value):
+    """_check_values' one fast pass (the compiled finite check, or min and max where the stored dtype
+    is wider than the model's) lets through exactly what the exact search lets through, and what it
+    refuses is named at the first bad element, whatever the array's dtype, byte order or layout."""
+    order, dtype = ("F", stored.split()[1]) if stored.startswith("F-order") else ("C", stored)
+    array = numpy.random.default_rng(0).standard_normal((37, 5))
+    if value is not None:
+        array[[3, 20], [4, 1]] = numpy.finfo(dtype).max if value == "max" else value
+    with numpy.errstate(over="ignore"):
+        array = numpy.asarray(array.astype(dtype), order=order)
+    numpy.savez(tmp_path / "d.npz", x=array)
+    where = _first_bad(array, model)
+    if where is None:
+        inputs, _ = read_npz(tmp_path / "d.npz", {"x": "x"}, None, model)
+        assert numpy.array_equal(inputs["x"], array) and inputs["x"].dtype == array.dtype
+        return
+    with pytest.raises(DataError, match=re.escape(f"received {float(array[where])!r} at index {where}")):
+        read_npz(tmp_path / "d.npz", {"x": "x"}, None, model)
+
+
+def test_a_large_npy_is_checked_chunk_by_chunk_and_names_the_row(tmp_path, monkeypatch):
+    monkeypatch.setattr("nnctl.data.readers.LOAD_WHOLE_BYTES", 1 << 20)
+    rows = (1 << 20) // 24 + 1
+    array = numpy.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=numpy.float64, shape=(rows, 3))
+    array[rows - 2, 1] = 1e39  # finite in float64, inf in float32: the range check, in the last chunk
+    array.flush()
+    del array
+    monkeypatch.setattr(RowFile, "chunks", lambda self, chunk_bytes=1 << 16: RowFile_chunks(self, chunk_bytes))
+    read_npy(tmp_path / "big.npy", {"x": "0:2"}, {"y": "2"}, "float64")
+    with pytest.raises(DataError, match=re.escape(f"expected numbers that are finite in float32 (|x| <= 3.4e+38), received 1e+39 at index ({rows - 2}, 1)")):
+        read_npy(tmp_path / "big.npy", {"x": "0:2"}, {"y": "2"}, "float32")
+
+
+RowFile_chunks = RowFile.chunks
 
 
 def test_csv_reading_holds_arrays_not_rows(tmp_path):

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy
 
+from nnctl.core.finite import CHECKED_DTYPES, all_finite
 from nnctl.errors import DataError, Problem, describe, did_you_mean
 from nnctl.io.arrays import Archive, NpyFile
 from nnctl.io.tables import (MISSING_VALUES, NUMBER, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table,
@@ -23,8 +24,10 @@ from nnctl.io.tables import (MISSING_VALUES, NUMBER, STREAM_BYTES, TABLE_SUFFIXE
 CHUNK_ROWS = 8192
 
 
-def _limit(dtype) -> float:
-    return float(numpy.finfo(dtype).max)
+def _limit(dtype) -> numpy.float64:
+    """The largest finite value of `dtype`, as a NumPy float64: compared with a narrower array (float16)
+    it widens the comparison, where a Python float would be cast to the array's dtype (inf)."""
+    return numpy.float64(numpy.finfo(dtype).max)
 
 
 def _fits_text(dtype) -> str:
@@ -41,6 +44,20 @@ class Target(NamedTuple):
 def target_text(target_map: dict, output: str) -> str:
     """How messages name an output's targets: "targets", or with the output when there are several."""
     return "targets" if len(target_map) == 1 else f"targets of output {output!r}"
+
+
+def _all_fit(array, dtype) -> bool:
+    """Whether every value of the float `array` is finite in `dtype` (1e39 is inf in float32): one
+    fast pass. A finite value of a dtype no wider than `dtype` fits it, so for those this is the
+    compiled finite check; a wider dtype (float64 values for a float32 model) is held to `dtype`'s
+    range by its min and max, which carry a NaN through. False only says that there is a bad value:
+    the caller's exact search finds the first one and names it."""
+    if array.size == 0:
+        return True
+    if array.dtype in CHECKED_DTYPES and array.dtype.itemsize <= numpy.dtype(dtype).itemsize and array.flags.c_contiguous:
+        return bool(all_finite(array))
+    limit = _limit(dtype)
+    return bool(-limit <= array.min() and array.max() <= limit)
 
 
 @dataclass(frozen=True)
@@ -88,14 +105,12 @@ def _csv_blocks(file, column_map, target_map, dtype, options):
         return locate
 
     def blocks():
-        limit = _limit(dtype)
         try:
             found = scan(file)
             stream = os.stat(file).st_size > STREAM_BYTES
             groups = [[raw[i] for i in indices] for indices in wanted.values()]
             for arrays in arrow_number_blocks(file, groups, options.delimiter, options.missing_values, found["quotes"], stream):
-                # min and max carry a NaN through, and make no temporary as large as the block
-                if any(array.size and not (-limit <= array.min() and array.max() <= limit) for array in arrays):
+                if not all(_all_fit(array, dtype) for array in arrays):
                     raise Fallback("a number out of range")
                 yield dict(zip(wanted, arrays))
         except Fallback:
@@ -157,8 +172,8 @@ def _arrow_file_blocks(file, column_map, target_map, dtype, options):
                 row = int(bad[0]) if bad.size else int(numpy.flatnonzero(~column.missing)[0])
                 received = "a missing value" if bad.size else f"text {column.values[row]!r}"
                 raise DataError(Problem(f"column {name!r}: expected a number at row {row + 1}, received {received}", str(file)))
-            out = numpy.flatnonzero(~(numpy.abs(column.values) <= limit))
-            if out.size:
+            if not _all_fit(column.values, dtype):  # then the first bad value, exactly
+                out = numpy.flatnonzero(~(numpy.abs(column.values) <= limit))
                 value = float(column.values[out[0]])
                 expected = "a finite number" if not math.isfinite(value) else f"a number that is {_fits_text(dtype)}"
                 raise DataError(Problem(f"column {name!r}: expected {expected} at row {int(out[0]) + 1}, received {value!r}", str(file)))
@@ -252,7 +267,9 @@ def _check_values(file, name, array, dtype):
         limit = _limit(dtype)
         chunks = array.chunks() if isinstance(array, RowFile) else [(0, array)]
         for start, chunk in chunks:
-            bad = numpy.argwhere(~(numpy.abs(chunk) <= limit))
+            if _all_fit(chunk, dtype):  # the usual case, in one fast pass
+                continue
+            bad = numpy.argwhere(~(numpy.abs(chunk) <= limit))  # the first bad value, exactly
             if bad.size:
                 where = tuple(int(i) for i in bad[0])
                 expected = "finite numbers" if not numpy.isfinite(chunk[where]) else f"numbers that are {_fits_text(dtype)}"

@@ -15,7 +15,7 @@ import time
 from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.core.random import STREAM_DROPOUT, rng_for
 from nnctl.model.graph import ForwardContext
-from nnctl.train.fit import all_finite
+from nnctl.core.finite import all_finite
 from nnctl.train.step import TrainStep
 
 LOSS = "loss"

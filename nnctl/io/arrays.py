@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ NPY_WANTED = "a .npy array file"
 NPZ_WANTED = "an .npz archive of named arrays (a zip of .npy files)"
 # Deflate cannot expand a byte to more than about 1032 bytes; a member claiming more is forged.
 DEFLATE_MAX_RATIO = 1032
+_LOCAL_HEADER_BYTES = 30  # a zip member's local file header before its name and extra field
 _CORRUPT = (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, NotImplementedError)
 
 
@@ -89,6 +91,10 @@ def _read_header(handle, available: int, error, file, name) -> Header:
 
 def _fill(handle, header: Header, error, file, name) -> numpy.ndarray:
     """The array after `header`, read into one buffer of exactly its size."""
+    return _fill_flat(handle, header, error, file, name).reshape(header.shape, order="F" if header.fortran_order else "C")
+
+
+def _fill_flat(handle, header: Header, error, file, name) -> numpy.ndarray:
     array = numpy.empty(math.prod(header.shape), dtype=header.dtype)
     view, done = memoryview(array).cast("B"), 0
     try:
@@ -100,7 +106,7 @@ def _fill(handle, header: Header, error, file, name) -> numpy.ndarray:
     except _CORRUPT as exc:
         what = f"array {name!r}: " if name is not None else ""
         raise error(Problem(f"{what}expected a valid array, received a truncated or corrupt file ({exc})", file)) from None
-    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
+    return array
 
 
 class NpyFile:
@@ -209,8 +215,34 @@ class Archive:
 
     def read(self, name) -> numpy.ndarray:
         handle, header = self._open(name)
+        info = self.members[name]
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+            handle.close()
+            return self._read_stored(name, info, header)
         with handle:  # reading to the member's end makes zipfile check its CRC-32
             return _fill(handle, header, self.error, self.file, name)
+
+    def _read_stored(self, name, info, header: Header) -> numpy.ndarray:
+        """A stored (uncompressed: numpy.savez's) member's array read straight from the file into its
+        buffer, where zipfile would copy it through Python a chunk at a time (0.30 s against 0.18 s
+        for a 188 MB array); its CRC-32 checked as zipfile checks it. `_open` has checked the rest."""
+        try:
+            self.handle.seek(info.header_offset)
+            local = self.handle.read(_LOCAL_HEADER_BYTES)
+            if len(local) != _LOCAL_HEADER_BYTES or local[:4] != ZIP_MAGIC[0]:
+                raise zipfile.BadZipFile("Bad magic number for file header")
+            name_bytes, extra_bytes = struct.unpack("<HH", local[26:30])
+            self.handle.seek(info.header_offset + _LOCAL_HEADER_BYTES + name_bytes + extra_bytes)
+            prefix = self.handle.read(header.offset)  # the member's .npy magic and header
+            if len(prefix) != header.offset:
+                raise EOFError(f"the member ends after {len(prefix)} bytes")
+        except _CORRUPT as exc:
+            raise self._corrupt(exc) from None
+        array = _fill_flat(self.handle, header, self.error, self.file, name)
+        if zlib.crc32(array, zlib.crc32(prefix)) != info.CRC:
+            raise self.error(Problem(f"array {name!r}: expected a valid array, received a truncated or corrupt file "
+                                     f"(Bad CRC-32 for file {info.filename!r})", self.file))
+        return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
     def close(self) -> None:
         self.zip.close()

@@ -26,7 +26,7 @@ from nnctl.errors import FileSystemError, Problem
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")  # the random part: mkstemp's letters
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +50,7 @@ def remove_stale_temp_files(folder, name: str | None = None) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP.fullmatch(entry.name)
-        if match is None or (name is not None and match["name"] != name) or _pid_alive(int(match["pid"])):
+        if match is None or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):  # gone already (another cleaner), or not ours to remove
             if entry.is_file(follow_symlinks=False):

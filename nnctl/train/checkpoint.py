@@ -11,17 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 
 import numpy
 
-from nnctl.errors import CheckpointError, DataError, Problem
+from nnctl.data import cache
+from nnctl.errors import CheckpointError, Problem
+from nnctl.io import hashing
 from nnctl.io.atomic import atomic_write
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.fit import TrainState
 from nnctl.train.heads import total_keys
 from nnctl.io.arrays import Archive
-from nnctl.io.paths import open_regular
 
 FORMAT = 3  # 2: training controls (meta "controls", array "best_weights"); 3: Adam keeps decayed sums
 
@@ -41,29 +41,34 @@ def spec_fingerprint(spec) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_FILE_HASHES: dict = {}  # (path, size, mtime_ns) -> sha256: each data file is read once per process
+def _data_files(spec) -> list:
+    return [path for path in (spec.data.path, spec.data.validation) if path is not None] if spec.data is not None else []
+
+
+def start_data_fingerprint(spec) -> None:
+    """Begin hashing the training and validation files in threads (nnctl.io.hashing), to run beside
+    their reading; a file whose hash the data cache's hashes.json holds for its present stat is not
+    read again."""
+    for path in _data_files(spec):
+        try:
+            known = spec.data.cache is not None and cache.known_sha256(path, spec.data.cache) is not None
+        except OSError:
+            continue  # the loader says what is wrong with the path
+        if not known:
+            hashing.start(path)
 
 
 def data_fingerprint(spec) -> str | None:
-    """The training and validation files' contents (None when one is missing: the loader says so)."""
+    """The training and validation files' contents (None when one is missing: the loader says so).
+    Each file is hashed once per process (waiting for a hash that start_data_fingerprint began)."""
     if spec.data is None:
         return None
     digest = hashlib.sha256()
-    for path in (spec.data.path, spec.data.validation):
-        if path is None:
-            continue
+    for path in _data_files(spec):
         try:
-            stat = os.stat(path)
-            key = (str(path), stat.st_size, stat.st_mtime_ns)
-            if key not in _FILE_HASHES:
-                file_hash = hashlib.sha256()
-                with open_regular(path, DataError, "a data file") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 20), b""):
-                        file_hash.update(chunk)
-                _FILE_HASHES[key] = file_hash.hexdigest()
+            digest.update(hashing.sha256(path).encode())
         except OSError:
             return None
-        digest.update(_FILE_HASHES[key].encode())
     return digest.hexdigest()
 
 

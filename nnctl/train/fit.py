@@ -13,22 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy
 
+from nnctl.core.finite import all_finite
 from nnctl.core.random import STREAM_DROPOUT, STREAM_SHUFFLE, rng_for
 from nnctl.errors import TrainingDiverged
 from nnctl.model.graph import ForwardContext
 from nnctl.train.controls import Controls
 from nnctl.train.session import Totals
-
-
-def numpy_all_finite(array) -> bool:
-    """Whether no element of `array` is NaN or infinite (the fallback of the compiled check)."""
-    return bool(numpy.isfinite(array).all())
-
-
-try:  # every element checked in one vectorised pass (nnctl/core/_loops.c), a third of a float sum's time
-    from nnctl.core._loops import all_finite
-except ImportError:  # the same answer from NumPy
-    all_finite = numpy_all_finite
 
 
 class Progress:

@@ -28,7 +28,7 @@ from nnctl.io.lock import FolderLock
 from nnctl.io.records import read_run_record, save_history, save_run_record
 from nnctl.data.preprocessing import state_arrays
 from nnctl.io.weights import save_weights
-from nnctl.train.checkpoint import checkpoint_progress, load_checkpoint, save_checkpoint
+from nnctl.train.checkpoint import checkpoint_progress, data_fingerprint, load_checkpoint, save_checkpoint, start_data_fingerprint
 from nnctl.train.fit import Interrupted, Progress, fit
 from nnctl.train.session import load_test_set, open_session, training_sets
 
@@ -114,9 +114,11 @@ def train_run(spec, *, out=None, init=None, resume=False, restart=False, progres
     if resume and init is not None:
         raise UsageError("--resume: expected a checkpoint to continue, received --init weights too; use one of them")
     files = RunFiles.of(spec, out, root)
+    start_data_fingerprint(spec)  # the checkpoint's hash of the data files, in threads beside their reading
     session = open_session(spec, init)
     train_set, val_set = training_sets(session)
     test_set = load_test_set(session)  # read now: a bad test file fails before training, not after
+    data_fingerprint(spec)  # waited for now, so that it never competes with training for the cores
     data = (train_set, val_set, test_set)
     _check_outputs(spec, files, init)
     owner = {"spec_file": str(Path(spec.file).resolve())}
