@@ -73,6 +73,13 @@ class Head:
         return self.loss.targets
 
 
+def weighted_total(heads: list, losses: list):
+    """The trained loss from each output's: their weighted sum, or the one output's own loss."""
+    if len(heads) == 1:
+        return losses[0]
+    return sum(head.weight * loss for head, loss in zip(heads, losses))
+
+
 def make_heads(spec, shapes: dict) -> list[Head]:
     several = len(spec.outputs) > 1
     heads = []

@@ -23,7 +23,7 @@ from nnctl.io.weights import load_weights
 from nnctl.errors import Problem, SpecError, UsageError, WeightsError, did_you_mean
 from nnctl.model.graph import ForwardContext, Model
 from nnctl.model.parameters import Parameters
-from nnctl.train.heads import make_heads
+from nnctl.train.heads import make_heads, weighted_total
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.step import TrainStep
 
@@ -99,8 +99,7 @@ class Session:
         for inputs, targets, size in self.batches(dataset, batch_size)(None):
             outputs = self._step(size).forward(inputs, ctx)
             own = [head.loss(output, targets[head.name]).value for head, output in zip(self.heads, outputs)]
-            total = sum(head.weight * value for head, value in zip(self.heads, own)) if several else own[0]
-            totals.add(total, outputs, targets, size, own=own if several else None)
+            totals.add(weighted_total(self.heads, own), outputs, targets, size, own=own if several else None)
         logs = totals.read()
         penalty = self.penalty(self.params.frozen()) if self.regularized else None
         if penalty is not None and logs:

@@ -16,6 +16,7 @@ so every spec compiles; tests/test_plan.py checks each layer, activation and los
 from __future__ import annotations
 
 from nnctl.core.autograd import Tensor, backward
+from nnctl.train.heads import weighted_total
 
 
 class TrainStep:
@@ -51,7 +52,7 @@ class TrainStep:
         values = self._forward(inputs, ctx)
         outputs = [values[slot] for slot in self.output_slots]
         grads = [None] * self.n_slots
-        loss, own = 0.0, []
+        own = []
         for head, loss_and_grad, output, slot in zip(self.heads, self.losses, outputs, self.output_slots):
             value, grad = loss_and_grad(output, targets[head.name])
             if head.weight != 1:
@@ -59,7 +60,7 @@ class TrainStep:
             # Each output's slot is distinct; another node's gradient is added to it below.
             grads[slot] = grad
             own.append(value)
-            loss = loss + head.weight * value if len(self.heads) > 1 else value
+        loss = weighted_total(self.heads, own)
         for _, node_backward, ins, out, weight_grads in reversed(self.nodes):
             g = grads[out]
             if g is None:  # nothing downstream depends on it: its weights get no gradient
