@@ -13,7 +13,7 @@ from nnctl.core.backend import get_backend
 from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data.batches import Batches
 from nnctl.data import prepared, preprocessing
-from nnctl.data.dataset import load_dataset, split, split_mask
+from nnctl.data.dataset import Dataset, load_dataset, split
 from nnctl.data.readers import ReadOptions
 from nnctl.io.weights import load_weights
 from nnctl.errors import Problem, SpecError, UsageError, WeightsError, did_you_mean
@@ -23,6 +23,12 @@ from nnctl.train.losses import LOSSES
 from nnctl.train.metrics import METRICS
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.step import TrainStep
+
+
+PREDICT_BATCH = 1024  # rows per forward pass of `Session.predict`
+# Rows of a raw table that `predict_file` reads, transforms and predicts at a time: a few MB of
+# inputs, whatever the size of the file.
+PREDICT_BLOCK_ROWS = 65536
 
 
 class Session:
@@ -95,7 +101,7 @@ class Session:
             logs["loss"] += self.backend.scalar(penalty.value)
         return logs
 
-    def predict(self, dataset, batch_size: int = 1024, layer: str | None = None):
+    def predict(self, dataset, batch_size: int = PREDICT_BATCH, layer: str | None = None):
         """Host arrays of the outputs, in chunks (probabilities for logits), and class indices or
         None; or, for `layer`, that layer's activations as they are (and None)."""
         xp = self.backend.xp
@@ -188,18 +194,22 @@ def load_spec_data(session, path=None, targets=True):
                             read_options(spec.data), spec.data.cache)
     if session.preprocessing is None:
         training_sets(session)
-    return _prepared(session, path, prepared.read_raw(path, spec.data, targets), targets)[0]
+    return _prepared(session, path, targets=targets).dataset
 
 
 def read_options(data_spec) -> ReadOptions:
     return ReadOptions(data_spec.delimiter, data_spec.missing_values)
 
 
-def _prepared(session, path, raw, targets=True):
-    dataset, keep, report = prepared.prepare(path, raw, session.preprocessing, session.spec.data, session.model.input_shapes,
-                                             session.loss.targets, session.output_units, session.dtype, targets)
-    session.preprocessing_reports[str(path)] = report
-    return dataset, keep
+def _prepared(session, path, targets=True, split=None) -> prepared.Loaded:
+    """`path` through the spec's preprocessing (prepared.load): the session's, or fitted on the
+    training rows of `split` when it has none."""
+    spec = session.spec
+    loaded = prepared.load(path, spec.data, session.preprocessing, session.model.input_shapes, session.loss.targets,
+                           session.output_units, session.dtype, targets, split, spec.problem)
+    session.preprocessing = loaded.fitted
+    session.preprocessing_reports[str(path)] = loaded.report
+    return loaded
 
 
 def load_test_set(session):
@@ -219,15 +229,11 @@ def training_sets(session):
         if spec.data.validation is not None:
             return dataset, load_spec_data(session, spec.data.validation)
         return split(dataset, spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT))
-    raw = prepared.read_raw(spec.data.path, spec.data)
-    rows = len(next(iter(raw.values())).values)
-    held = split_mask(rows, 0.0 if spec.data.validation is not None else spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT), spec.data.path)
-    if session.preprocessing is None:  # a weights file brought its own: keep it
-        session.preprocessing = prepared.fit(raw, spec.data, numpy.flatnonzero(~held), spec.problem)
-    dataset, keep = _prepared(session, spec.data.path, raw)
+    # fitted on the training rows unless a weights file brought its own
+    loaded = _prepared(session, spec.data.path, split=(0.0 if spec.data.validation is not None else spec.data.validation_split, spec.seed))
+    dataset, held = loaded.dataset, loaded.held
     if spec.data.validation is not None:
         return dataset, load_spec_data(session, spec.data.validation)
-    held = held[keep]
     if not held.any():
         return dataset, None
     return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])
@@ -253,11 +259,51 @@ def class_names(session) -> list | None:
     return names if names is not None and session.loss.targets.shows_classes and shape == (len(names),) else None
 
 
-def predict_file(session, path, layer: str | None = None):
-    """(outputs, classes or None, column names, preprocessing report or None) for every row of the
-    file at `path`, read with the spec's data.inputs (targets not needed); probabilities for
-    cross-entropies; classes by name for a text target. With `layer`, that layer's activations
-    (a tower's embedding, a hidden representation), flattened, columns `<layer>_<i>`."""
+class Predictions:
+    """What `predict_file` gives: `columns`, then by iterating (once) (values, classes or None)
+    blocks in row order, and once they are done `report` (the preprocessing report, or None). A
+    problem with the rows may be raised by the last block: write what comes before it atomically."""
+
+    def __init__(self, blocks, columns_of, report, notes: list):
+        self._blocks, self._columns_of, self._report = iter(blocks), columns_of, report
+        self._first = self._columns = None
+        self.notes = notes  # what the user should hear of the data cache
+
+    @property
+    def columns(self) -> list:
+        self._peek()
+        return self._columns
+
+    def _peek(self) -> None:
+        """The first block, computed for the columns' names."""
+        if self._columns is None:
+            self._first = next(self._blocks)
+            self._columns = self._columns_of(*self._first)
+
+    def __iter__(self):
+        self._peek()
+        first, self._first = self._first, None
+        yield first
+        yield from self._blocks
+
+    @property
+    def report(self) -> dict | None:
+        return self._report()
+
+    def collect(self) -> tuple:
+        """(values, classes or None, columns, report) of every row."""
+        blocks = list(self)
+        classes = None if blocks[0][1] is None else numpy.concatenate([c for _, c in blocks])
+        return numpy.concatenate([v for v, _ in blocks]), classes, self.columns, self.report
+
+
+def predict_file(session, path, layer: str | None = None, block_rows: int | None = None) -> Predictions:
+    """The predictions for every row of the file at `path`, read with the spec's data.inputs
+    (targets not needed); probabilities for cross-entropies; classes by name for a text target.
+    With `layer`, that layer's activations (a tower's embedding, a hidden representation),
+    flattened, columns `<layer>_<i>`. A raw table with column preprocessing is read, transformed
+    and predicted `block_rows` (PREDICT_BLOCK_ROWS) rows at a time, in the batches one pass over
+    all of them would make."""
     spec = session.spec
     if layer is not None and layer not in session.model.shapes:
         names = list(session.model.shapes)
@@ -267,23 +313,55 @@ def predict_file(session, path, layer: str | None = None):
     if spec.data.columns is None:
         dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype,
                                read=read_options(spec.data), cache_folder=spec.data.cache)
+        blocks, report, notes = [session.predict(dataset, layer=layer)], (lambda: None), dataset.notes
     else:
         fitted_preprocessing(session)
-        dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
-    if layer is not None:
-        values = session.predict(dataset, layer=layer)[0].reshape(len(dataset), -1)
-        report = session.preprocessing_reports.get(str(path))
-        return values, None, [f"{layer}_{i}" for i in range(values.shape[1])], report.as_dict() if report is not None else None
-    values, classes = session.predict(dataset)
+        table = prepared.raw_table(path, spec.data, targets=False, on_disk=True)
+        inputs = prepared.InputBlocks(path, table, session.preprocessing, spec.data, session.model.input_shapes, session.dtype,
+                                      block_rows or PREDICT_BLOCK_ROWS)
+        blocks, notes = _predicted(session, path, inputs, layer), table.notes
+
+        def report():
+            session.preprocessing_reports[str(path)] = inputs.report
+            return inputs.report.as_dict()
     target = prepared.target_transform(session.preprocessing, spec.data)
-    if isinstance(target, preprocessing.Numeric):  # a normalized regression target: predictions in its units
-        values = target.restore(values)
     names = class_names(session)
     prefix = "prob" if session.loss.gives_probabilities else session.model.output
-    if names is not None:
-        columns = [f"{prefix}_{name}" for name in names]
-        classes = numpy.array(names, dtype=object)[classes]
-    else:
-        columns = [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
-    report = session.preprocessing_reports.get(str(path))
-    return values, classes, columns, report.as_dict() if report is not None else None
+
+    def shown(values, classes):
+        if layer is not None:
+            return values.reshape(len(values), -1), None
+        if isinstance(target, preprocessing.Numeric):  # a normalized regression target: predictions in its units
+            values = target.restore(values)
+        if names is not None:
+            classes = numpy.array(names, dtype=object)[classes]
+        return values, classes
+
+    def columns_of(values, classes):
+        if layer is not None:
+            return [f"{layer}_{i}" for i in range(values.shape[1])]
+        if names is not None:
+            return [f"{prefix}_{name}" for name in names]
+        return [f"{prefix}_{i}" for i in range(values.shape[1])] if values.ndim == 2 else [prefix]
+
+    return Predictions((shown(*block) for block in blocks), columns_of, report, notes)
+
+
+def _predicted(session, path, blocks, layer, batch_size: int = PREDICT_BATCH):
+    """(values, classes or None) of the rows of `blocks` ({input: array}) in runs of whole batches
+    of `batch_size` (and the rest at the end): every batch holds the rows one pass of
+    `Session.predict` over all of them would, whatever the blocks' sizes."""
+    def rows(inputs: dict, stop: int):
+        return session.predict(Dataset(path, inputs, None, numpy.arange(stop)), batch_size, layer)
+
+    pending, count = [], 0
+    for inputs in blocks:
+        pending.append(inputs)
+        count += len(next(iter(inputs.values())))
+        whole = count - count % batch_size
+        if whole:
+            joined = {name: numpy.concatenate([p[name] for p in pending]) for name in inputs}
+            yield rows(joined, whole)
+            pending, count = [{name: a[whole:] for name, a in joined.items()}], count - whole
+    if count:
+        yield rows({name: numpy.concatenate([p[name] for p in pending]) for name in pending[0]}, count)
