@@ -206,21 +206,27 @@ def predict(spec, weights, input_path, output, layer, backend, as_json):
     """Run SPEC with WEIGHTS on the rows of INPUT."""
     from nnctl.cli.report import predictions_json, predictions_view
     from nnctl.io.paths import check_suffix, refuse_inputs
-    from nnctl.io.records import save_predictions
+    from nnctl.io.records import save_predictions, write_predictions
     from nnctl.train.session import predict_file
 
     if output is not None:
         check_suffix(output, (".csv", ".npy"), "--output")
     refuse_inputs(output, "--output", {"the spec": spec, "the --weights file": weights, "the --input file": input_path})
     predictions = predict_file(_session(spec, weights, backend=backend), input_path, layer)
+    for note in predictions.notes:
+        click.echo(f"Note: {note}", file=STDERR)
+    if output is not None and not as_json:
+        # written as the rows are predicted: a large input costs a block of rows' memory
+        count = write_predictions(output, predictions, predictions.columns, predictions.class_columns)
+        click.echo(f"Wrote {count} predictions to {output}", file=STDOUT)
+        return
+    values, classes = predictions.collect()
     if output is not None:
-        save_predictions(output, predictions.values, predictions.classes, predictions.columns)
+        save_predictions(output, values, classes, predictions.columns)
     if as_json:
-        emit_json(predictions_json(predictions, output))
-    elif output is None:
-        show(predictions_view(predictions))
+        emit_json(predictions_json(predictions.columns, values, classes, predictions.report, output))
     else:
-        click.echo(f"Wrote {len(predictions.values)} predictions to {output}", file=STDOUT)
+        show(predictions_view(predictions.columns, values, classes, predictions.report))
 
 
 @cli.command()

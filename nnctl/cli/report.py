@@ -312,30 +312,28 @@ def preprocessing_note(report: dict | None) -> str:
     return escape(" · ".join(parts))
 
 
-def predictions_json(predictions, output) -> dict:
+def predictions_json(columns, values, classes: dict, report, output) -> dict:
     """`predict --json`: a one-output model's classes as a list (null without), several outputs' by
     class column."""
-    classes = predictions.classes
     if set(classes) <= {"class"}:
         classes = classes["class"].tolist() if classes else None
     else:
         classes = {name: labels.tolist() for name, labels in classes.items()}
-    return {"columns": predictions.columns, "outputs": predictions.values.tolist(), "classes": classes,
-            "output": str(output) if output else None, **({"preprocessing": predictions.report} if predictions.report else {})}
+    return {"columns": columns, "outputs": values.tolist(), "classes": classes,
+            "output": str(output) if output else None, **({"preprocessing": report} if report else {})}
 
 
-def predictions_view(predictions, limit: int = 50):
-    values, classes = predictions.values, predictions.classes
+def predictions_view(columns, values, classes: dict, report=None, limit: int = 50):
     table = Table(title="Predictions", title_justify="left")
     table.add_column("#", justify="right")
-    for name in [*predictions.columns, *classes]:
+    for name in [*columns, *classes]:
         table.add_column(escape(name), justify="right")
     for i in range(min(len(values), limit)):
         # Readable at a glance; --output and --json keep every digit.
         cells = [f"{v:.4f}" if 0 <= v <= 1 else f"{v:.6g}" for v in values[i].reshape(-1)]
         table.add_row(str(i + 1), *cells, *(escape(str(labels[i])) for labels in classes.values()))
     captions = [f"first {limit} of {len(values)} rows; use --output FILE for all"] if len(values) > limit else []
-    captions += [preprocessing_note(predictions.report)] if preprocessing_note(predictions.report) else []
+    captions += [preprocessing_note(report)] if preprocessing_note(report) else []
     table.caption = "; ".join(captions) or None
     return table
 

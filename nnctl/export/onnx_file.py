@@ -36,7 +36,7 @@ from nnctl.errors import MissingTool, Problem, UsageError
 from nnctl.export.lowering import LOWERINGS, MIN_OPSET, ML_DOMAIN, ML_OPSET, Graph
 from nnctl.io.atomic import atomic_write
 from nnctl.io.tables import Table
-from nnctl.train.session import class_names, fitted_preprocessing, load_spec_data, open_session, shown_predictions
+from nnctl.train.session import class_names, fitted_preprocessing, load_spec_data, open_session, shown_output
 
 DEFAULT_OPSET = 17
 # (rtol, atol): a sample agrees when |onnxruntime - nnctl| <= atol + rtol * |nnctl|.
@@ -256,7 +256,8 @@ def nnctl_outputs(session, inputs: dict) -> list:
         raw = {name: Column(name, values[:, 0] if values.dtype.kind == "f" else numpy.array([None if t == "" else t for t in values[:, 0]], dtype=object), table)
                for name, values in inputs.items()}
         dataset = prepared.prepare(table.file, raw, fitted, session.spec.data, session.model.input_shapes, dtype=session.dtype, targets=False)[0]
-    return [part for values, classes in shown_predictions(session, dataset) for part in ([values] if classes is None else [values, classes])]
+    shown = [shown_output(session, head, *predicted) for head, predicted in zip(session.heads, session.predict(dataset))]
+    return [part for values, classes in shown for part in ([values] if classes is None else [values, classes])]
 
 
 def verify(session, exported: Exported, inputs: dict) -> list[OutputError]:

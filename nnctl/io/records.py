@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
+import shutil
 
 import numpy
 
@@ -35,15 +37,40 @@ def save_history(path, history: list[dict]) -> None:
 def save_predictions(path, values, classes: dict, columns) -> None:
     """.npy: the values array; .csv: one row per sample, floats in round-trip precision, then the
     class columns (`classes`: {column name: a class per row})."""
+    write_predictions(path, [(values, classes)], columns, list(classes))
+
+
+def write_predictions(path, blocks, columns, class_columns) -> int:
+    """`save_predictions` of blocks of rows ((values, {class column: a class per row}), in order)
+    joined, written as they come (a .npy's rows wait in a temporary file for the header that counts
+    them); the number of rows. Nothing is written if a block raises."""
     if str(path).lower().endswith(".npy"):
-        with atomic_write(path) as handle:
-            numpy.save(handle, values)
-        return
+        import tempfile
+
+        rows, first = 0, None
+        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))) as spool:
+            for values, _ in blocks:
+                values = numpy.ascontiguousarray(values)
+                first = values if first is None else first
+                spool.write(values.data)
+                rows += len(values)
+            # the header numpy.save writes for the joined array
+            header = numpy.lib.format.header_data_from_array_1_0(first[:0])
+            header["shape"] = (rows,) + first.shape[1:]
+            spool.seek(0)
+            with atomic_write(path) as handle:
+                numpy.lib.format.write_array_header_1_0(handle, header)
+                shutil.copyfileobj(spool, handle, 1 << 20)
+        return rows
+    rows = 0
     with atomic_write(path, "w") as handle:
         writer = csv.writer(handle)
-        writer.writerow(list(columns) + list(classes))
-        for i, row in enumerate(values.reshape(len(values), -1)):
-            writer.writerow([repr(float(v)) for v in row] + [str(labels[i]) for labels in classes.values()])
+        writer.writerow(list(columns) + list(class_columns))
+        for values, classes in blocks:
+            for i, row in enumerate(values.reshape(len(values), -1)):
+                writer.writerow([repr(float(v)) for v in row] + [str(classes[name][i]) for name in class_columns])
+            rows += len(values)
+    return rows
 
 
 def save_run_record(path, spec, argv, outcome: dict) -> None:

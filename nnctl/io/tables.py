@@ -181,20 +181,52 @@ def arrow_number_blocks(path, groups, delimiter=",", missing_values=MISSING_VALU
     Fallback on a cell that is missing, blank or not a number, and on anything pyarrow refuses:
     CsvTable then finds the place."""
     import pyarrow
-    import pyarrow.csv
 
     names = list(dict.fromkeys(name for group in groups for name in group))
-    options = _options(delimiter, missing_values, quotes, names, {name: pyarrow.float64() for name in names},
-                       block_size=BLOCK_BYTES if stream else None)
+    for table in _arrow_csv(path, names, {name: pyarrow.float64() for name in names}, delimiter, missing_values, quotes, stream):
+        yield _float_groups(table, groups)
+
+
+# pyarrow's streaming reader reads some 30 blocks ahead: text blocks this size keep that to tens of MB.
+TEXT_BLOCK_BYTES = 1 << 20
+
+
+def arrow_text_blocks(path, names, delimiter=",", missing_values=MISSING_VALUES, quotes=True):
+    """The columns `names` (as the header spells them) as text, pyarrow record batches of about
+    TEXT_BLOCK_BYTES of the file each, missing values as nulls; Fallback on anything pyarrow refuses."""
+    import pyarrow
+
+    yield from _arrow_csv(path, names, {name: pyarrow.string() for name in names}, delimiter, missing_values, quotes, TEXT_BLOCK_BYTES)
+
+
+def _arrow_csv(path, names, types, delimiter, missing_values, quotes, stream):
+    """pyarrow's reading of a CSV's columns `names` as `types`: the whole table, or (`stream`: True,
+    or a block size in bytes) its record batches one at a time; Fallback on what pyarrow refuses."""
+    import pyarrow
+    import pyarrow.csv
+
+    block = (BLOCK_BYTES if stream is True else stream) if stream else None
+    options = _options(delimiter, missing_values, quotes, names, types, block_size=block)
     try:
         if stream:
             with pyarrow.csv.open_csv(str(path), **options) as reader:
-                for batch in reader:
-                    yield _float_groups(batch, groups)
+                yield from reader
         else:
-            yield _float_groups(pyarrow.csv.read_csv(str(path), **options), groups)
+            yield pyarrow.csv.read_csv(str(path), **options)
     except (pyarrow.ArrowException, OSError, UnicodeError) as exc:
         raise Fallback(str(exc)) from None
+
+
+def blank_cells(column):
+    """Which cells of a pyarrow column are missing, or text of nothing but white space."""
+    import pyarrow
+    import pyarrow.compute
+    import pyarrow.types as kinds
+
+    missing = numpy.asarray(column.is_null())
+    if not kinds.is_string(column.type):
+        return missing
+    return missing | numpy.asarray(pyarrow.compute.equal(pyarrow.compute.utf8_trim_whitespace(column), "").fill_null(False))
 
 
 def _float_groups(table, groups) -> list:
@@ -305,17 +337,25 @@ def read_table(path, error, what: str, names=None, delimiter: str = ",", missing
     return _read_arrow_file(path, error, what, suffix, names, types)
 
 
-def _read_csv_table(path, error, what, names, delimiter, missing_values, types) -> Table:
+def csv_header(path, error, what: str, names=None, delimiter: str = ","):
+    """(header, names, their cells in the header row as written) of a CSV file: `names` (all when
+    None) checked against the header (a name it lacks, with a did-you-mean, is an `error`)."""
     with CsvTable(path, error, what, delimiter) as table:
         header, header_line, raw = table.header, table.header_line, table.raw_header
     if header is None:
         raise error(Problem("expected a header row of column names, received an empty file", str(path)))
     names = list(header) if names is None else list(names)
     indices = column_indices(header, names, error, path, header_line, "column")
+    return header, names, [raw[i] for i in indices]
+
+
+def _read_csv_table(path, error, what, names, delimiter, missing_values, types) -> Table:
+    header, names, raw_names = csv_header(path, error, what, names, delimiter)
+    indices = [header.index(n) for n in names]
     result = Table(str(path), header, {}, 0, delimiter)
     try:
-        columns, rows = _arrow_csv_columns(path, [raw[i] for i in indices], delimiter, missing_values,
-                                           {raw[header.index(n)]: t for n, t in types.items() if n in header})
+        columns, rows = _arrow_csv_columns(path, raw_names, delimiter, missing_values,
+                                           {raw_names[names.index(n)]: t for n, t in types.items() if n in names})
     except Fallback:
         columns, rows = _python_csv_columns(path, error, what, indices, delimiter, missing_values)
     result.rows = rows
@@ -329,7 +369,6 @@ def _arrow_csv_columns(path, raw_names, delimiter, missing_values, types):
     again as text where '0x' occurs (pyarrow reads hexadecimal) and dates, times and booleans as
     the text they were written as."""
     import pyarrow
-    import pyarrow.compute
     import pyarrow.csv
     import pyarrow.types as kinds
 
@@ -349,11 +388,10 @@ def _arrow_csv_columns(path, raw_names, delimiter, missing_values, types):
     columns, blank = [], numpy.ones(table.num_rows, dtype=bool)
     for column in table.columns:
         missing = numpy.asarray(column.is_null())
+        blank &= blank_cells(column)
         if kinds.is_string(column.type):
-            blank &= missing | numpy.asarray(pyarrow.compute.equal(pyarrow.compute.utf8_trim_whitespace(column), "").fill_null(False))
             columns.append((column.to_numpy(), missing, True))
         else:
-            blank &= missing
             columns.append((numpy.asarray(column.cast(pyarrow.float64()).fill_null(math.nan), dtype=numpy.float64), missing, False))
     if blank.any():  # CsvTable skips a row of blank cells, but a row of 'NA's is a row of missing values
         raise Fallback("a row of blank or missing cells")

@@ -17,7 +17,7 @@ from nnctl.core.backend import get_backend
 from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data.batches import Batches
 from nnctl.data import prepared, preprocessing
-from nnctl.data.dataset import load_dataset, split, split_mask
+from nnctl.data.dataset import Dataset, load_dataset, split
 from nnctl.data.readers import ReadOptions
 from nnctl.io.weights import load_weights
 from nnctl.errors import Problem, SpecError, UsageError, WeightsError, did_you_mean
@@ -26,6 +26,12 @@ from nnctl.model.parameters import Parameters
 from nnctl.train.heads import make_heads, weighted_total
 from nnctl.train.optimizers import OPTIMIZERS
 from nnctl.train.step import TrainStep
+
+
+PREDICT_BATCH = 1024  # rows per forward pass of `Session.predict`
+# Rows of a raw table that `predict_file` reads, transforms and predicts at a time: a few MB of
+# inputs, whatever the size of the file.
+PREDICT_BLOCK_ROWS = 65536
 
 
 class Session:
@@ -106,7 +112,7 @@ class Session:
             logs["loss"] += self.backend.scalar(penalty.value)
         return logs
 
-    def predict(self, dataset, batch_size: int = 1024) -> list:
+    def predict(self, dataset, batch_size: int = PREDICT_BATCH) -> list:
         """Per output, (host array of its values, class indices or None): probabilities for
         logits, read in chunks."""
         xp = self.backend.xp
@@ -222,18 +228,22 @@ def load_spec_data(session, path=None, targets=True):
                             read_options(spec.data), spec.data.cache)
     if session.preprocessing is None:
         training_sets(session)
-    return _prepared(session, path, prepared.read_raw(path, spec.data, targets), targets)[0]
+    return _prepared(session, path, targets=targets).dataset
 
 
 def read_options(data_spec) -> ReadOptions:
     return ReadOptions(data_spec.delimiter, data_spec.missing_values)
 
 
-def _prepared(session, path, raw, targets=True):
-    dataset, keep, report = prepared.prepare(path, raw, session.preprocessing, session.spec.data, session.model.input_shapes,
-                                             session.target_kinds(), session.dtype, targets)
-    session.preprocessing_reports[str(path)] = report
-    return dataset, keep
+def _prepared(session, path, targets=True, split=None) -> prepared.Loaded:
+    """`path` through the spec's preprocessing (prepared.load): the session's, or fitted on the
+    training rows of `split` when it has none."""
+    spec = session.spec
+    loaded = prepared.load(path, spec.data, session.preprocessing, session.model.input_shapes, session.target_kinds(),
+                           session.dtype, targets, split, spec.problem)
+    session.preprocessing = loaded.fitted
+    session.preprocessing_reports[str(path)] = loaded.report
+    return loaded
 
 
 def load_test_set(session):
@@ -253,15 +263,11 @@ def training_sets(session):
         if spec.data.validation is not None:
             return dataset, load_spec_data(session, spec.data.validation)
         return split(dataset, spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT))
-    raw = prepared.read_raw(spec.data.path, spec.data)
-    rows = len(next(iter(raw.values())).values)
-    held = split_mask(rows, 0.0 if spec.data.validation is not None else spec.data.validation_split, rng_for(spec.seed, STREAM_SPLIT), spec.data.path)
-    if session.preprocessing is None:  # a weights file brought its own: keep it
-        session.preprocessing = prepared.fit(raw, spec.data, numpy.flatnonzero(~held), spec.problem)
-    dataset, keep = _prepared(session, spec.data.path, raw)
+    # fitted on the training rows unless a weights file brought its own
+    loaded = _prepared(session, spec.data.path, split=(0.0 if spec.data.validation is not None else spec.data.validation_split, spec.seed))
+    dataset, held = loaded.dataset, loaded.held
     if spec.data.validation is not None:
         return dataset, load_spec_data(session, spec.data.validation)
-    held = held[keep]
     if not held.any():
         return dataset, None
     return dataset.subset(dataset.rows[~held]), dataset.subset(dataset.rows[held])
@@ -287,24 +293,40 @@ def class_names(session, head) -> list | None:
     return names if names is not None and head.targets.shows_classes and head.shape == (len(names),) else None
 
 
-@dataclass
 class Predictions:
-    """What `predict` gives for a file's rows: `values` (rows, columns) named by `columns` (a single
-    output's values in its own shape), each classifier output's class per row by column name
-    (`class`, or `<output>_class` with several outputs), and the preprocessing report or None."""
+    """What `predict_file` gives: `columns` (the values') and `class_columns` (each classifier
+    output's class: `class`, or `<output>_class` with several outputs), then by iterating (once)
+    blocks in row order, (values (rows, columns; a single output's in its own shape), {class column:
+    a class per row}), and once they are done `report` (the preprocessing report, or None). A
+    problem with the rows may be raised by the last block: write what comes before it atomically."""
 
-    values: numpy.ndarray
-    columns: list
-    classes: dict
-    report: dict | None
+    def __init__(self, blocks, columns: list, class_columns: list, report, notes: list):
+        self._blocks, self._report = iter(blocks), report
+        self.columns, self.class_columns = columns, class_columns
+        self.notes = notes  # what the user should hear of the data cache
+
+    def __iter__(self):
+        return self._blocks
+
+    @property
+    def report(self) -> dict | None:
+        return self._report()
+
+    def collect(self) -> tuple:
+        """(values, {class column: a class per row}) of every row."""
+        blocks = list(self)
+        return (numpy.concatenate([values for values, _ in blocks]),
+                {name: numpy.concatenate([classes[name] for _, classes in blocks]) for name in self.class_columns})
 
 
-def predict_file(session, path, layer: str | None = None) -> Predictions:
-    """Predictions for every row of the file at `path`, read with the spec's data.inputs (targets
-    not needed): probabilities for cross-entropies, classes by name for a text target, a normalized
-    regression target in its own units. Columns are `prob_<class or i>` (or `<output>_<i>`), prefixed
-    by the output's name when there are several. With `layer`, that layer's activations (a tower's
-    embedding, a hidden representation), flattened, columns `<layer>_<i>`."""
+def predict_file(session, path, layer: str | None = None, block_rows: int | None = None) -> Predictions:
+    """The predictions for every row of the file at `path`, read with the spec's data.inputs
+    (targets not needed): probabilities for cross-entropies, classes by name for a text target, a
+    normalized regression target in its own units. Columns are `prob_<class or i>` (or
+    `<output>_<i>`), prefixed by the output's name when there are several. With `layer`, that
+    layer's activations (a tower's embedding, a hidden representation), flattened, columns
+    `<layer>_<i>`. A raw table with column preprocessing is read, transformed and predicted
+    `block_rows` (PREDICT_BLOCK_ROWS) rows at a time, in the batches one pass over all of them would make."""
     spec = session.spec
     if layer is not None and layer not in session.model.shapes:
         names = list(session.model.shapes)
@@ -314,37 +336,66 @@ def predict_file(session, path, layer: str | None = None) -> Predictions:
     if spec.data.columns is None:
         dataset = load_dataset(path, spec.data.inputs, None, session.model.input_shapes, dtype=session.dtype,
                                read=read_options(spec.data), cache_folder=spec.data.cache)
+        whole = session.predict(dataset) if layer is None else session.activations(dataset, layer)
+        blocks, report, notes = [whole], (lambda: None), dataset.notes
     else:
         fitted_preprocessing(session)
-        dataset = _prepared(session, path, prepared.read_raw(path, spec.data, targets=False), targets=False)[0]
-    report = session.preprocessing_reports.get(str(path))
-    report = report.as_dict() if report is not None else None
+        table = prepared.raw_table(path, spec.data, targets=False, on_disk=True)
+        inputs = prepared.InputBlocks(path, table, session.preprocessing, spec.data, session.model.input_shapes, session.dtype,
+                                      block_rows or PREDICT_BLOCK_ROWS)
+        blocks, notes = _predicted(session, path, inputs, layer), table.notes
+
+        def report():
+            session.preprocessing_reports[str(path)] = inputs.report
+            return inputs.report.as_dict()
     if layer is not None:
-        values = session.activations(dataset, layer).reshape(len(dataset), -1)
-        return Predictions(values, [f"{layer}_{i}" for i in range(values.shape[1])], {}, report)
-    parts, columns, classes = [], [], {}
-    for head, (values, indices) in zip(session.heads, shown_predictions(session, dataset)):
-        names = class_names(session, head)
-        columns += [f"{head.shown}_{label}" for label in (names or range(math.prod(head.shape)))]
-        if indices is not None:
-            classes[head.class_column] = indices
-        parts.append(values)
-    if len(parts) == 1:
-        return Predictions(parts[0], columns, classes, report)
-    return Predictions(numpy.concatenate([v.reshape(len(v), -1) for v in parts], axis=1), columns, classes, report)
+        width = math.prod(session.model.shapes[layer])
+        return Predictions(((values.reshape(len(values), -1), {}) for values in blocks),
+                           [f"{layer}_{i}" for i in range(width)], [], report, notes)
+    columns = [f"{head.shown}_{label}" for head in session.heads for label in (class_names(session, head) or range(math.prod(head.shape)))]
+    class_columns = [head.class_column for head in session.heads if head.targets.shows_classes]
+
+    def shown(block):
+        parts, classes = [], {}
+        for head, (values, indices) in zip(session.heads, block):
+            values, indices = shown_output(session, head, values, indices)
+            if indices is not None:
+                classes[head.class_column] = indices
+            parts.append(values)
+        return (parts[0] if len(parts) == 1 else numpy.concatenate([v.reshape(len(v), -1) for v in parts], axis=1)), classes
+
+    return Predictions((shown(block) for block in blocks), columns, class_columns, report, notes)
 
 
-def shown_predictions(session, dataset) -> list:
-    """Per output, (values, classes or None) as `predict` shows them: a normalized regression
-    target's values in its own units, a text target's classes by name."""
-    shown = []
-    for head, (values, indices) in zip(session.heads, session.predict(dataset)):
-        data = session.spec.data
-        target = prepared.target_transform(session.preprocessing, data, head.name) if data is not None and head.name in data.targets else None
-        if isinstance(target, preprocessing.Numeric):
-            values = target.restore(values)
-        names = class_names(session, head)
-        if indices is not None and names is not None:
-            indices = numpy.array(names, dtype=object)[indices]
-        shown.append((values, indices))
-    return shown
+def shown_output(session, head, values, indices):
+    """An output's values and classes as `predict` shows them: a normalized regression target's
+    values in its own units, a text target's classes by name."""
+    data = session.spec.data
+    target = prepared.target_transform(session.preprocessing, data, head.name) if data is not None and head.name in data.targets else None
+    if isinstance(target, preprocessing.Numeric):
+        values = target.restore(values)
+    names = class_names(session, head)
+    if indices is not None and names is not None:
+        indices = numpy.array(names, dtype=object)[indices]
+    return values, indices
+
+
+def _predicted(session, path, blocks, layer, batch_size: int = PREDICT_BATCH):
+    """What `Session.predict` (or, for `layer`, `Session.activations`) gives for the rows of
+    `blocks` ({input: array}) in runs of whole batches of `batch_size` (and the rest at the end):
+    every batch holds the rows one pass over all of them would, whatever the blocks' sizes."""
+    def rows(inputs: dict, stop: int):
+        dataset = Dataset(path, inputs, None, numpy.arange(stop))
+        return session.predict(dataset, batch_size) if layer is None else session.activations(dataset, layer, batch_size)
+
+    pending, count = [], 0
+    for inputs in blocks:
+        pending.append(inputs)
+        count += len(next(iter(inputs.values())))
+        whole = count - count % batch_size
+        if whole:
+            joined = {name: numpy.concatenate([p[name] for p in pending]) for name in inputs}
+            yield rows(joined, whole)
+            pending, count = [{name: a[whole:] for name, a in joined.items()}], count - whole
+    if count:
+        yield rows({name: numpy.concatenate([p[name] for p in pending]) for name in pending[0]}, count)
