@@ -166,7 +166,7 @@ def read_speed(folder: Path, rows: int, repeats: int) -> dict:
     make_csv(str(path), rows)
     inputs, targets = _column_map()
     shapes = {"x": (COLUMNS - 1,)}
-    best = _best({"arrow": lambda: pyarrow.csv.read_csv(str(path)), "nnctl": lambda: read_csv(path, inputs, targets)}, repeats)
+    best = _best({"arrow": lambda: pyarrow.csv.read_csv(str(path)), "nnctl": lambda: read_csv(path, inputs, {"y": targets})}, repeats)
     arrow, nnctl = best["arrow"], best["nnctl"]
     cache = folder / "cache"
     first, second = [], []
@@ -174,10 +174,10 @@ def read_speed(folder: Path, rows: int, repeats: int) -> dict:
         for entry in cache.glob("*/*"):
             entry.unlink()
         start = time.perf_counter()
-        load_dataset(path, inputs, targets, shapes, cache_folder=cache)
+        load_dataset(path, inputs, {"y": targets}, shapes, cache_folder=cache)
         first.append(time.perf_counter() - start)
         start = time.perf_counter()
-        load_dataset(path, inputs, targets, shapes, cache_folder=cache)
+        load_dataset(path, inputs, {"y": targets}, shapes, cache_folder=cache)
         second.append(time.perf_counter() - start)
     return {"file_mb": path.stat().st_size / 2**20, "rows": rows, "pyarrow_read_csv_s": arrow, "nnctl_read_csv_s": nnctl,
             "read_ratio": arrow / nnctl, "first_load_s": min(first), "second_load_s": min(second),
@@ -206,7 +206,7 @@ def large(folder: Path, gigabytes: float) -> dict:
     rows = int(gigabytes * 2**30 / 620)  # about 620 bytes a row
     subprocess.run([sys.executable, __file__, "--make-csv", str(path), str(rows)], check=True)
     load = ("from nnctl.data.dataset import load_dataset\n"
-            f"d = load_dataset('big.csv', {{'x': [f'f{{i}}' for i in range({COLUMNS - 1})]}}, ['y'], {{'x': ({COLUMNS - 1},)}})\n"
+            f"d = load_dataset('big.csv', {{'x': [f'f{{i}}' for i in range({COLUMNS - 1})]}}, {{'y': ['y']}}, {{'x': ({COLUMNS - 1},)}})\n"
             "assert not d.notes, d.notes")
     first = _child(load, folder)
     second = _child(load, folder)

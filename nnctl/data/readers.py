@@ -196,7 +196,9 @@ def joined_blocks(wanted, blocks) -> dict:
             continue
         for key, array in block.items():
             parts[key].append(array)
-    return {key: numpy.concatenate(p) if p else numpy.empty((0, len(wanted[key]))) for key, p in parts.items()}
+    # One block (a file read whole) is its own array: joining it would copy it.
+    return {key: (p[0] if len(p) == 1 else numpy.concatenate(p)) if p else numpy.empty((0, len(wanted[key])))
+            for key, p in parts.items()}
 
 
 def split_keys(arrays: dict, column_map: dict, target_map: dict | None) -> tuple[dict, dict | None]:
