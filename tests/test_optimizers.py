@@ -36,7 +36,18 @@ def _sparse(rng, n):
     return rng.standard_normal(n) * (rng.random(n) < 0.1)
 
 
-# name -> (registry name, its options, gradient draw, steps)
+def _stopping():
+    """Gradients for 3 steps, then none: the state decays through the subnormal range (float32's
+    after some 800 steps at 0.9), where both paths flush it to zero."""
+    count = [0]
+
+    def draw(rng, n):
+        count[0] += 1
+        return rng.standard_normal(n) * (1e-3 if count[0] <= 3 else 0.0)
+    return draw
+
+
+# name -> (registry name, its options, gradient draw (or a maker of one), steps)
 CASES = {
     "adam normal": ("adam", ADAM, _normal, 5),
     "adam wide range": ("adam", ADAM, _wide_range, 5),
@@ -56,7 +67,11 @@ CASES = {
     "adagrad normal": ("adagrad", ADAGRAD, _normal, 5),
     "adagrad wide range, many steps": ("adagrad", {**ADAGRAD, "initial_accumulator_value": 0.0}, _wide_range, 40),
     "adagrad sparse": ("adagrad", ADAGRAD, _sparse, 40),
+    "adam stopped gradients": ("adam", ADAM, _stopping, 1200),
+    "sgd stopped gradients": ("sgd", SGD, _stopping, 1200),
+    "rmsprop stopped gradients": ("rmsprop", RMSPROP, _stopping, 1200),
 }
+DRAW_MAKERS = (_stopping,)
 
 
 def test_every_compiled_optimizer_has_cases():
@@ -66,6 +81,7 @@ def test_every_compiled_optimizer_has_cases():
 
 def _train(monkeypatch, compiled: bool, name, config, draw, steps, dtype, n=1001):
     monkeypatch.setattr(optimizers, "fused", kernels if compiled else None)
+    draw = draw() if draw in DRAW_MAKERS else draw
     rng = np.random.default_rng(0)
     params = rng.standard_normal(n).astype(dtype)
     optimizer = optimizers.OPTIMIZERS[name](config, params)
@@ -87,6 +103,22 @@ def test_compiled_loop_is_bit_identical_to_the_numpy_passes(monkeypatch, case, d
     for slot in loop_state:
         np.testing.assert_array_equal(loop_state[slot], numpy_state[slot])
     assert not np.array_equal(loop_params, np.random.default_rng(0).standard_normal(1001).astype(dtype)), "nothing was updated"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("case", [case for case in CASES if "stopped" in case])
+def test_a_stopped_gradients_state_is_flushed_not_subnormal(monkeypatch, case, compiled):
+    """No decaying state is left subnormal (arithmetic on those is many times slower): the
+    float32 state of a gradient that stopped has reached exactly 0, in both paths."""
+    name, config, draw, steps = CASES[case]
+    _, state = _train(monkeypatch, compiled, name, config, draw, steps, np.float32)
+    tiny = np.finfo(np.float32).tiny
+    for slot, value in state.items():
+        assert not ((value != 0) & (np.abs(value) < tiny)).any(), slot
+    decaying = state["m_sum"] if name == "adam" else next(iter(state.values()))
+    assert (decaying == 0).all()
+    short = _train(monkeypatch, compiled, name, config, draw, 50, np.float32)[1]
+    assert (next(iter(short.values())) != 0).any()  # not zero from the start: it decayed there
 
 
 def _fake_loops(calls):

@@ -37,6 +37,15 @@ CLIPPING = {
 CLIPNORM_EPSILON = 1e-6
 
 
+def flush_subnormal(xp, state) -> None:
+    """A decaying state's elements below the smallest normal number (and -0) made 0, as the
+    compiled loops do (nnctl/core/_loops.c, FLUSH): a stopped gradient's state would otherwise
+    decay into subnormals, on which arithmetic is many times slower. Their part of an update is
+    below any weight's rounding."""
+    tiny = xp.finfo(state.dtype).tiny
+    xp.copyto(state, 0, where=(state < tiny) & (state > -tiny))
+
+
 class Optimizer:
     options: dict = {}
     slots: tuple = ()  # names of per-parameter state buffers
@@ -103,6 +112,7 @@ class SGD(Optimizer):
             return
         velocity *= momentum
         velocity += grads
+        flush_subnormal(xp, velocity)
         if self.config["nesterov"]:
             xp.multiply(velocity, momentum, out=scratch)
             scratch += grads
@@ -157,9 +167,11 @@ class Adam(Optimizer):
             params *= decay
         m_sum *= b1
         m_sum += grads
+        flush_subnormal(xp, m_sum)
         v_sum *= b2
         xp.multiply(grads, grads, out=scratch)
         v_sum += scratch
+        flush_subnormal(xp, v_sum)
         xp.sqrt(v_sum, out=scratch)
         scratch += epsilon
         xp.divide(m_sum, scratch, out=scratch)
@@ -187,6 +199,7 @@ def _scaled_step(optimizer, xp, params, grads, squares, rho, scale, scratch) -> 
     if scale is not None:
         scratch *= scale
     squares += scratch
+    flush_subnormal(xp, squares)
     xp.sqrt(squares, out=scratch)
     scratch += epsilon
     xp.divide(grads, scratch, out=scratch)
