@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 
 import numpy
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from nnctl.data import cache, prepared, raw
-from nnctl.data.preprocessing import Column
 from nnctl.errors import DataError
 from nnctl.io import tables
 from nnctl.io.records import save_predictions, write_predictions

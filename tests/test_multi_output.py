@@ -12,7 +12,7 @@ import numpy
 import pytest
 
 from nnctl.train.fit import Interrupted, fit
-from nnctl.train.session import load_spec_data, training_sets
+from nnctl.train.session import training_sets
 from tests.helpers import ROOT, TWO_TOWER, run, run_json, write_project
 
 # The two-tower project with two outputs: dense3 (mse, mae) and a classifier head on the concat.

@@ -11,7 +11,7 @@ import numpy
 from nnctl.data import cache
 from nnctl.data.readers import (TABLE_SUFFIXES, ReadOptions, RowFile, joined_blocks, read_npy, read_npz, split_keys, table_blocks,
                                 target_text)
-from nnctl.data.targets import VALUES, sample_locator
+from nnctl.data.targets import kind_for, sample_locator
 from nnctl.errors import DataError, Problem
 
 
@@ -67,7 +67,7 @@ def load_dataset(file, column_map: dict, target_map: dict | None, input_shapes: 
         for output, values in targets.items():
             if len(values) != n:
                 raise DataError(Problem(f"expected {n} {target_text(target_map, output)} (one per sample), received {len(values)}", str(file)))
-            kind, units = (target_kinds or {}).get(output, (VALUES, None))
+            kind, units = kind_for(target_kinds, output)
             locate = locators.get(output) or sample_locator(file, target_map[output])
             targets[output] = kind.check(file, values, units, dtype, locate, target_text(target_map, output))
     return Dataset(file, inputs, targets, numpy.arange(n), notes)

@@ -17,7 +17,7 @@ from nnctl.core.random import STREAM_SPLIT, rng_for
 from nnctl.data import cache, preprocessing, raw
 from nnctl.data.dataset import Dataset, shape_input, split_mask
 from nnctl.data.readers import LOAD_WHOLE_BYTES, Target, target_text
-from nnctl.data.targets import VALUES
+from nnctl.data.targets import kind_for
 from nnctl.errors import DataError, Problem
 from nnctl.io.tables import Table
 
@@ -92,7 +92,7 @@ def prepare(file, raw: dict, fitted: dict, data_spec, input_shapes: dict, target
             def locate(i, first=first):
                 return first.place(int(kept[i])), f"column {first.name!r}"
 
-            kind, units = (target_kinds or {}).get(output, (VALUES, None))
+            kind, units = kind_for(target_kinds, output)
             target_values[output] = kind.check(file, arrays[Target(output)], units, dtype, locate, target_text(data_spec.targets, output))
     return Dataset(file, inputs, target_values, numpy.arange(int(keep.sum()))), keep, report
 

@@ -169,3 +169,9 @@ class Binary(Targets):
 
 
 VALUES, LABELS, ONE_HOT, BINARY = Targets(), Labels(), OneHot(), Binary()
+
+
+def kind_for(target_kinds: dict | None, output: str) -> tuple:
+    """(kind of target, units) that `target_kinds` gives an output's targets: values of any width
+    when it gives none (a reader's caller that checks no loss's kind)."""
+    return (target_kinds or {}).get(output, (VALUES, None))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy
 
 from nnctl.diagnostics.numeric import Probe
+from nnctl.train.heads import loss_names
 
 PREACTIVATION = "/preactivation"
 
@@ -149,7 +150,7 @@ def explain(session, inputs: dict, targets, eps: float = 1e-6, rtol: float = 1e-
 
     return {
         "name": session.spec.name,
-        "loss_name": ", ".join(dict.fromkeys(o.loss.name for o in outputs)),
+        "loss_name": loss_names(outputs),
         "textbook": textbook,
         "loss": probe.loss,
         "inputs": {k: host(v).reshape(-1).tolist() for k, v in inputs.items()},

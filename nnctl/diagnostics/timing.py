@@ -16,6 +16,7 @@ from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.core.random import STREAM_DROPOUT, rng_for
 from nnctl.model.graph import ForwardContext
 from nnctl.core.finite import all_finite
+from nnctl.train.heads import loss_names
 from nnctl.train.step import TrainStep
 
 LOSS = "loss"
@@ -76,7 +77,7 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
     step_ms, update_ms = (step_s + update_s) * ms, update_s * ms
     forward_ms = sum(seconds["forward"].values()) * ms
     classes = {node.name: (node.layer.type_name, node.layer.keras_name) for node in model.nodes}
-    classes[LOSS] = (", ".join(dict.fromkeys(o.loss.name for o in session.spec.outputs)), "Loss")
+    classes[LOSS] = (loss_names(session.spec.outputs), "Loss")
     layers = []
     for name in names:
         layer_forward, layer_backward = seconds["forward"][name] * ms, seconds["backward"][name] * ms

@@ -27,6 +27,11 @@ def log_names(outputs) -> list[str]:
     return names + [log_name(o.name, m.name, several) for o in outputs for m in o.metrics]
 
 
+def loss_names(outputs) -> str:
+    """The spec's `outputs`' losses by name, each once ("mse", or "sparse_categorical_crossentropy, mse")."""
+    return ", ".join(dict.fromkeys(o.loss.name for o in outputs))
+
+
 def total_keys(outputs) -> list[str]:
     """The running totals (nnctl.train.session.Totals) a checkpoint taken mid-epoch holds for the
     spec's `outputs`, besides count and penalty."""

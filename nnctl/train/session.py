@@ -8,7 +8,6 @@ the model and the loss's kind of target.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy
 
@@ -128,7 +127,7 @@ class Session:
             predictions.append((values, head.targets.predicted_classes(values) if head.targets.shows_classes else None))
         return predictions
 
-    def activations(self, dataset, layer: str, batch_size: int = 1024):
+    def activations(self, dataset, layer: str, batch_size: int = PREDICT_BATCH):
         """Host array of layer (or input) `layer`'s values for every sample, as they are."""
         ctx = ForwardContext(self.backend)
         chunks = [numpy.array(self.backend.to_host(self._step(size).activations(inputs, ctx, layer)))
