@@ -79,7 +79,9 @@ LATE = "n,t,s\n" + "".join(f"{i},{'abc' if i == 70 else i},{' 3 ' if i % 9 == 0 
     "a,b\n1,2\n,\n3,4\n",  # a row of blank cells: read_table's own reading
     "a,b\nNA,NA\nNA,NA\n",  # a column of missing values only
     "a,b\n1,true\n2,false\n",  # booleans are their text
-], ids=["late text", "missing", "quoting", "number rules", "blank row", "all missing", "booleans"])
+    '"a","b"\n1,x\n2,y\n',  # quoted names, unquoted values
+    '"a\nb","c"\n1,x\n2,y\n',  # a quoted name across a line break
+], ids=["late text", "missing", "quoting", "number rules", "blank row", "all missing", "booleans", "quoted names", "name across lines"])
 def test_the_streaming_reader_types_columns_as_read_table(tmp_path, small_blocks, text):
     path = tmp_path / "d.csv"
     path.write_bytes(text.encode("utf-8"))

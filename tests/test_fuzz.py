@@ -237,7 +237,8 @@ def mixed_csv(draw):
     newline = draw(st.sampled_from(["\n", "\r\n"]))
     column_pools = [draw(st.lists(st.sampled_from(MIXED_CELLS), min_size=1, max_size=4)) for _ in range(3)]
     rows = draw(st.integers(min_value=0, max_value=12))
-    lines = [delimiter.join(["x1", "x2", "y"])]
+    quote = '"' if draw(st.booleans()) else ""  # a header of quoted names, as R and pyarrow write it
+    lines = [delimiter.join(f"{quote}{name}{quote}" for name in ["x1", "x2", "y"])]
     for _ in range(rows):
         cells = [draw(st.sampled_from(pool)) for pool in column_pools]
         if draw(st.integers(0, 9)) == 0:

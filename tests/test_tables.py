@@ -348,8 +348,14 @@ def test_a_stream_that_must_start_over_caches_only_the_second_reading(tmp_path, 
     (b"a\n1\n", {"quotes": False, "hexadecimal": False}), (b'a\n"1"\n', {"quotes": True, "hexadecimal": False}),
     (b"a\n" + b"1" * 30 + b"0x1\n", {"quotes": False, "hexadecimal": True}),  # "0" ends a chunk, "x" starts the next
     (b"a\n" + b"1" * 30 + b"0X1\n", {"quotes": False, "hexadecimal": True}), (b"max\nx0\n", {"quotes": False, "hexadecimal": False}),
+    # Quoted names alone (as R and pyarrow write headers) leave the values unquoted ...
+    (b'"a","b"\n1,2\n', {"quotes": False, "hexadecimal": False}), (b'"a"\r1\r', {"quotes": False, "hexadecimal": False}),
+    (b'"' + b"a" * 40 + b'"\n1\n', {"quotes": False, "hexadecimal": False}),  # a header longer than a chunk
+    # ... unless a quoted name spans a line break, or a value is quoted too.
+    (b'"a\nb",c\n1,2\n', {"quotes": True, "hexadecimal": False}), (b'"' + b"a" * 40 + b'\nb"\n1\n', {"quotes": True, "hexadecimal": False}),
+    (b'"a"\r"1"\r', {"quotes": True, "hexadecimal": False}),
 ])
-def test_a_scan_finds_quotes_and_hexadecimal_across_chunks(tmp_path, monkeypatch, text, found):
+def test_a_scan_finds_quoted_values_and_hexadecimal_across_chunks(tmp_path, monkeypatch, text, found):
     monkeypatch.setattr(tables, "_SCAN_BYTES", 33)
     path = tmp_path / "t.csv"
     path.write_bytes(text)

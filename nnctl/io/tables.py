@@ -149,15 +149,25 @@ class Fallback(Exception):
 
 
 def scan(path, digest=None) -> dict:
-    """One pass over the bytes: whether a quote or a hexadecimal prefix occurs (pyarrow needs to know
-    the first, and reads '0x10' as 16 in integer columns) and, given a hashlib object, its update."""
+    """One pass over the bytes: whether a value may hold a line break (pyarrow must be told, and
+    reads slower when told), whether a hexadecimal prefix occurs (pyarrow reads '0x10' as 16 in
+    integer columns) and, given a hashlib object, its update. Quotes on the header's names alone
+    (R and pyarrow write them) leave values unquoted; the header itself is read by CsvTable."""
     quotes = hexadecimal = False
-    tail = b""
+    tail, header, header_quotes = b"", True, 0
     with open(path, "rb") as handle:
         while chunk := handle.read(_SCAN_BYTES):
             if digest is not None:
                 digest.update(chunk)
-            quotes = quotes or b'"' in chunk
+            body = chunk
+            if header:
+                ends = [i for i in (chunk.find(b"\n"), chunk.find(b"\r")) if i >= 0]
+                end = min(ends) if ends else len(chunk)
+                header_quotes += chunk.count(b'"', 0, end)
+                header, body = not ends, chunk[end:]
+                # An odd count of quotes leaves a quoted name open across the line break.
+                quotes = not header and header_quotes % 2 == 1
+            quotes = quotes or b'"' in body
             if not hexadecimal and (b"x" in chunk or b"X" in chunk):
                 joined = tail + chunk
                 hexadecimal = b"0x" in joined or b"0X" in joined
