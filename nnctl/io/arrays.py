@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy
 
 from nnctl.errors import Problem
-from nnctl.io.paths import open_regular
+from nnctl.io.paths import OpenFile, open_regular
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: the second)
@@ -109,7 +109,7 @@ def _fill_flat(handle, header: Header, error, file, name) -> numpy.ndarray:
     return array
 
 
-class NpyFile:
+class NpyFile(OpenFile):
     """A .npy file, its header read and checked; `load()` reads the array."""
 
     def __init__(self, path, error, what: str = "a .npy file"):
@@ -128,17 +128,8 @@ class NpyFile:
         self.handle.seek(self.header.offset)
         return _fill(self.handle, self.header, self.error, self.file, None)
 
-    def close(self) -> None:
-        self.handle.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Archive:
+class Archive(OpenFile):
     """An .npz archive whose members are read one at a time: `names`, then `header(name)`, `read(name)`.
 
     A name is the member's file name less ".npy" (as numpy.savez writes them). Nothing is read
@@ -246,10 +237,4 @@ class Archive:
 
     def close(self) -> None:
         self.zip.close()
-        self.handle.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()

@@ -56,3 +56,18 @@ def refuse_inputs(output, flag: str, inputs: dict) -> None:
     for what, path in inputs.items():
         if path is not None and Path(path).resolve() == target:
             raise UsageError(Problem(f"{flag}: expected a path that is not one of this command's inputs, received {what}", str(output)))
+
+
+class OpenFile:
+    """A reader of one open file, `self.handle`: closing the reader, or leaving its `with`, closes it."""
+
+    handle = None
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

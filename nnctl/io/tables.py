@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy
 
 from nnctl.errors import Problem, number_text
-from nnctl.io.paths import open_regular
+from nnctl.io.paths import OpenFile, open_regular
 
 # A physical line longer than this is refused rather than read: a file without line breaks (a disk
 # image, a binary renamed .csv) would otherwise be read whole into one string before csv sees it.
@@ -64,7 +64,7 @@ def _line_breaks(text: str) -> int:
     return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
-class CsvTable:
+class CsvTable(OpenFile):
     """`header` (stripped names; None for an empty file) at `header_line`, then `rows()`.
 
     `error` is the NnctlError class to raise and `what` names the file expected ("a data file").
@@ -120,15 +120,6 @@ class CsvTable:
     def cell_line(line: int, cells: list, index: int) -> int:
         """The physical line cell `index` of a row starting on `line` begins on."""
         return line + sum(_line_breaks(cell) for cell in cells[:index])
-
-    def close(self) -> None:
-        self.handle.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # --- typed tables, read by pyarrow ----------------------------------------------------------------
