@@ -54,12 +54,12 @@
             T p = params[i] * decay;                                                             \
             T m = m_sum[i] * beta_1;                                                             \
             m = m + g;                                                                           \
-            m = FLUSH(m, ABS, TINY);                                                                  \
+            m = FLUSH(m, ABS, TINY);                                                               \
             m_sum[i] = m;                                                                        \
             T square = g * g;                                                                    \
             T v = v_sum[i] * beta_2;                                                             \
             v = v + square;                                                                      \
-            v = FLUSH(v, ABS, TINY);                                                                  \
+            v = FLUSH(v, ABS, TINY);                                                               \
             v_sum[i] = v;                                                                        \
             T denominator = SQRT(v);                                                             \
             denominator = denominator + epsilon;                                                 \
@@ -80,7 +80,7 @@
                 T g = grads[i];                                                                  \
                 T v = velocity[i] * momentum;                                                    \
                 v = v + g;                                                                       \
-                v = FLUSH(v, ABS, TINY);                                                              \
+                v = FLUSH(v, ABS, TINY);                                                           \
                 velocity[i] = v;                                                                 \
                 T update = v * momentum;                                                         \
                 update = update + g;                                                             \
@@ -91,7 +91,7 @@
             for (Py_ssize_t i = 0; i < n; i++) {                                                 \
                 T v = velocity[i] * momentum;                                                    \
                 v = v + grads[i];                                                                \
-                v = FLUSH(v, ABS, TINY);                                                              \
+                v = FLUSH(v, ABS, TINY);                                                           \
                 velocity[i] = v;                                                                 \
                 T update = v * lr;                                                               \
                 params[i] = params[i] - update;                                                  \
@@ -111,7 +111,7 @@
             T square = g * g;                                                                    \
             square = square * scale;                                                             \
             s = s + square;                                                                      \
-            s = FLUSH(s, ABS, TINY);                                                                  \
+            s = FLUSH(s, ABS, TINY);                                                               \
             squares[i] = s;                                                                      \
             T denominator = SQRT(s);                                                             \
             denominator = denominator + epsilon;                                                 \
