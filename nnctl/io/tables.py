@@ -492,7 +492,7 @@ def table_header(path, error, what: str) -> list:
             import pyarrow.parquet
 
             return list(pyarrow.parquet.read_schema(str(path)).names)
-        with pyarrow.memory_map(str(path)) as source:
+        with pyarrow.OSFile(str(path)) as source:
             return list(_ipc_reader(source).schema.names)
     except (pyarrow.ArrowException, OSError) as exc:
         raise _unreadable(error, path, exc) from None
@@ -510,9 +510,9 @@ def arrow_header(path, error, what: str, names=None) -> tuple:
 
 def arrow_file_batches(path, error, names):
     """The columns `names` of a .parquet, .feather or .arrow file as pyarrow record batches of
-    about BLOCK_BYTES of float64 values at most, one at a time: Parquet a row group's pages at a
-    time, Arrow IPC memory-mapped, its record batches cut to size. A file without rows is one
-    empty batch (its columns' types still type them); a file pyarrow cannot read is an `error`."""
+    about BLOCK_BYTES of float64 values at most, one at a time (an Arrow IPC file's own batches are
+    read whole, then cut to size). A file without rows is one empty batch (its columns' types still
+    type them); a file pyarrow cannot read is an `error`."""
     import pyarrow
 
     names = list(dict.fromkeys(names))
@@ -522,13 +522,15 @@ def arrow_file_batches(path, error, names):
         if Path(path).suffix.lower() == ".parquet":
             import pyarrow.parquet
 
-            with pyarrow.parquet.ParquetFile(str(path)) as parquet:
+            # pre_buffer (pyarrow's default) reads every row group's bytes before the first batch: the whole file
+            with pyarrow.parquet.ParquetFile(str(path), pre_buffer=False) as parquet:
                 schema = parquet.schema_arrow
                 for batch in parquet.iter_batches(batch_size=rows, columns=names):
                     empty = False
                     yield batch
         else:
-            with pyarrow.memory_map(str(path)) as source:
+            # Read, not memory-mapped: the pages a map touches stay resident, a compressed file's every one
+            with pyarrow.OSFile(str(path)) as source:
                 reader = _ipc_reader(source)
                 schema = reader.schema
                 # a file's batches are read by index, a stream's in turn
