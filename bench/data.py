@@ -2,14 +2,15 @@
 
     python bench/data.py                # read speed and cache reuse on a 300,000 x 31 CSV (about 90 MB),
                                         # and on a 300,000-row mixed CSV (text, numbers, missing cells)
-    python bench/data.py --large 2      # also: a 2 GB CSV, first and second load and one epoch, peak RSS
+    python bench/data.py --large 2      # also: a 2 GB CSV and the same rows as Parquet, first and second
+                                        # load and one epoch, peak RSS
     python bench/data.py --json         # the same numbers for scripts
 
 Targets (issue 12, point 5): nnctl reads a numeric CSV at >= 0.8x the speed of
 `pyarrow.csv.read_csv` alone on the same file; a second run's data loading (from the cache) takes
 under 10% of the first's, for numbers and for columns through preprocessing; one epoch on a 2 GB
-CSV peaks under 1 GB of RSS; `predict` on raw rows reads them in blocks, its peak RSS that of a
-block. Every large-file step runs in a subprocess of its own, so each peak RSS is that step's; the
+CSV (and on its rows as a Parquet file) peaks under 1 GB of RSS; `predict` on raw rows reads them
+in blocks, its peak RSS that of a block. Every large-file step runs in a subprocess of its own, so each peak RSS is that step's; the
 files live in a temporary folder (NNCTL_BENCH_TMP to choose where) and are removed after.
 """
 from __future__ import annotations
@@ -31,19 +32,23 @@ TARGETS = {"read_ratio": 0.8, "second_load_ratio": 0.10, "peak_rss_mb": 1024}
 
 
 def make_csv(path: str, rows: int, seed: int = 0) -> None:
-    """`rows` rows of 30 features of very different scales and a regression target, written by pyarrow."""
+    """`rows` rows of 30 features of very different scales and a regression target, written by
+    pyarrow as a CSV, or as Parquet (row groups of 100,000 rows) for a path ending in .parquet."""
     import numpy
     import pyarrow
     import pyarrow.csv
+    import pyarrow.parquet
 
     rng = numpy.random.default_rng(seed)
     scales = 10.0 ** rng.integers(-3, 4, size=COLUMNS - 1)
     names = [f"f{i}" for i in range(COLUMNS - 1)] + ["y"]
-    with pyarrow.csv.CSVWriter(path, pyarrow.schema([(n, pyarrow.float64()) for n in names])) as writer:
+    schema = pyarrow.schema([(n, pyarrow.float64()) for n in names])
+    writer = pyarrow.parquet.ParquetWriter if path.endswith(".parquet") else pyarrow.csv.CSVWriter
+    with writer(path, schema) as out:
         for start in range(0, rows, 100_000):
             x = rng.standard_normal((min(100_000, rows - start), COLUMNS - 1)) * scales
             y = (x / scales).sum(axis=1)
-            writer.write_table(pyarrow.table({n: c for n, c in zip(names, [*x.T, y])}))
+            out.write_table(pyarrow.table({n: c for n, c in zip(names, [*x.T, y])}))
 
 
 MIXED_CITIES = 40
@@ -200,30 +205,34 @@ def _child(code: str, cwd: Path) -> dict:
 
 
 def large(folder: Path, gigabytes: float) -> dict:
-    """A CSV of `gigabytes`: its first load (parsed, cache built), its second (from the cache), and one
-    epoch of `nnctl train` on it, each in its own process."""
-    path = folder / "big.csv"
-    rows = int(gigabytes * 2**30 / 620)  # about 620 bytes a row
-    subprocess.run([sys.executable, __file__, "--make-csv", str(path), str(rows)], check=True)
-    load = ("from nnctl.data.dataset import load_dataset\n"
-            f"d = load_dataset('big.csv', {{'x': [f'f{{i}}' for i in range({COLUMNS - 1})]}}, {{'y': ['y']}}, {{'x': ({COLUMNS - 1},)}})\n"
-            "assert not d.notes, d.notes")
-    first = _child(load, folder)
-    second = _child(load, folder)
+    """A CSV of `gigabytes`, and its rows as a Parquet file: for each, its first load (parsed, cache
+    built), its second (from the cache), and one epoch of `nnctl train` on it, each in its own process."""
     import yaml
 
+    rows = int(gigabytes * 2**30 / 620)  # about 620 bytes a CSV row
     inputs, targets = _column_map()
-    spec = {"name": "big", "seed": 0, "inputs": {"x": [COLUMNS - 1]},
-            "layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "dense", "units": 1}],
-            "loss": "mse", "optimizer": {"type": "adam", "learning_rate": 1e-3},
-            "data": {"path": "big.csv", "inputs": inputs, "targets": targets},
-            "train": {"epochs": 1, "batch_size": 1024}}
-    (folder / "big.yaml").write_text(yaml.safe_dump(spec))
-    train = _child("from nnctl.cli.commands import main\nsys.argv = ['nnctl', '-q', 'train', 'big.yaml', '--json']\n"
-                   "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code", folder)
-    return {"file_gb": path.stat().st_size / 2**30, "rows": rows, "first_load": first, "second_load": second,
-            "second_load_ratio": second.get("seconds", 0) / first["seconds"] if "seconds" in first else None,
-            "train_one_epoch": train}
+    report = {"rows": rows}
+    for kind, name in (("csv", "big.csv"), ("parquet", "big.parquet")):
+        path = folder / name
+        subprocess.run([sys.executable, __file__, "--make-csv", str(path), str(rows)], check=True)
+        load = ("from nnctl.data.dataset import load_dataset\n"
+                f"d = load_dataset({name!r}, {{'x': [f'f{{i}}' for i in range({COLUMNS - 1})]}}, {{'y': ['y']}}, {{'x': ({COLUMNS - 1},)}})\n"
+                "assert not d.notes, d.notes")
+        first = _child(load, folder)
+        second = _child(load, folder)
+        spec = {"name": f"big_{kind}", "seed": 0, "inputs": {"x": [COLUMNS - 1]},
+                "layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "dense", "units": 1}],
+                "loss": "mse", "optimizer": {"type": "adam", "learning_rate": 1e-3},
+                "data": {"path": name, "inputs": inputs, "targets": targets},
+                "train": {"epochs": 1, "batch_size": 1024}}
+        (folder / f"{kind}.yaml").write_text(yaml.safe_dump(spec))
+        train = _child(f"from nnctl.cli.commands import main\nsys.argv = ['nnctl', '-q', 'train', '{kind}.yaml', '--json']\n"
+                       "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code", folder)
+        report[kind] = {"file_gb": path.stat().st_size / 2**30, "first_load": first, "second_load": second,
+                        "second_load_ratio": second.get("seconds", 0) / first["seconds"] if "seconds" in first else None,
+                        "train_one_epoch": train}
+        path.unlink()  # the next file's room
+    return report
 
 
 def print_report(report: dict) -> None:
@@ -246,9 +255,12 @@ def print_report(report: dict) -> None:
             print(f"  predict, {step:<19} {result['seconds']:7.3f} s   peak RSS {result['peak_rss_mb']:5.0f} MB")
         else:
             print(f"  predict, {step:<19} failed (exit {result['exit_code']}): {result['stderr']}")
-    big = report.get("large")
-    if big:
-        print(f"large CSV: {big['rows']:,} rows, {big['file_gb']:.2f} GB")
+    large_ = report.get("large")
+    for kind, title in (("csv", "CSV"), ("parquet", "Parquet file")):
+        big = large_ and large_[kind]
+        if not big:
+            continue
+        print(f"large {title}: {large_['rows']:,} rows, {big['file_gb']:.2f} GB")
         for name in ("first_load", "second_load", "train_one_epoch"):
             step = big[name]
             if "seconds" in step:
@@ -263,7 +275,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=300_000, help="rows of the numeric and the mixed CSV [300000]")
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement; the best counts [5]")
-    parser.add_argument("--large", type=float, metavar="GB", help="also measure a CSV of this many GB")
+    parser.add_argument("--large", type=float, metavar="GB", help="also measure a CSV of this many GB, and its rows as Parquet")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--make-csv", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

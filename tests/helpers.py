@@ -62,3 +62,22 @@ def run_json(*args, cwd=None):
     result = run(*args, "--json", cwd=cwd)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def table_bytes(table, kind: str, rows: int) -> bytes:
+    """`table` (pyarrow) in pieces of `rows` rows: a Parquet file's row groups ("parquet"), a Feather
+    file's record batches ("feather") or an Arrow IPC stream's ("stream")."""
+    import pyarrow
+    import pyarrow.feather
+    import pyarrow.ipc
+    import pyarrow.parquet
+
+    out = pyarrow.BufferOutputStream()
+    if kind == "parquet":
+        pyarrow.parquet.write_table(table, out, row_group_size=rows)
+    elif kind == "feather":
+        pyarrow.feather.write_feather(table, out, chunksize=rows)
+    else:
+        with pyarrow.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table, max_chunksize=rows)
+    return out.getvalue().to_pybytes()

@@ -5,6 +5,7 @@ the report and the first error of the whole file at once."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy
@@ -20,10 +21,10 @@ from nnctl.io.tables import NUMBER, read_table
 from nnctl.spec.load import load_spec
 from nnctl.train import session as sessions
 from nnctl.train.session import open_session, predict_file, training_sets
-from tests.helpers import run, run_json
+from tests.helpers import run, run_json, table_bytes
 from tests.test_preprocessing_cli import RAW, _edit, _rows
 
-pytest.importorskip("pyarrow", reason="pyarrow reads table files")
+pyarrow = pytest.importorskip("pyarrow", reason="pyarrow reads table files")
 
 MISSING = ("", "NA", "NaN", "null", "None")
 
@@ -127,6 +128,51 @@ def test_streamed_raw_columns_equal_read_tables_on_mixed_tables(tmp_path_factory
     _same(_read(path, ["a", "b", "c"])[0], expected)
 
 
+# {column: (its cells, what nnctl reads of them)}: every column is numbers in the file's first
+# pieces; "late" turns out text in the last.
+ARROW_COLUMNS = {
+    "float": ([None if i % 6 == 1 else i / 3 for i in range(40)], ("number", [math.nan if i % 6 == 1 else i / 3 for i in range(40)])),
+    "int": (list(range(40)), ("number", [float(i) for i in range(40)])),
+    "numbers as text": ([" 3 " if i % 5 == 0 else str(i) for i in range(40)], ("number", [3.0 if i % 5 == 0 else float(i) for i in range(40)])),
+    "late": ([str(i) for i in range(39)] + ["late"], ("text", [str(i) for i in range(39)] + ["late"])),
+    "missing late": ([str(i) if i < 35 else None for i in range(40)], ("number", [float(i) if i < 35 else math.nan for i in range(40)])),
+    "all missing": ([None] * 40, ("number", [math.nan] * 40)),
+    "bool": ([i % 2 == 0 for i in range(40)], ("text", ["true" if i % 2 == 0 else "false" for i in range(40)])),
+    "dictionary": (pyarrow.array([["x", "y", None][i % 3] for i in range(40)]).dictionary_encode(), ("text", [["x", "y", None][i % 3] for i in range(40)])),
+}
+ARROW_MIXED = pyarrow.table({name: cells for name, (cells, _) in ARROW_COLUMNS.items()})
+
+
+@pytest.mark.parametrize("kind, suffix", [("parquet", ".parquet"), ("feather", ".feather"), ("stream", ".arrow")])
+def test_raw_columns_of_a_file_in_pieces_are_those_of_the_file_in_one(tmp_path, monkeypatch, kind, suffix):
+    names = ARROW_MIXED.column_names
+    (tmp_path / f"whole{suffix}").write_bytes(table_bytes(ARROW_MIXED, kind, 40))
+    whole, table = _read(tmp_path / f"whole{suffix}", names)
+    assert table.rows == 40 and table.table.delimiter is None and table.table.place(3, "late") == {"file": str(tmp_path / f"whole{suffix}")}
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 8 * 8 * 2)  # 2 rows a block
+    (tmp_path / f"pieces{suffix}").write_bytes(table_bytes(ARROW_MIXED, kind, 5))
+    flips = []
+    real = raw._Blocks._block
+    monkeypatch.setattr(raw._Blocks, "_block", lambda self, batch, first: (flips.append(first), real(self, batch, first))[1])
+    pieces, _ = _read(tmp_path / f"pieces{suffix}", names)
+    assert pieces == whole and flips.count(True) == 2  # read again from the start once "late" turned out text
+    _same(pieces, {name: expected for name, (_, expected) in ARROW_COLUMNS.items()})
+
+
+def test_raw_columns_of_a_parquet_file_come_from_the_cache(tmp_path, monkeypatch, small_cache):
+    path, folder = tmp_path / "d.parquet", tmp_path / "cache"
+    path.write_bytes(table_bytes(ARROW_MIXED, "parquet", 7))
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 8 * 8 * 3)
+    names = ARROW_MIXED.column_names
+    first, table = _read(path, names, folder)
+    assert table.notes == [] and len([p for p in folder.iterdir() if p.is_dir()]) == 1
+    _no_reading(monkeypatch)
+    second, table = _read(path, names, folder)
+    assert second == first and table.notes == [] and table.table.delimiter is None and table.kinds["late"] == "text"
+    blocks = list(raw.read_raw_table(path, names, ",", MISSING, folder, on_disk=True).blocks(9))
+    assert sum((b["late"].tokens().tolist() for b in blocks), []) == first["late"][1]
+
+
 # --- the raw cache -----------------------------------------------------------------------------------------
 def _mixed(path, rows=200, scale=1):
     cities = ["Paris", "Lyon", "Nice", ""]
@@ -145,6 +191,7 @@ def _no_reading(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the table file was read")
     monkeypatch.setattr(raw, "arrow_text_blocks", refuse)
+    monkeypatch.setattr(raw, "arrow_file_batches", refuse)
     monkeypatch.setattr(raw, "read_table", refuse)
 
 

@@ -19,7 +19,7 @@ import numpy
 import pytest
 
 from tests import hostile
-from tests.helpers import TWO_TOWER, TWO_TOWER_CSV, run, write_project
+from tests.helpers import TWO_TOWER, TWO_TOWER_CSV, run, table_bytes, write_project
 
 SENTINEL_WEIGHTS = b"sentinel weights: must survive a failed run \x00\x01\x02"
 SENTINEL_HISTORY = b"sentinel,history\n1,2\n"
@@ -599,6 +599,16 @@ DATA = [
      ["data.feather", "column 'x2': expected a number at row 1, received text 'a'"]),
     ("Parquet file with a missing value", table_data("data.parquet", lambda: _arrow_table(x1=X[:, 0], x2=X[:, 1], y=[None] + list(Y[1:, 0]))),
      ["data.parquet", "column 'y': expected a number at row 1, received a missing value"]),
+    # read a row group or record batch at a time: the problem is still the one the whole file shows first
+    ("Parquet file with a missing value in its last row group only",
+     table_data("data.parquet", lambda: table_bytes(_arrow_table(x1=X[:, 0], x2=X[:, 1], y=list(Y[:-1, 0]) + [None]), "parquet", 6)),
+     ["data.parquet", "column 'y': expected a number at row 20, received a missing value"]),
+    ("Feather file with text in its last record batch only, named by the column's first cell",
+     table_data("data.feather", lambda: table_bytes(_arrow_table(x1=X[:, 0], x2=[repr(v) for v in X[:-1, 1]] + ["a"], y=Y[:, 0]), "feather", 6)),
+     ["data.feather", f"column 'x2': expected a number at row 1, received text {repr(X[0, 1])!r}"]),
+    ("Parquet file whose earlier column is missing a value after a later column's text",
+     table_data("data.parquet", lambda: table_bytes(_arrow_table(x1=list(X[:-1, 0]) + [None], x2=["a"] + [repr(v) for v in X[1:, 1]], y=Y[:, 0]), "parquet", 6)),
+     ["data.parquet", "column 'x1': expected a number at row 20, received a missing value"]),
     ("missing-value token in a numeric column", csv_data(csv_rows("1,2,3", "NA,5,6")),
      ["data.csv:3:1:", "column 'x1': expected a number, received 'NA'"]),
     ("declared missing value in a numeric column", csv_data(csv_rows("1,2,3", "4,?,6"), ("validation_split: 0.2", "validation_split: 0.2\n  missing_values: ['?']")),

@@ -8,6 +8,7 @@ import os
 
 import numpy
 import pyarrow
+import pyarrow.csv
 import pyarrow.feather
 import pyarrow.parquet
 import pytest
@@ -18,6 +19,7 @@ from nnctl.data.readers import ReadOptions, RowFile, read_csv
 from nnctl.errors import DataError
 from nnctl.io import tables
 from nnctl.io.tables import NUMBER, TEXT, read_table
+from tests.helpers import table_bytes
 
 
 def _columns(table) -> dict:
@@ -151,6 +153,74 @@ def test_an_unreadable_parquet_file_is_a_data_error(tmp_path, content):
     assert str(caught.value).startswith(f"{path}: expected a readable Parquet file, received ArrowInvalid: ")
 
 
+# --- Parquet and Feather, a record batch at a time -----------------------------------------------------
+PIECES = pyarrow.table({
+    "n": [i / 7 for i in range(50)],
+    "m": [None if i % 9 == 4 else i for i in range(50)],  # integers, some missing
+    "padded": [" 3 " if i % 4 == 0 else str(i) for i in range(50)],  # text cells, every one a number
+    "late": [str(i) for i in range(49)] + ["word"],  # text in the last piece only
+    "s": pyarrow.array([["a", "b", None][i % 3] for i in range(50)]).dictionary_encode(),
+})
+SUFFIXES = {"parquet": ".parquet", "feather": ".feather", "stream": ".arrow"}
+
+
+def _pieces(tmp_path, kind, rows, table=PIECES):
+    path = tmp_path / f"{kind}-{rows}{SUFFIXES[kind]}"
+    path.write_bytes(table_bytes(table, kind, rows))
+    return path
+
+
+def _numeric(path):
+    wanted, blocks, locate = readers.table_blocks(path, {"x": ["n", "padded"]}, {"y": ["n"]})
+    parts = list(blocks())
+    joined = readers.joined_blocks(wanted, iter(parts))
+    return len(parts), joined["x"].tobytes(), joined[readers.Target("y")].tobytes(), locate["y"](49)[1]
+
+
+@pytest.mark.parametrize("kind", list(SUFFIXES))
+def test_a_file_read_in_pieces_reads_as_the_file_in_one(tmp_path, monkeypatch, kind):
+    whole = _pieces(tmp_path, kind, 50)
+    expected, (blocks, *numbers) = _columns(read_table(whole, DataError, "a table")), _numeric(whole)
+    assert blocks == 1
+    assert expected["n"][1][1] == 1 / 7 and expected["m"][1][4] is None and expected["padded"][:2] == (NUMBER, [3.0 if i % 4 == 0 else float(i) for i in range(50)])
+    assert expected["late"][0] == TEXT and expected["late"][1][:2] == ["0", "1"] and expected["s"][1][:3] == ["a", "b", None]
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 48)  # 3 rows a piece for 2 columns, 1 for 5
+    pieces = _pieces(tmp_path, kind, 7)
+    assert _columns(read_table(pieces, DataError, "a table")) == expected
+    streamed_blocks, *streamed = _numeric(pieces)
+    # Parquet's batches of 3 rows run across its row groups; a Feather file's are its record batches cut to 3 rows
+    assert streamed_blocks == (17 if kind == "parquet" else 22) and streamed == numbers
+
+
+@pytest.mark.parametrize("suffix", list(WRITERS))
+def test_columns_asked_for_out_of_the_files_order_keep_their_values(tmp_path, suffix):
+    path = tmp_path / f"t{suffix}"
+    WRITERS[suffix](pyarrow.table({"f": [1.0, 2.0], "i": [3, 4], "b": [True, False], "big": [5.0, 6.0]}), str(path))
+    data = load_dataset(path, {"x": ["big", "f"]}, {"y": "i"}, {"x": (2,)}, dtype="float64", cache_folder=None)
+    assert data.inputs["x"].tolist() == [[5.0, 1.0], [6.0, 2.0]] and data.targets["y"].tolist() == [[3.0], [4.0]]
+
+
+def test_an_arrow_stream_reads_as_an_arrow_file(tmp_path):
+    file, stream = tmp_path / "file.arrow", _pieces(tmp_path, "stream", 20)
+    pyarrow.feather.write_feather(PIECES, str(file))
+    assert tables.table_header(stream, DataError, "a table") == PIECES.column_names
+    assert _columns(read_table(stream, DataError, "a table")) == _columns(read_table(file, DataError, "a table"))
+
+
+@pytest.mark.parametrize("kind", list(SUFFIXES))
+@pytest.mark.parametrize("columns, message", [
+    (["late"], "column 'late': expected a number at row 1, received text '0'"),  # the text in the last piece; the column's first cell named
+    (["m", "late"], "column 'm': expected a number at row 5, received a missing value"),  # the first column asked for, not the first piece
+    (["big"], "column 'big': expected a number that is finite in float32 (|x| <= 3.4e+38) at row 48, received 1e+39"),
+])
+def test_a_problem_in_a_later_piece_is_the_whole_files_first(tmp_path, monkeypatch, kind, columns, message):
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 48)
+    path = _pieces(tmp_path, kind, 7, PIECES.append_column("big", pyarrow.array([1e39 if i == 47 else 1.0 for i in range(50)])))
+    with pytest.raises(DataError) as caught:
+        load_dataset(path, {"x": columns}, {"y": "n"}, {"x": (len(columns),)}, dtype="float32", cache_folder=None)
+    assert str(caught.value) == f"{path}: {message}"
+
+
 # --- the model's numbers: pyarrow against CsvTable -------------------------------------------------
 NUMERIC = [
     "a,b,c\n1,2,3\n4.5,-6e-3,7\n",
@@ -235,6 +305,23 @@ def test_a_second_read_comes_from_the_cache_without_parsing(tmp_path, monkeypatc
     assert second.inputs["x"].tobytes() == first.inputs["x"].tobytes() and second.targets["y"].tobytes() == first.targets["y"].tobytes()
     assert first.notes == second.notes == []
     assert _load(path, None).inputs["x"].tobytes() == first.inputs["x"].tobytes() and len(parses) == 2
+
+
+def test_a_parquet_file_is_cached_from_its_pieces_and_read_from_the_cache(tmp_path, monkeypatch, small_cache):
+    csv, path, folder = tmp_path / "d.csv", tmp_path / "d.parquet", tmp_path / "cache"
+    _write(csv, 1000)
+    path.write_bytes(table_bytes(pyarrow.csv.read_csv(csv), "parquet", 128))
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 1 << 10)
+    reads = []
+    real = readers.arrow_file_batches
+    monkeypatch.setattr(readers, "arrow_file_batches", lambda *a, **k: (reads.append(1), real(*a, **k))[1])
+    first = _load(path, folder)
+    second = _load(path, folder)
+    assert len(reads) == 1 and len(_entries(folder)) == 1 and first.notes == second.notes == []
+    assert second.inputs["x"][999].tolist() == [999.0, -999.0] and second.targets["y"][:3, 0].tolist() == [0.0, 1.0, 0.0]
+    from_csv = _load(csv, None)
+    for data in (first, second):
+        assert data.inputs["x"].tobytes() == from_csv.inputs["x"].tobytes() and data.targets["y"].tobytes() == from_csv.targets["y"].tobytes()
 
 
 @pytest.mark.parametrize("change", ["content", "config", "columns"])

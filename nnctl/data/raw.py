@@ -1,15 +1,16 @@
 """A table file's raw columns for column preprocessing: numbers, or text as codes into its distinct
 values, typed over the whole file, read a block of rows at a time and kept in the data cache.
 
-A CSV is read by pyarrow's streaming reader with every column as text, so no block fixes a
-column's type: a column is numbers while every cell that is not missing is one (pyarrow's cast,
-or nnctl's own rule where pyarrow refuses a cell: ` 3 ` is a number, `1_0` is not), and the first
-block with a cell that is not sends the reader back to the start with the column as text (a
-RESTART for whoever is writing the blocks down). A file pyarrow cannot read in blocks as
-nnctl.io.tables.read_table would (a ragged row, a row of blank cells, bytes that are not UTF-8) is
-read by read_table whole, which reads it or names the line; so is a Parquet or Feather file. Either
-way the columns are what read_table types them as: a text cell of numbers is the number, a text
-column keeps its cells as written.
+A CSV is read by pyarrow's streaming reader with every column as text, and a Parquet or Feather
+file a record batch at a time (its number columns as numbers, the others as text), so no block
+fixes a text column's type: a column is numbers while every cell that is not missing is one
+(pyarrow's cast, or nnctl's own rule where pyarrow refuses a cell: ` 3 ` is a number, `1_0` is
+not), and the first block with a cell that is not sends the reader back to the start with the
+column as text (a RESTART for whoever is writing the blocks down). A CSV pyarrow cannot read in
+blocks as nnctl.io.tables.read_table would (a ragged row, a row of blank cells, bytes that are not
+UTF-8) is read by read_table whole, which reads it or names the line. Either way the columns are
+what read_table types them as: a text cell of numbers is the number, a text column keeps its
+cells as written.
 
 In the cache (nnctl.data.cache) an entry is the columns of one file read one way (delimiter,
 missing values, the columns): per column `<i>.npy`, (rows, 1) float64 numbers or int32 codes (-1:
@@ -29,8 +30,8 @@ from nnctl.data import cache
 from nnctl.data.preprocessing import MISSING_CODE, Column, text_codes
 from nnctl.data.readers import LOAD_WHOLE_BYTES, RESTART
 from nnctl.errors import DataError, Problem
-from nnctl.io.tables import (NUMBER, TEXT, TABLE_SUFFIXES, Fallback, NotNumbers, Table, arrow_text_blocks, blank_cells, csv_header,
-                             numbers, read_table, scan)
+from nnctl.io.tables import (NUMBER, TEXT, TABLE_SUFFIXES, Fallback, NotNumbers, Table, arrow_file_batches, arrow_file_column,
+                             arrow_header, arrow_text_blocks, blank_cells, csv_header, number_values, read_table, scan)
 
 WHAT = "a data file"
 
@@ -135,17 +136,17 @@ class _Blocks:
         self.csv = file.suffix.lower() == ".csv"
         if self.csv:
             self.header, _, self.raw_names = csv_header(file, DataError, WHAT, names, delimiter)
+        else:
+            self.header, self.raw_names = arrow_header(file, DataError, WHAT, names)
         self.text = set()  # the columns found to be text so far
 
     def __iter__(self):
-        if not self.csv:
-            yield from self._whole()
-            return
-        quotes = scan(self.file)["quotes"]
+        quotes = scan(self.file)["quotes"] if self.csv else None
         while True:
             self.codes = {name: {} for name in self.text}  # token -> code, in order of first appearance
             rows = 0
-            batches = arrow_text_blocks(self.file, self.raw_names, self.delimiter, self.missing_values, quotes)
+            batches = (arrow_text_blocks(self.file, self.raw_names, self.delimiter, self.missing_values, quotes) if self.csv
+                       else arrow_file_batches(self.file, DataError, self.names))
             try:
                 for batch in batches:
                     block = self._block(batch, first=not rows)
@@ -163,13 +164,16 @@ class _Blocks:
                 batches.close()
             self.kinds = {name: TEXT if name in self.text else NUMBER for name in self.names}
             self.tokens = {name: _object_array(list(codes)) for name, codes in self.codes.items()}
-            self.table = Table(str(self.file), self.header, {}, rows, self.delimiter)
+            self.table = Table(str(self.file), self.header, {}, rows, self.delimiter if self.csv else None)
             return
 
     def _block(self, batch, first: bool) -> dict:
-        columns = dict(zip(self.names, (batch.column(raw) for raw in self.raw_names)))
-        if _blank_rows(list(columns.values())):  # read_table's rule: a row of blank cells is one its Python reader reads
-            raise Fallback("a row of blank or missing cells")
+        if not self.csv:
+            columns = {name: arrow_file_column(batch.column(name)) for name in self.names}
+        else:
+            columns = dict(zip(self.names, (batch.column(raw) for raw in self.raw_names)))
+            if _blank_rows(list(columns.values())):  # read_table's rule: a row of blank cells is one its Python reader reads
+                raise Fallback("a row of blank or missing cells")
         block = {name: self._numbers(column) for name, column in columns.items() if name not in self.text}
         flipped = [name for name, values in block.items() if values is None]
         if flipped:
@@ -181,24 +185,11 @@ class _Blocks:
 
     @staticmethod
     def _numbers(column):
-        """The text cells as float64 (NaN where missing), or None if one is not a number."""
-        import pyarrow
-        import pyarrow.compute
-
+        """The cells as float64 (NaN where missing), or None if one is not a number."""
         try:
-            return numpy.asarray(pyarrow.compute.cast(column, pyarrow.float64()).fill_null(numpy.nan), dtype=numpy.float64)
-        except pyarrow.ArrowInvalid:
-            pass
-        # pyarrow refuses what nnctl reads (' 3 ') as well as what nobody does: nnctl's rule decides
-        cells = column.to_numpy(zero_copy_only=False)
-        present = numpy.flatnonzero(~numpy.asarray(column.is_null()))
-        try:
-            found = numbers(cells[present].tolist())
+            return number_values(column)
         except NotNumbers:
             return None
-        values = numpy.full(len(cells), numpy.nan)
-        values[present] = found
-        return values
 
     def _codes(self, name, column):
         encoded = column.dictionary_encode()
@@ -208,7 +199,7 @@ class _Blocks:
         return numpy.append(local, numpy.int32(MISSING_CODE))[numpy.asarray(encoded.indices.fill_null(-1))]
 
     def _whole(self):
-        """read_table's columns, as one block."""
+        """read_table's columns of a CSV, as one block."""
         table = read_table(self.file, DataError, WHAT, self.names, self.delimiter, self.missing_values)
         block, self.kinds, self.tokens = {}, {}, {}
         for name in self.names:

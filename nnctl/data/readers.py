@@ -17,8 +17,8 @@ import numpy
 from nnctl.core.finite import CHECKED_DTYPES, all_finite
 from nnctl.errors import DataError, Problem, describe, did_you_mean
 from nnctl.io.arrays import Archive, NpyFile
-from nnctl.io.tables import (MISSING_VALUES, NUMBER, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table,
-                              arrow_number_blocks, column_indices, numbers, read_table, scan, table_header)
+from nnctl.io.tables import (MISSING_VALUES, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table, arrow_file_batches,
+                              arrow_file_column, arrow_number_blocks, column_indices, number_values, numbers, scan, table_header)
 
 # Rows converted at a time: the cells of one chunk are all that is held as Python strings.
 CHUNK_ROWS = 8192
@@ -153,7 +153,10 @@ def _python_csv_blocks(file, header, wanted, needed, dtype, options):
 
 
 def _arrow_file_blocks(file, column_map, target_map, dtype, options):
-    """A Parquet or Feather file's columns, read whole: numbers only, every cell present and finite."""
+    """A Parquet or Feather file's columns, a record batch at a time: numbers only, every cell
+    present and finite. A problem is the one the whole file shows first (the first column, in the
+    order asked for, with a missing cell, else with a cell of text, else with a value out of range,
+    at its first such row), so the batches after the first with a problem are read for it too."""
     header = table_header(file, DataError, "a data file")
 
     def find(cols, what):
@@ -164,20 +167,39 @@ def _arrow_file_blocks(file, column_map, target_map, dtype, options):
     names = list(dict.fromkeys(c for cols in wanted.values() for c in cols))
 
     def blocks():
-        table = read_table(file, DataError, "a data file", list(names), missing_values=options.missing_values)
-        limit = _limit(dtype)
-        for name, column in table.columns.items():
-            bad = numpy.flatnonzero(column.missing)
-            if column.kind != NUMBER or bad.size:
-                row = int(bad[0]) if bad.size else int(numpy.flatnonzero(~column.missing)[0])
-                received = "a missing value" if bad.size else f"text {column.values[row]!r}"
-                raise DataError(Problem(f"column {name!r}: expected a number at row {row + 1}, received {received}", str(file)))
-            if not _all_fit(column.values, dtype):  # then the first bad value, exactly
-                out = numpy.flatnonzero(~(numpy.abs(column.values) <= limit))
-                value = float(column.values[out[0]])
-                expected = "a finite number" if not math.isfinite(value) else f"a number that is {_fits_text(dtype)}"
-                raise DataError(Problem(f"column {name!r}: expected {expected} at row {int(out[0]) + 1}, received {value!r}", str(file)))
-        yield {key: numpy.stack([table.columns[c].values for c in cols], axis=1) for key, cols in wanted.items()}
+        limit, rows = _limit(dtype), 0
+        problems, first_cells = {}, {}  # name -> (rank, row, expected, received); name -> (row, its first present cell)
+
+        def found(name, *problem):
+            problems[name] = min(problems.get(name, problem), problem)
+
+        for batch in arrow_file_batches(file, DataError, names):
+            values = {}
+            for name in names:
+                column = arrow_file_column(batch.column(name))
+                missing = numpy.asarray(column.is_null())
+                if missing.any():
+                    found(name, 0, rows + int(numpy.argmax(missing)), "a number", "a missing value")
+                if name not in first_cells and not missing.all():
+                    first = int(numpy.argmin(missing))
+                    first_cells[name] = rows + first, column[first].as_py()
+                try:
+                    values[name] = number_values(column)
+                except NotNumbers:
+                    row, cell = first_cells[name]
+                    found(name, 1, row, "a number", f"text {cell!r}")
+                    continue
+                if not _all_fit(values[name], dtype):  # then the first bad value, exactly
+                    out = int(numpy.flatnonzero(~(numpy.abs(values[name]) <= limit))[0])
+                    value = float(values[name][out])
+                    found(name, 2, rows + out, "a finite number" if not math.isfinite(value) else f"a number that is {_fits_text(dtype)}", repr(value))
+            rows += batch.num_rows
+            if not problems:
+                yield {key: numpy.stack([values[c] for c in cols], axis=1) for key, cols in wanted.items()}
+        for name in names:
+            if name in problems:
+                _, row, expected, received = problems[name]
+                raise DataError(Problem(f"column {name!r}: expected {expected} at row {row + 1}, received {received}", str(file)))
 
     def locator(cols):
         def locate(i):

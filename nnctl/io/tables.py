@@ -52,6 +52,19 @@ def numbers(cells: list) -> numpy.ndarray:
     raise NotNumbers(next(i for i, cell in enumerate(cells) if not is_number(cell)))
 
 
+def cell_numbers(cells, missing) -> numpy.ndarray:
+    """`numbers` of the cells (an object array) that are not `missing`, NaN where they are;
+    NotNumbers names the row of the first that is not one."""
+    present = numpy.flatnonzero(~missing)
+    try:
+        found = numbers(cells[present].tolist())
+    except NotNumbers as bad:
+        raise NotNumbers(int(present[bad.index])) from None
+    out = numpy.full(len(cells), math.nan)
+    out[present] = found
+    return out
+
+
 def is_number(cell: str) -> bool:
     try:
         number(cell)
@@ -335,7 +348,7 @@ def read_table(path, error, what: str, names=None, delimiter: str = ",", missing
     types = dict(types or {})
     if suffix == ".csv":
         return _read_csv_table(path, error, what, names, delimiter, tuple(missing_values), types)
-    return _read_arrow_file(path, error, what, suffix, names, types)
+    return _read_arrow_file(path, error, what, names, types)
 
 
 def csv_header(path, error, what: str, names=None, delimiter: str = ","):
@@ -425,24 +438,38 @@ def _typed(table: Table, name, values, missing, text: bool, declared, error) -> 
             shown = numpy.array([None if m else number_text(v) for v, m in zip(values, missing)], dtype=object)
             return Column(name, TEXT, shown, missing)
         return Column(name, NUMBER, values, missing)
-    present = numpy.flatnonzero(~missing)
     if declared != TEXT:
         try:
-            numbers_ = numbers(values[present].tolist())
+            return Column(name, NUMBER, cell_numbers(values, missing), missing)
         except NotNumbers as bad:
             if declared == NUMBER:
-                row = int(present[bad.index])
-                raise error(Problem(f"column {name!r}: expected a number{table.where(row)}, received {values[row]!r}; "
-                                    "declare the column as text to read it as categories", **table.place(row, name))) from None
-        else:
-            out = numpy.full(len(values), math.nan)
-            out[present] = numbers_
-            return Column(name, NUMBER, out, missing)
+                raise error(Problem(f"column {name!r}: expected a number{table.where(bad.index)}, received {values[bad.index]!r}; "
+                                    "declare the column as text to read it as categories", **table.place(bad.index, name))) from None
     return Column(name, TEXT, values, missing)
 
 
 def _arrow_kind(suffix: str) -> str:
     return "Parquet" if suffix == ".parquet" else "Feather/Arrow IPC"
+
+
+def _unreadable(error, path, exc):
+    return error(Problem(f"expected a readable {_arrow_kind(Path(path).suffix.lower())} file, received {exc.__class__.__name__}: {exc}", str(path)))
+
+
+def _ipc_reader(source):
+    """The reader of an Arrow IPC file (Feather), or of an IPC stream (a .arrow file may hold
+    either); a source that is neither fails with the file format's error."""
+    import pyarrow
+    import pyarrow.ipc
+
+    try:
+        return pyarrow.ipc.open_file(source)
+    except pyarrow.ArrowInvalid as exc:
+        source.seek(0)
+        try:
+            return pyarrow.ipc.open_stream(source)
+        except pyarrow.ArrowInvalid:
+            raise exc from None
 
 
 def table_header(path, error, what: str) -> list:
@@ -451,51 +478,108 @@ def table_header(path, error, what: str) -> list:
 
     with open_regular(path, error, what):
         pass  # a FIFO or a device is refused before pyarrow opens it
-    suffix = Path(path).suffix.lower()
     try:
-        if suffix == ".parquet":
+        if Path(path).suffix.lower() == ".parquet":
             import pyarrow.parquet
 
             return list(pyarrow.parquet.read_schema(str(path)).names)
-        import pyarrow.ipc
-
-        with pyarrow.ipc.open_file(str(path)) as reader:
-            return list(reader.schema.names)
+        with pyarrow.OSFile(str(path)) as source:
+            return list(_ipc_reader(source).schema.names)
     except (pyarrow.ArrowException, OSError) as exc:
-        raise error(Problem(f"expected a readable {_arrow_kind(suffix)} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
+        raise _unreadable(error, path, exc) from None
 
 
-def _read_arrow_file(path, error, what, suffix, names, types) -> Table:
-    import pyarrow
-    import pyarrow.types as kinds
-
+def arrow_header(path, error, what: str, names=None) -> tuple:
+    """(header, names) of a .parquet, .feather or .arrow file: `names` (all when None) checked
+    against its schema (a name it lacks, with a did-you-mean, is an `error`)."""
     header = table_header(path, error, what)
     if names is not None:
         for name in names:
             column_indices(header, name, error, path, None, "column")
-    names = list(header) if names is None else list(names)
+    return header, list(header) if names is None else list(names)
+
+
+def arrow_file_batches(path, error, names):
+    """The columns `names` of a .parquet, .feather or .arrow file as pyarrow record batches of
+    about BLOCK_BYTES of float64 values at most, one at a time (an Arrow IPC file's own batches are
+    read whole, then cut to size). A file without rows is one empty batch (its columns' types still
+    type them); a file pyarrow cannot read is an `error`."""
+    import pyarrow
+
+    names = list(dict.fromkeys(names))
+    rows = max(1, BLOCK_BYTES // (8 * max(1, len(names))))
+    empty = True
     try:
-        if suffix == ".parquet":
+        if Path(path).suffix.lower() == ".parquet":
             import pyarrow.parquet
 
-            table = pyarrow.parquet.read_table(str(path), columns=names)
+            # pre_buffer (pyarrow's default) reads every row group's bytes before the first batch: the whole file
+            with pyarrow.parquet.ParquetFile(str(path), pre_buffer=False) as parquet:
+                schema = parquet.schema_arrow
+                for batch in parquet.iter_batches(batch_size=rows, columns=names):
+                    empty = False
+                    yield batch
         else:
-            import pyarrow.feather
-
-            table = pyarrow.feather.read_table(str(path), columns=names)
+            # Read, not memory-mapped: the pages a map touches stay resident, a compressed file's every one
+            with pyarrow.OSFile(str(path)) as source:
+                reader = _ipc_reader(source)
+                schema = reader.schema
+                # a file's batches are read by index, a stream's in turn
+                batches = map(reader.get_batch, range(reader.num_record_batches)) if hasattr(reader, "get_batch") else reader
+                for whole in batches:
+                    for start in range(0, whole.num_rows, rows):
+                        empty = False
+                        yield whole.slice(start, rows).select(names)
+        if empty:
+            yield pyarrow.RecordBatch.from_pylist([], schema=pyarrow.schema([schema.field(name) for name in names]))
     except (pyarrow.ArrowException, OSError) as exc:
-        raise error(Problem(f"expected a readable {_arrow_kind(suffix)} file, received {exc.__class__.__name__}: {exc}", str(path))) from None
-    result = Table(str(path), header, {}, table.num_rows)
-    for name, column in zip(names, table.columns):
-        if kinds.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        missing = numpy.asarray(column.is_null(), dtype=bool)
-        if kinds.is_integer(column.type) or kinds.is_floating(column.type) or kinds.is_null(column.type):
-            values = numpy.asarray(column.cast(pyarrow.float64()).fill_null(math.nan), dtype=numpy.float64)
-            result.columns[name] = _typed(result, name, values, missing, False, types.get(name), error)
-        else:
-            text = column if kinds.is_string(column.type) or kinds.is_large_string(column.type) else column.cast(pyarrow.string())
-            values = numpy.empty(len(text), dtype=object)
-            values[:] = text.to_pylist()
-            result.columns[name] = _typed(result, name, values, missing, True, types.get(name), error)
+        raise _unreadable(error, path, exc) from None
+
+
+def arrow_file_column(column):
+    """A column of a Parquet or Feather file as read_table types it: float64 (numbers, and a
+    column of nulls) or text (a dictionary's values; any other type as the text pyarrow writes)."""
+    import pyarrow
+    import pyarrow.types as kinds
+
+    if kinds.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if kinds.is_integer(column.type) or kinds.is_floating(column.type) or kinds.is_null(column.type):
+        return column.cast(pyarrow.float64())
+    return column if kinds.is_string(column.type) or kinds.is_large_string(column.type) else column.cast(pyarrow.string())
+
+
+def number_values(column) -> numpy.ndarray:
+    """The cells of a pyarrow column as float64 (NaN where missing): pyarrow's cast, or nnctl's
+    rule where pyarrow refuses a cell (' 3 ' is a number, '1_0' is not; NotNumbers names the row)."""
+    import pyarrow
+    import pyarrow.compute
+
+    try:
+        return numpy.asarray(pyarrow.compute.cast(column, pyarrow.float64()).fill_null(math.nan), dtype=numpy.float64)
+    except pyarrow.ArrowInvalid:
+        pass
+    return cell_numbers(column.to_numpy(zero_copy_only=False), numpy.asarray(column.is_null()))
+
+
+def _read_arrow_file(path, error, what, names, types) -> Table:
+    import pyarrow.types as kinds
+
+    header, names = arrow_header(path, error, what, names)
+    parts = {name: [] for name in names}
+    rows = 0
+    for batch in arrow_file_batches(path, error, names):
+        rows += batch.num_rows
+        for name in parts:
+            column = arrow_file_column(batch.column(name))
+            if kinds.is_floating(column.type):
+                values = number_values(column)
+            else:
+                values = numpy.empty(len(column), dtype=object)
+                values[:] = column.to_pylist()
+            parts[name].append((values, numpy.asarray(column.is_null(), dtype=bool)))
+    result = Table(str(path), header, {}, rows)
+    for name, pieces in parts.items():
+        values, missing = (numpy.concatenate(p) for p in zip(*pieces))
+        result.columns[name] = _typed(result, name, values, missing, values.dtype == object, types.get(name), error)
     return result
