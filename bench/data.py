@@ -10,8 +10,9 @@ Targets (issue 12, point 5): nnctl reads a numeric CSV at >= 0.8x the speed of
 `pyarrow.csv.read_csv` alone on the same file; a second run's data loading (from the cache) takes
 under 10% of the first's, for numbers and for columns through preprocessing; one epoch on a 2 GB
 CSV (and on its rows as a Parquet file) peaks under 1 GB of RSS; `predict` on raw rows reads them
-in blocks, its peak RSS that of a block. Every large-file step runs in a subprocess of its own, so each peak RSS is that step's; the
-files live in a temporary folder (NNCTL_BENCH_TMP to choose where) and are removed after.
+in blocks, its peak RSS that of a block. Every large-file step runs in a subprocess of its own, so
+each peak RSS is that step's; the files live in a temporary folder (NNCTL_BENCH_TMP to choose
+where) and are removed after.
 """
 from __future__ import annotations
 
