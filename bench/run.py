@@ -199,9 +199,14 @@ def limit_threads(threads: int) -> None:
     """Every worker started from now on uses at most `threads` compute threads: OpenBLAS, MKL and
     OpenMP (NumPy, torch) and XLA (JAX). On a machine whose cores other processes also use, BLAS
     threads that wait for each other lose whole scheduler slices (a 2-thread OpenBLAS step was 30x
-    slower than a 1-thread one under a load of 14 on 2 cores), so ratios mean little without this."""
+    slower than a 1-thread one under a load of 14 on 2 cores), so ratios mean little without this.
+    The workers are also held to `threads` CPUs (where the system can): XLA's runtime keeps threads
+    of its own beyond the flags (JAX used 1.25 CPUs a second under them alone), and on the CPUs
+    alike every implementation gets the same machine."""
     for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[name] = str(threads)
+    if hasattr(os, "sched_setaffinity"):  # children inherit it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
         f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}", f"intra_op_parallelism_threads={threads}"]))
 

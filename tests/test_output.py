@@ -162,3 +162,13 @@ def test_a_latin_1_terminal_with_the_live_progress_bar(project):
     assert "epoch 1/100 ----" in text  # the bar, in ASCII
     assert text.endswith("history: runs/two_tower/history.csv\r\ncheckpoint: runs/two_tower/checkpoint.npz\r\n")
     assert len((project.parent / "runs/two_tower/history.csv").read_text().splitlines()) == 101
+
+
+def test_user_strings_render_as_written_markup_and_emoji_codes_alike():
+    """A class named ':fire: [b]x[/b]' is shown as those characters, not as an emoji in bold."""
+    import numpy
+
+    from nnctl.cli.report import predictions_view, render_text
+
+    shown = render_text(predictions_view(["p"], numpy.array([[0.5]]), {"c": [":fire: [b]x[/b]"]}))
+    assert ":fire: [b]x[/b]" in shown and "\N{FIRE}" not in shown

@@ -75,7 +75,7 @@ def console():
     from rich.console import Console
 
     # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
-    return Console(file=STDOUT, highlight=False, width=None if sys.stdout.isatty() else 120)
+    return Console(file=STDOUT, highlight=False, emoji=False, width=None if sys.stdout.isatty() else 120)
 
 
 def quiet() -> bool:

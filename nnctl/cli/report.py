@@ -20,7 +20,7 @@ from nnctl.model.layers.base import count_params
 
 
 def render_text(renderable, width: int = 120) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, legacy_windows=False)
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, legacy_windows=False, emoji=False)
     console.print(renderable)
     return console.file.getvalue()
 
