@@ -345,16 +345,17 @@ def print_report(report: dict) -> None:
         unit = "steps/s" if workload == "two_tower" else "samples/s"
         key = "steps_per_s" if workload == "two_tower" else "samples_per_s"
         table = Table(title=f"{workload}: {entry['n']:,} samples x {entry['epochs']} epoch(s), float32, median of {report['rounds']} rounds", title_justify="left")
-        for column in ("implementation", unit, "nnctl / this", "of GEMM bound", "peak RSS MB", "final loss"):
+        # How far the rounds lie apart: on a shared machine a slow spell shows here, not in the median.
+        for column in ("implementation", unit, "nnctl / this", "of GEMM bound", "max/min round", "peak RSS MB", "final loss"):
             table.add_column(column, justify="left" if column == "implementation" else "right")
         for impl, result in rows.items():
             if "skipped" in result or "error" in result:
-                table.add_row(NAMES.get(impl, impl), result.get("skipped") or result.get("error"), "", "", "", "")
+                table.add_row(NAMES.get(impl, impl), result.get("skipped") or result.get("error"), "", "", "", "", "")
                 continue
             speed = result[key]
             table.add_row(NAMES.get(impl, impl), f"{speed:,.0f}", f"{_ratio(nnctl.get(key), speed):.2f}x",
                           f"{_ratio(result['samples_per_s'], gemm.get('samples_per_s')):.2f}",
-                          f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
+                          f"{max(result['rounds_seconds']) / min(result['rounds_seconds']):.2f}", f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
         console.print(table)
         step, torch = rows.get("nnctl_step", {}), rows.get("torch", {})
         if key in nnctl and key in step:
