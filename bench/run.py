@@ -337,7 +337,7 @@ def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=120)
+    console = Console(width=140)
     for workload, entry in report["workloads"].items():
         rows = entry["results"]
         nnctl = rows.get("nnctl_train", {})
