@@ -355,7 +355,8 @@ def print_report(report: dict) -> None:
             speed = result[key]
             table.add_row(NAMES.get(impl, impl), f"{speed:,.0f}", f"{_ratio(nnctl.get(key), speed):.2f}x",
                           f"{_ratio(result['samples_per_s'], gemm.get('samples_per_s')):.2f}",
-                          f"{max(result['rounds_seconds']) / min(result['rounds_seconds']):.2f}", f"{result['peak_rss_mb']:.0f}", "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
+                          f"{max(result['rounds_seconds']) / min(result['rounds_seconds']):.2f}", f"{result['peak_rss_mb']:.0f}",
+                          "" if result["final_loss"] != result["final_loss"] else f"{result['final_loss']:.6f}")
         console.print(table)
         step, torch = rows.get("nnctl_step", {}), rows.get("torch", {})
         if key in nnctl and key in step:
