@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy
 
 from nnctl.data import cache
-from nnctl.data.readers import (TABLE_SUFFIXES, ReadOptions, RowFile, joined_blocks, read_npy, read_npz, split_keys, table_blocks,
-                                target_text)
+from nnctl.data.readers import ReadOptions, RowFile, joined_blocks, read_npy, read_npz, split_keys, table_blocks, target_text
 from nnctl.data.targets import kind_for, sample_locator
 from nnctl.errors import DataError, Problem
+from nnctl.io.tables import TABLE_SUFFIXES
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy
 from nnctl.core.finite import CHECKED_DTYPES, all_finite
 from nnctl.errors import DataError, Problem, describe, did_you_mean
 from nnctl.io.arrays import Archive, NpyFile
-from nnctl.io.tables import (MISSING_VALUES, STREAM_BYTES, TABLE_SUFFIXES, CsvTable, Fallback, NotNumbers, Table, arrow_file_batches,
+from nnctl.io.tables import (MISSING_VALUES, STREAM_BYTES, CsvTable, Fallback, NotNumbers, Table, arrow_file_batches,
                               arrow_file_column, arrow_number_blocks, column_indices, number_values, numbers, scan, table_header)
 
 # Rows converted at a time: the cells of one chunk are all that is held as Python strings.
