@@ -7,8 +7,7 @@ nnctl and is reported as such. Messages say "expected ..., received ...".
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def describe(value) -> str:
@@ -57,12 +56,13 @@ def did_you_mean(word, choices) -> str:
     folded = {c.casefold(): c for c in reversed(choices)}  # the first choice wins a tie
     if word.casefold() in folded and folded[word.casefold()] != word:
         return f" (did you mean {folded[word.casefold()]!r}?)"
+    import difflib  # here: only a misspelling needs it, and every command's start-up pays for imports
+
     close = difflib.get_close_matches(word.casefold(), list(folded), n=1, cutoff=0.6)
     return f" (did you mean {folded[close[0]]!r}?)" if close else ""
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One thing wrong, with where it is: file, line and column (1-based), and a key path."""
 
     message: str

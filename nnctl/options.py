@@ -8,7 +8,7 @@ entry and option as declared.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 
@@ -18,17 +18,18 @@ class Required:
 
 
 REQUIRED = Required()
+# The options of an entry that takes none: read-only, since every such entry shares it.
+NO_OPTIONS = MappingProxyType({})
 
 
 class Invalid(Exception):
     """A value failed a check; the message is what was expected (the caller adds what was received)."""
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     expected: str
     accept: object  # value -> bool
-    schema: dict = field(default_factory=dict)
+    schema: dict  # its JSON Schema (nnctl schema)
     convert: object = None  # value -> normalised value
 
     def __call__(self, value):
@@ -103,8 +104,7 @@ def one_of(choices) -> Check:
     )
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     check: Check
     default: object = REQUIRED
     doc: str = ""
@@ -117,8 +117,7 @@ class Choice(NamedTuple):
     options: dict
 
 
-@dataclass(frozen=True)
-class Typed:
+class Typed(NamedTuple):
     """A value naming an entry of a registry: `name` or `{type: name, option: value, ...}`.
 
     `registry` is a zero-argument function so that declaring modules need not import each other.
@@ -128,8 +127,7 @@ class Typed:
     what: str  # "initializer", "activation", ...
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     """A nested mapping of declared options, or null (off); `true` means on with every default
     when `allow_true`. Each option inside is checked and reported at its own place."""
 

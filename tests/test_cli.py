@@ -35,6 +35,27 @@ def test_summary_json_counts_two_tower(project):
     assert data["layers"][3]["output_shape"] == [None, 3]
 
 
+# What `nnctl summary` never imports: it needs shapes, not arrays or tables, and bench/run.py
+# times its start-up against `python -c "import numpy"`; the rest only other commands use.
+SUMMARY_SKIPS = ["numpy", "pyarrow", "json", "difflib", "shlex", "signal", "nnctl.train.session", "nnctl.data.dataset"]
+
+
+def test_summary_imports_only_what_it_shows(project):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = ("import sys\nfrom nnctl.cli.commands import main\nsys.argv = ['nnctl', 'summary', sys.argv[1]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, str(project)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "Total params: 13" in done.stdout
+    imported = set(done.stdout.split())
+    assert "nnctl.model.graph" in imported and [name for name in SUMMARY_SKIPS if name in imported] == []
+
+
 def test_train_writes_weights_history_and_reports(project):
     result = run("train", project, cwd=project.parent)
     assert result.exit_code == 0, result.output

@@ -449,19 +449,6 @@ def test_a_scan_finds_quoted_values_and_hexadecimal_across_chunks(tmp_path, monk
     assert tables.scan(path) == found
 
 
-def test_summary_does_not_import_pyarrow(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT, write_project
-
-    spec = write_project(tmp_path)
-    code = ("import sys\nfrom nnctl.cli.commands import main\nsys.argv = ['nnctl', 'summary', sys.argv[1]]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'pyarrow' not in sys.modules, 'pyarrow imported'")
-    done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.mark.parametrize("suffix", [".parquet", ".feather"])
 def test_train_reads_parquet_and_feather_as_it_reads_the_csv(tmp_path, suffix):
     import pyarrow.csv

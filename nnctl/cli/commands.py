@@ -6,8 +6,6 @@ divergence or a failed check exits 1; anything unexpected is reported as an nnct
 from __future__ import annotations
 
 import contextlib
-import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -161,6 +159,8 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, re
             result = train_run(loaded, out=out, init=init_weights, resume=resume, restart=restart,
                                progress=progress, stop_requested=stop_requested, argv=sys.argv)
     except RunInterrupted as stop:
+        import shlex  # here, as signal below: what only `train` uses, the other commands' start-up skips
+
         again = ["nnctl", "train", str(spec)]
         for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--seed", seed), ("--backend", backend), ("--out", out)):
             again += [flag, str(value)] if value is not None else []
@@ -179,6 +179,8 @@ def train(spec, epochs, batch_size, seed, backend, init_weights, out, resume, re
 @contextlib.contextmanager
 def _graceful_stop():
     """First Ctrl-C / SIGTERM: ask training to stop after the current step. Second: stop now."""
+    import signal
+
     requested = []
 
     def handler(signum, frame):

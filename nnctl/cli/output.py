@@ -6,7 +6,6 @@ stream for the rest of the run, and a character the stream's encoding lacks prin
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 
 import click
@@ -109,4 +108,6 @@ def _json_safe(value):
 
 
 def emit_json(data):
+    import json  # here: the tables' commands (`nnctl summary`) start faster without it
+
     click.echo(json.dumps(_json_safe(data), indent=2, allow_nan=False), file=STDOUT)

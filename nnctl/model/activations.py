@@ -6,10 +6,10 @@ forward and VJP directly, the same arithmetic as autograd without the graph.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nnctl.core import ops
-from nnctl.options import Option, integer, number
+from nnctl.options import NO_OPTIONS, Option, integer, number
 
 
 def _compile_primitive(primitive):
@@ -51,16 +51,15 @@ def _compile_identity(xp, out):
     return (lambda x: x), (lambda g: g)
 
 
-@dataclass(frozen=True)
-class Activation:
+class Activation(NamedTuple):
     apply: object  # (Tensor, **options) -> Tensor
     compile: object  # (xp, out buffer, **options) -> (forward(x), vjp(g)) for the compiled step
-    options: dict = field(default_factory=dict)
+    options: dict = NO_OPTIONS
     doc: str = ""
 
 
 def _from_primitive(primitive, doc, options=None) -> Activation:
-    return Activation(primitive, _compile_primitive(primitive), options or {}, doc)
+    return Activation(primitive, _compile_primitive(primitive), options or NO_OPTIONS, doc)
 
 
 ACTIVATIONS: dict[str, Activation] = {

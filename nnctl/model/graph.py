@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nnctl.core.autograd import Tensor
 from nnctl.core.random import STREAM_INIT, rng_for
@@ -23,8 +23,7 @@ from nnctl.options import Choice
 MAX_WEIGHT_VALUES = (2**63 - 1) // 8
 
 
-@dataclass
-class Node:
+class Node(NamedTuple):
     name: str
     layer: object  # nnctl.model.layers.Layer
     inputs: list  # names

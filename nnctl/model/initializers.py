@@ -6,9 +6,9 @@ spec and seed give the same initial weights on NumPy and on CuPy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from nnctl.options import Check, Option, number
+from nnctl.options import NO_OPTIONS, Check, Option, number
 
 # Keras draws its *_normal initializers from a normal truncated at 2 standard deviations and
 # divides the target stddev by this constant (the truncated normal's stddev for stddev 1).
@@ -26,10 +26,9 @@ def _truncated_normal(rng, shape, stddev):
     return values * (stddev / _TRUNCATED_STDDEV)
 
 
-@dataclass(frozen=True)
-class Initializer:
+class Initializer(NamedTuple):
     draw: object  # (rng, shape, fan_in, fan_out, **options) -> numpy float64 array
-    options: dict = field(default_factory=dict)
+    options: dict = NO_OPTIONS
     doc: str = ""
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from nnctl.core.backend import BACKENDS
 from nnctl.data.column_options import COLUMN_OPTIONS
@@ -63,8 +63,7 @@ MISSING_VALUES = ("", "NA", "NaN", "null", "None")  # nnctl.io.tables.MISSING_VA
 CACHE_FOLDER = "runs/.cache"  # nnctl.data.cache.DEFAULT_FOLDER
 
 
-@dataclass
-class LayerSpec:
+class LayerSpec(NamedTuple):
     name: str
     type: str
     inputs: list  # names of inputs or layers
@@ -72,18 +71,16 @@ class LayerSpec:
     index: int  # position in `layers`, for error locations
 
 
-@dataclass
-class OutputSpec:
+class OutputSpec(NamedTuple):
     """One of the model's outputs: the layer, its loss, its weight in the total, its metrics."""
 
     name: str
     loss: Choice
-    weight: float = 1.0  # loss_weights
-    metrics: list = field(default_factory=list)  # [Choice(metric name, options)]
+    weight: float  # loss_weights
+    metrics: list  # [Choice(metric name, options)]
 
 
-@dataclass
-class DataSpec:
+class DataSpec(NamedTuple):
     path: Path
     inputs: dict  # input name -> list of CSV columns, or an array name for .npz
     targets: dict  # output name -> its list of CSV columns, or an array name
@@ -98,8 +95,7 @@ class DataSpec:
     columns: dict | None = None
 
 
-@dataclass
-class Spec:
+class Spec(NamedTuple):
     file: Path
     name: str
     seed: int
@@ -111,7 +107,7 @@ class Spec:
     optimizer: Choice
     data: DataSpec | None
     train: dict
-    marks: Marks = field(repr=False, default=None)
+    marks: Marks = None
     description: str = ""
 
     def problem(self, path: tuple, message: str, key: bool = False) -> Problem:
@@ -249,8 +245,7 @@ class _Checker:
         return Choice(name, self.options(mapping, registry[name].options, path, f"{what} {name!r}", skip=("type",)))
 
 
-@dataclass(frozen=True)
-class Override:
+class Override(NamedTuple):
     """A value set from outside the spec (a CLI flag, a sweep's parameter) at a key path, checked
     with the same options as the key in the file; problems name `source` ("--epochs")."""
 

@@ -8,7 +8,7 @@ names `<output>_loss` and `<output>_<metric>` (with their `val_` forms).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nnctl.train.losses import LOSSES
 from nnctl.train.metrics import METRICS
@@ -40,8 +40,7 @@ def total_keys(outputs) -> list[str]:
     return ["loss", *own, *(f"metric/{log_name(o.name, m.name, several)}" for o in outputs for m in o.metrics)]
 
 
-@dataclass
-class Head:
+class Head(NamedTuple):
     """One output of the model: its loss, its weight, and its metrics' accumulators by log name."""
 
     name: str  # the output layer (or input)

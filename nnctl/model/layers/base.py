@@ -10,7 +10,7 @@ backward closure over buffers allocated once per batch size. A layer without one
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nnctl.core import ops
 from nnctl.options import Choice, Option, Section, number
@@ -26,8 +26,7 @@ class ShapeConflict(Exception):
     """The inputs' shapes do not fit this layer; the message says expected and received."""
 
 
-@dataclass(frozen=True)
-class WeightSpec:
+class WeightSpec(NamedTuple):
     name: str  # "kernel", "bias", "moving_mean"
     shape: tuple
     initializer: Choice
