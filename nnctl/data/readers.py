@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,8 +59,7 @@ def _all_fit(array, dtype) -> bool:
     return bool(-limit <= array.min() and array.max() <= limit)
 
 
-@dataclass(frozen=True)
-class ReadOptions:
+class ReadOptions(NamedTuple):
     """How a table file is read (the spec's data.delimiter and data.missing_values)."""
 
     delimiter: str = ","

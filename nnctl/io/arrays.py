@@ -14,7 +14,7 @@ import os
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy
 
@@ -44,8 +44,7 @@ def _sniff(head: bytes) -> str:
     return f"a file that starts with {head[:4]!r}, not a zip archive"
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """An .npy header: what the data that follows it is, and where it starts."""
 
     shape: tuple

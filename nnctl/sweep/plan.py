@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 from nnctl.errors import Problem, SpecError, SweepError, describe, did_you_mean
@@ -33,8 +34,7 @@ MAX_SWEEP_BYTES = 1 << 20
 DATA_PATHS = ("path", "validation", "test")
 
 
-@dataclass(frozen=True)
-class Parameter:
+class Parameter(NamedTuple):
     key: str  # as written in the sweep file: "layers.hidden.units"
     path: tuple  # in the raw spec: ("layers", 1, "units")
     values: tuple | None  # a `values` list, or None for a distribution

@@ -20,6 +20,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from nnctl.errors import CheckpointError, Problem, TrainingDiverged, UsageError
@@ -40,8 +41,7 @@ CHECKPOINT_SECONDS = 2.0
 WALL_CLOCK_LOGS = ("epoch", "lr", "seconds", "samples_per_second")
 
 
-@dataclass(frozen=True)
-class RunFiles:
+class RunFiles(NamedTuple):
     """Where a run reads and writes: its folder (runs/<name>) and the files beside --out."""
 
     folder: Path
