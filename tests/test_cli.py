@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy
 import pytest
 
-from tests.helpers import TWO_TOWER, run, run_json, write_project
+from tests.helpers import ROOT, TWO_TOWER, run, run_json, write_project
 
 
 @pytest.fixture
@@ -41,12 +44,6 @@ SUMMARY_SKIPS = ["numpy", "pyarrow", "json", "difflib", "shlex", "signal", "nnct
 
 
 def test_summary_imports_only_what_it_shows(project):
-    import os
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
     code = ("import sys\nfrom nnctl.cli.commands import main\nsys.argv = ['nnctl', 'summary', sys.argv[1]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code, str(project)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
