@@ -1,6 +1,7 @@
-"""The one compiled piece, nnctl.core._loops (Adam's update as one loop). It is optional: without a
-C compiler the install still succeeds and nnctl runs the same update as NumPy passes, with
-bit-identical results. Everything else about the package is in pyproject.toml."""
+"""The one compiled piece, nnctl.core._loops (optimizer updates, relu and the finite check, one loop
+each). It is optional: without a C compiler the install still succeeds and nnctl runs the same
+arithmetic as NumPy passes, with bit-identical results. Everything else about the package is in
+pyproject.toml."""
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 

@@ -1,13 +1,14 @@
-/* nnctl.core._loops: each optimizer's update as one loop over the flat buffers (see
-   nnctl/train/optimizers.py).
+/* nnctl.core._loops: what NumPy would run as several whole-buffer passes, as one loop each: every
+   optimizer's update (see nnctl/train/optimizers.py), relu after dense's bias and relu's gradient
+   (nnctl/model/activations.py), and the finite check (nnctl/core/finite.py).
 
    NumPy runs an update as whole-buffer passes, one per operation: 10 passes over 5 buffers for
    Adam, a quarter of a training step on an MLP. These loops read each element once. Each performs
    the same IEEE operations in the same order with the same roundings as its NumPy passes (no FMA
    contraction: -ffp-contract=off; sqrt and division are correctly rounded in both), so the
-   weights are bit-identical whether or not this module was built; tests/test_optimizers.py
-   holds that. It is optional: pip builds it when a C compiler is present, and nnctl falls back to
-   the NumPy passes when it is not.
+   weights are bit-identical whether or not this module was built; tests/test_optimizers.py and
+   tests/test_relu_loops.py hold that. It is optional: pip builds it when a C compiler
+   is present, and nnctl falls back to the NumPy passes when it is not.
 
    A factor of exactly 1 (x * 1 == x for every IEEE value) lets one loop serve two optimizers:
    AdamW's decoupled decay is Adam's with decay 1 skipped, Adagrad's accumulator is RMSprop's
@@ -121,6 +122,32 @@
         }                                                                                        \
     }
 
+/* relu(x + bias), the bias broadcast over rows of `units` (none: relu(x)), as NumPy's add and
+   maximum(v, 0) compute it: v where v > 0 or v is NaN, else +0 (so -0 becomes +0, in NumPy's
+   vector loops and its scalar ones alike). `out` may be `x` itself (dense's pre-activation). */
+#define RELU_LOOP(NAME, T)                                                                       \
+    VECTOR_CLONES static void NAME(const T *x, const T *restrict bias, T *out, Py_ssize_t rows,   \
+                                   Py_ssize_t units) {                                           \
+        for (Py_ssize_t r = 0; r < rows; r++, x += units, out += units) {                        \
+            if (bias) {                                                                          \
+                for (Py_ssize_t j = 0; j < units; j++) {                                         \
+                    T v = x[j] + bias[j];                                                        \
+                    out[j] = (v > 0 || v != v) ? v : (T)0;                                       \
+                }                                                                                \
+            } else {                                                                             \
+                for (Py_ssize_t j = 0; j < units; j++) out[j] = (x[j] > 0 || x[j] != x[j]) ? x[j] : (T)0; \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* relu's gradient from its output: g * (out > 0), NumPy's multiply by the boolean mask as 1 or 0
+   (so g * 0 keeps g's sign, and a NaN or infinite g gives NaN where the unit is off). */
+#define RELU_GRAD_LOOP(NAME, T)                                                                  \
+    VECTOR_CLONES static void NAME(const T *restrict g, const T *restrict out,                   \
+                                   T *restrict input_grad, Py_ssize_t n) {                       \
+        for (Py_ssize_t i = 0; i < n; i++) input_grad[i] = g[i] * (T)(out[i] > 0);               \
+    }
+
 /* Whether every element is finite: its exponent bits are not all ones. An integer OR over the
    bits vectorises where a float sum (NumPy's check) cannot, and never overflows to a false inf. */
 #define FINITE_LOOP(NAME, T, U, EXPONENT)                                                        \
@@ -136,6 +163,10 @@ SGD_LOOP(sgd_float, float, fabsf, FLT_MIN)
 SGD_LOOP(sgd_double, double, fabs, DBL_MIN)
 SCALED_LOOP(scaled_float, float, sqrtf, fabsf, FLT_MIN)
 SCALED_LOOP(scaled_double, double, sqrt, fabs, DBL_MIN)
+RELU_LOOP(relu_float, float)
+RELU_LOOP(relu_double, double)
+RELU_GRAD_LOOP(relu_grad_float, float)
+RELU_GRAD_LOOP(relu_grad_double, double)
 FINITE_LOOP(finite_float, float, uint32_t, 0x7f800000u)
 FINITE_LOOP(finite_double, double, uint64_t, 0x7ff0000000000000ull)
 
@@ -153,13 +184,13 @@ static char float_kind(const Py_buffer *view) {
     return 0;
 }
 
-/* The `count` buffers in `objects` as views (the second, grads, read-only), all C-contiguous
-   float32 or float64 of one dtype and length: their kind ('f' or 'd'), or 0 with an exception set
-   and nothing held. names[0] is the function's name. */
-static char get_buffers(const char *const *names, PyObject **objects, Py_buffer *views, int count) {
+/* The `count` buffers in `objects` as views (writable, but buffer i read-only where bit i of
+   `read_only` is set), all C-contiguous float32 or float64 of one dtype and length: their kind
+   ('f' or 'd'), or 0 with an exception set and nothing held. names[0] is the function's name. */
+static char get_buffers(const char *const *names, PyObject **objects, Py_buffer *views, int count, unsigned read_only) {
     int held = 0;
     for (; held < count; held++) {
-        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (held == 1 ? 0 : PyBUF_WRITABLE);
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | ((read_only >> held) & 1 ? 0 : PyBUF_WRITABLE);
         if (PyObject_GetBuffer(objects[held], &views[held], flags) < 0) goto fail;
     }
     char kind = float_kind(&views[0]);
@@ -176,12 +207,14 @@ fail:
     return 0;
 }
 
-/* A wrapper's body once its arguments are parsed: the `count` buffers of `objects` as `views`,
-   FLOAT_CALL or DOUBLE_CALL on them (B(i): buffer i; n: elements) without the GIL, None. */
+/* A wrapper's body once its arguments are parsed: the `count` buffers of `objects` as `views`
+   (GRADS, the second, read-only), FLOAT_CALL or DOUBLE_CALL on them (B(i): buffer i; n:
+   elements) without the GIL, None. */
+#define GRADS (1u << 1)
 #define B(i) views[i].buf
 #define RUN_LOOP(count, FLOAT_CALL, DOUBLE_CALL)                                                 \
     do {                                                                                         \
-        char kind = get_buffers(names, objects, views, count);                                   \
+        char kind = get_buffers(names, objects, views, count, GRADS);                            \
         if (!kind) return NULL;                                                                  \
         Py_ssize_t n = views[0].len / views[0].itemsize;                                         \
         Py_BEGIN_ALLOW_THREADS                                                                   \
@@ -226,6 +259,54 @@ static PyObject *scaled(PyObject *module, PyObject *args) {
              scaled_double(B(0), B(1), B(2), n, rho, scale, epsilon, lr));
 }
 
+static PyObject *relu(PyObject *module, PyObject *args) {
+    static const char *names[] = {"relu", "out", "x", "bias"};
+    PyObject *objects[2], *bias_object;
+    Py_buffer views[2], bias_view = {0};
+    if (!PyArg_ParseTuple(args, "OOO:relu", &objects[1], &bias_object, &objects[0])) return NULL;
+    char kind = get_buffers(names, objects, views, 2, 1u << 1);
+    if (!kind) return NULL;
+    Py_ssize_t n = views[0].len / views[0].itemsize, units = views[0].ndim ? views[0].shape[views[0].ndim - 1] : 1;
+    if (bias_object != Py_None) {
+        if (PyObject_GetBuffer(bias_object, &bias_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto fail;
+        if (float_kind(&bias_view) != kind || bias_view.len / bias_view.itemsize != units) {
+            PyBuffer_Release(&bias_view);
+            PyErr_Format(PyExc_TypeError, "relu: expected a contiguous bias of x's dtype and last axis (%zd), "
+                         "received another", units);
+            goto fail;
+        }
+    }
+    Py_ssize_t rows = units ? n / units : 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 'f') relu_float(B(1), bias_view.buf, B(0), rows, units);
+    else relu_double(B(1), bias_view.buf, B(0), rows, units);
+    Py_END_ALLOW_THREADS
+    if (bias_view.obj) PyBuffer_Release(&bias_view);
+    PyBuffer_Release(&views[1]);
+    PyBuffer_Release(&views[0]);
+    return Py_NewRef(objects[0]);
+fail:
+    PyBuffer_Release(&views[1]);
+    PyBuffer_Release(&views[0]);
+    return NULL;
+}
+
+static PyObject *relu_grad(PyObject *module, PyObject *args) {
+    static const char *names[] = {"relu_grad", "input_grad", "g", "out"};
+    PyObject *objects[3];
+    Py_buffer views[3];
+    if (!PyArg_ParseTuple(args, "OOO:relu_grad", &objects[1], &objects[2], &objects[0])) return NULL;
+    char kind = get_buffers(names, objects, views, 3, (1u << 1) | (1u << 2));
+    if (!kind) return NULL;
+    Py_ssize_t n = views[0].len / views[0].itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 'f') relu_grad_float(B(1), B(2), B(0), n);
+    else relu_grad_double(B(1), B(2), B(0), n);
+    Py_END_ALLOW_THREADS
+    for (int i = 3; i > 0;) PyBuffer_Release(&views[--i]);
+    return Py_NewRef(objects[0]);
+}
+
 static PyObject *all_finite(PyObject *module, PyObject *array) {
     Py_buffer view;
     if (PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
@@ -253,6 +334,11 @@ static PyMethodDef methods[] = {
     {"scaled", scaled, METH_VARARGS,
      "scaled(params, grads, squares, rho, scale, epsilon, lr): one RMSprop (Adagrad: rho = scale = 1) "
      "update in place."},
+    {"relu", relu, METH_VARARGS,
+     "relu(x, bias, out) -> out: relu(x + bias) (bias None: relu(x)), the bias along x's last axis; "
+     "out may be x."},
+    {"relu_grad", relu_grad, METH_VARARGS,
+     "relu_grad(g, out, input_grad) -> input_grad: g * (out > 0), relu's gradient from its output."},
     {"all_finite", all_finite, METH_O,
      "all_finite(array): whether no element of a float32 or float64 buffer is NaN or infinite."},
     {NULL, NULL, 0, NULL},

@@ -1,8 +1,11 @@
 """Activation functions by name: used by activation layers and by `dense.activation`.
 
-Each has an autograd form (`apply`, on tensors) and a compiled form for the compiled step (`compile`):
-relu and linear run in place over preallocated buffers; the others call their primitive's
-forward and VJP directly, the same arithmetic as autograd without the graph.
+Each has an autograd form (`apply`, on tensors) and a compiled form for the compiled step
+(`compile(xp, out, bias=None, **options)` -> (forward(x), vjp(g))), whose forward is
+activation(x + bias): dense hands over its bias so that relu adds it in the same pass. relu and
+linear run in place over preallocated buffers, relu as one compiled loop each way on NumPy
+(nnctl/core/_loops.c, bit-identical to the NumPy passes it replaces); the others call their
+primitive's forward and VJP directly, the same arithmetic as autograd without the graph.
 """
 from __future__ import annotations
 
@@ -12,12 +15,24 @@ from nnctl.core import ops
 from nnctl.options import NO_OPTIONS, Option, integer, number
 
 
+try:  # relu after a bias, and relu's gradient, in one pass each
+    from nnctl.core._loops import relu as fused_relu, relu_grad as fused_relu_grad
+except ImportError:  # the same values from NumPy's passes
+    fused_relu = fused_relu_grad = None
+
+
+def _add_bias(xp, x, bias):
+    """x + bias, in place: x is dense's own pre-activation buffer whenever a bias comes with it."""
+    return x if bias is None else xp.add(x, bias, out=x)
+
+
 def _compile_primitive(primitive):
-    def compile(xp, out, **options):
+    def compile(xp, out, bias=None, **options):
         """(forward(x) -> a, vjp(g) -> dL/dx); `out` is unused: the primitive allocates."""
         seen = [None, None]
 
         def forward(x):
+            x = _add_bias(xp, x, bias)
             seen[0], seen[1] = x, primitive.forward(xp, x, **options)
             return seen[1]
 
@@ -29,31 +44,46 @@ def _compile_primitive(primitive):
     return compile
 
 
-def _compile_relu(xp, out):
-    """relu into `out` (which may be the input itself: dense's pre-activation buffer)."""
+def _compile_relu(xp, out, bias=None):
+    """relu(x + bias) into `out` (which may be x itself: dense's pre-activation buffer)."""
     mask = xp.empty(out.shape, dtype=bool)
     input_grad = xp.empty_like(out)
     # NumPy's maximum against a scalar 0 misses its SIMD loop: an array of zeros is 3-4x faster.
     zeros = xp.zeros_like(out)
 
-    def forward(x):
-        return xp.maximum(x, zeros, out=out)
+    def numpy_forward(x):
+        return xp.maximum(_add_bias(xp, x, bias), zeros, out=out)
 
-    def vjp(g):
+    def numpy_vjp(g):
         # out > 0 exactly where the pre-activation was > 0, as ops.relu's VJP asks.
         xp.greater(out, 0, out=mask)
         return xp.multiply(g, mask, out=input_grad)
 
+    if fused_relu is None or xp.__name__ != "numpy":
+        return numpy_forward, numpy_vjp
+
+    def forward(x):
+        try:
+            return fused_relu(x, bias, out)
+        except ValueError:  # NumPy's refusal of a view that is not contiguous: the passes take any layout
+            return numpy_forward(x)
+
+    def vjp(g):
+        try:
+            return fused_relu_grad(g, out, input_grad)
+        except ValueError:  # g is not contiguous (a slice of a merge's gradient)
+            return numpy_vjp(g)
+
     return forward, vjp
 
 
-def _compile_identity(xp, out):
-    return (lambda x: x), (lambda g: g)
+def _compile_identity(xp, out, bias=None):
+    return (lambda x: _add_bias(xp, x, bias)), (lambda g: g)
 
 
 class Activation(NamedTuple):
     apply: object  # (Tensor, **options) -> Tensor
-    compile: object  # (xp, out buffer, **options) -> (forward(x), vjp(g)) for the compiled step
+    compile: object  # (xp, out buffer, bias=None, **options) -> (forward(x), vjp(g)) for the compiled step
     options: dict = NO_OPTIONS
     doc: str = ""
 

@@ -51,15 +51,12 @@ class Dense(Layer):
         input_grad = xp.empty((batch, kernel.shape[0]), dtype=dtype) if needs_grad[0] else None
         ones = xp.ones(batch, dtype=dtype)  # dL/dbias = ones @ dz: a BLAS GEMV beats a column sum
         activation = self.config["activation"]
-        activate, activation_vjp = ACTIVATIONS[activation.name].compile(xp, z, **activation.options)
+        activate, activation_vjp = ACTIVATIONS[activation.name].compile(xp, z, bias, **activation.options)
         seen = [None]
 
         def forward(ctx, x):
             seen[0] = x
-            xp.matmul(x, kernel, out=z)
-            if bias is not None:
-                xp.add(z, bias, out=z)
-            return activate(z)
+            return activate(xp.matmul(x, kernel, out=z))  # the bias is added by the activation's pass
 
         def backward(g):
             dz = activation_vjp(g)
