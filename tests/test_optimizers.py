@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nnctl.train import optimizers
+from tests.test_step_loops import STEP_LOOPS
 
 kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
 
@@ -164,8 +165,8 @@ CALLS = {
 
 
 def test_every_loop_is_checked_for_refusals():
-    # The others: fit's finite check (tests/test_finite_checks.py) and relu's loops (tests/test_relu_loops.py).
-    others = {"all_finite", "relu", "relu_grad"}
+    # The others: fit's finite check (tests/test_finite_checks.py) and the step's loops (tests/test_step_loops.py).
+    others = {"all_finite"} | STEP_LOOPS
     assert set(CALLS) == set(LOOPS.values()) == {name for name in dir(kernels) if not name.startswith("_")} - others
 
 

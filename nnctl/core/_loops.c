@@ -7,7 +7,7 @@
    the same IEEE operations in the same order with the same roundings as its NumPy passes (no FMA
    contraction: -ffp-contract=off; sqrt and division are correctly rounded in both), so the
    weights are bit-identical whether or not this module was built; tests/test_optimizers.py and
-   tests/test_relu_loops.py hold that. It is optional: pip builds it when a C compiler
+   tests/test_step_loops.py hold that. It is optional: pip builds it when a C compiler
    is present, and nnctl falls back to the NumPy passes when it is not.
 
    A factor of exactly 1 (x * 1 == x for every IEEE value) lets one loop serve two optimizers:
@@ -148,6 +148,35 @@
         for (Py_ssize_t i = 0; i < n; i++) input_grad[i] = g[i] * (T)(out[i] > 0);               \
     }
 
+/* Sparse softmax cross-entropy from logits, the passes before and after NumPy's exp (whose vector
+   exp, and the sum after it, stay NumPy's): each row shifted by its maximum, as NumPy's maximum
+   reduces it (a NaN stays; between equal values the later one), with the label's shifted logit
+   picked; then the softmax's gradient, ((e / sum) - onehot) * scale. */
+#define XENT_SHIFT_LOOP(NAME, T)                                                                 \
+    VECTOR_CLONES static void NAME(const T *restrict logits, const int64_t *restrict labels,     \
+                                   T *restrict shifted, T *restrict picked, Py_ssize_t rows,     \
+                                   Py_ssize_t classes) {                                         \
+        for (Py_ssize_t r = 0; r < rows; r++, logits += classes, shifted += classes) {           \
+            T top = logits[0];                                                                   \
+            for (Py_ssize_t j = 1; j < classes; j++)                                             \
+                top = (top != top || top > logits[j]) ? top : logits[j];                         \
+            for (Py_ssize_t j = 0; j < classes; j++) shifted[j] = logits[j] - top;               \
+            picked[r] = shifted[labels[r]];                                                      \
+        }                                                                                        \
+    }
+
+#define XENT_GRAD_LOOP(NAME, T)                                                                  \
+    VECTOR_CLONES static void NAME(T *restrict grad, const T *restrict sums,                     \
+                                   const int64_t *restrict labels, Py_ssize_t rows,              \
+                                   Py_ssize_t classes, T scale) {                                \
+        for (Py_ssize_t r = 0; r < rows; r++, grad += classes) {                                 \
+            for (Py_ssize_t j = 0; j < classes; j++) {                                           \
+                T p = grad[j] / sums[r];                                                         \
+                grad[j] = (j == labels[r] ? p - 1 : p) * scale;                                  \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
 /* Whether every element is finite: its exponent bits are not all ones. An integer OR over the
    bits vectorises where a float sum (NumPy's check) cannot, and never overflows to a false inf. */
 #define FINITE_LOOP(NAME, T, U, EXPONENT)                                                        \
@@ -167,20 +196,34 @@ RELU_LOOP(relu_float, float)
 RELU_LOOP(relu_double, double)
 RELU_GRAD_LOOP(relu_grad_float, float)
 RELU_GRAD_LOOP(relu_grad_double, double)
+XENT_SHIFT_LOOP(xent_shift_float, float)
+XENT_SHIFT_LOOP(xent_shift_double, double)
+XENT_GRAD_LOOP(xent_grad_float, float)
+XENT_GRAD_LOOP(xent_grad_double, double)
 FINITE_LOOP(finite_float, float, uint32_t, 0x7f800000u)
 FINITE_LOOP(finite_double, double, uint64_t, 0x7ff0000000000000ull)
 
-/* 'f' or 'd' for a native float32 or float64 buffer, 0 otherwise. */
-static char float_kind(const Py_buffer *view) {
+/* A buffer's struct format without its byte-order prefix, or NULL where that order is not native. */
+static const char *native_format(const Py_buffer *view) {
     const char *format = view->format;
-    if (format[0] == '@' || format[0] == '=') format++;
+    if (format[0] == '@' || format[0] == '=') return format + 1;
 #if PY_LITTLE_ENDIAN
-    if (format[0] == '<') format++;
+    if (format[0] == '<') return format + 1;
+    if (format[0] == '>' || format[0] == '!') return NULL;
 #else
-    if (format[0] == '>' || format[0] == '!') format++;
+    if (format[0] == '>' || format[0] == '!') return format + 1;
+    if (format[0] == '<') return NULL;
 #endif
+    return format;
+}
+
+/* 'f' or 'd' for a native float32 or float64 buffer, 'q' for a native int64 one, 0 otherwise. */
+static char buffer_kind(const Py_buffer *view) {
+    const char *format = native_format(view);
+    if (!format) return 0;
     if (strcmp(format, "f") == 0 && view->itemsize == 4) return 'f';
     if (strcmp(format, "d") == 0 && view->itemsize == 8) return 'd';
+    if ((strcmp(format, "q") == 0 || strcmp(format, "l") == 0) && view->itemsize == 8) return 'q';
     return 0;
 }
 
@@ -193,9 +236,10 @@ static char get_buffers(const char *const *names, PyObject **objects, Py_buffer 
         int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | ((read_only >> held) & 1 ? 0 : PyBUF_WRITABLE);
         if (PyObject_GetBuffer(objects[held], &views[held], flags) < 0) goto fail;
     }
-    char kind = float_kind(&views[0]);
+    char kind = buffer_kind(&views[0]);
+    if (kind == 'q') kind = 0;
     for (int i = 0; i < count; i++) {
-        if (!kind || float_kind(&views[i]) != kind || views[i].len != views[0].len) {
+        if (!kind || buffer_kind(&views[i]) != kind || views[i].len != views[0].len) {
             PyErr_Format(PyExc_TypeError, "%s: expected %d contiguous float32 or float64 buffers of one "
                          "dtype and length, received a different %s", names[0], count, names[i + 1]);
             goto fail;
@@ -269,7 +313,7 @@ static PyObject *relu(PyObject *module, PyObject *args) {
     Py_ssize_t n = views[0].len / views[0].itemsize, units = views[0].ndim ? views[0].shape[views[0].ndim - 1] : 1;
     if (bias_object != Py_None) {
         if (PyObject_GetBuffer(bias_object, &bias_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto fail;
-        if (float_kind(&bias_view) != kind || bias_view.len / bias_view.itemsize != units) {
+        if (buffer_kind(&bias_view) != kind || bias_view.len / bias_view.itemsize != units) {
             PyBuffer_Release(&bias_view);
             PyErr_Format(PyExc_TypeError, "relu: expected a contiguous bias of x's dtype and last axis (%zd), "
                          "received another", units);
@@ -307,11 +351,97 @@ static PyObject *relu_grad(PyObject *module, PyObject *args) {
     return Py_NewRef(objects[0]);
 }
 
+/* One more C-contiguous buffer of `count` elements: of float `kind`, or int64 where kind is 'q'
+   (class labels). 0 on success; -1 with an exception set and nothing held. */
+static int get_vector(const char *function, const char *name, PyObject *object, Py_buffer *view, char kind,
+                      Py_ssize_t count, int writable) {
+    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (buffer_kind(view) != kind || view->len / view->itemsize != count) {
+        PyErr_Format(PyExc_TypeError, "%s: expected %s as %zd contiguous %s, received another", function, name, count,
+                     kind == 'q' ? "int64 labels" : "floats of the logits' dtype");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Every label in [0, classes): the loops index rows by them. */
+static int labels_in_range(const Py_buffer *labels, Py_ssize_t classes) {
+    const int64_t *values = labels->buf;
+    for (Py_ssize_t i = 0; i < labels->len / 8; i++) {
+        if (values[i] < 0 || values[i] >= classes) {
+            PyErr_Format(PyExc_IndexError, "expected class labels in [0, %zd), received %lld", classes, (long long)values[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *xent_shift(PyObject *module, PyObject *args) {
+    static const char *names[] = {"xent_shift", "shifted", "logits"};
+    PyObject *objects[2], *labels_object, *picked_object;
+    Py_buffer views[2], labels, picked;
+    if (!PyArg_ParseTuple(args, "OOOO:xent_shift", &objects[1], &labels_object, &objects[0], &picked_object)) return NULL;
+    char kind = get_buffers(names, objects, views, 2, 1u << 1);
+    if (!kind) return NULL;
+    Py_ssize_t rows = views[0].ndim == 2 ? views[0].shape[0] : 0, classes = rows ? views[0].shape[1] : 0;
+    if (!rows || !classes) {
+        PyErr_SetString(PyExc_TypeError, "xent_shift: expected logits of shape (rows, classes), received another");
+        goto release;
+    }
+    if (get_vector(names[0], "labels", labels_object, &labels, 'q', rows, 0) < 0) goto release;
+    if (get_vector(names[0], "picked", picked_object, &picked, kind, rows, 1) < 0) goto release_labels;
+    if (labels_in_range(&labels, classes)) {
+        Py_BEGIN_ALLOW_THREADS
+        if (kind == 'f') xent_shift_float(B(1), labels.buf, B(0), picked.buf, rows, classes);
+        else xent_shift_double(B(1), labels.buf, B(0), picked.buf, rows, classes);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&picked);
+release_labels:
+    PyBuffer_Release(&labels);
+release:
+    PyBuffer_Release(&views[1]);
+    PyBuffer_Release(&views[0]);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *xent_grad(PyObject *module, PyObject *args) {
+    static const char *names[] = {"xent_grad", "grad"};
+    PyObject *objects[1], *sums_object, *labels_object;
+    Py_buffer views[1], sums, labels;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOOd:xent_grad", &objects[0], &sums_object, &labels_object, &scale)) return NULL;
+    char kind = get_buffers(names, objects, views, 1, 0);
+    if (!kind) return NULL;
+    Py_ssize_t rows = views[0].ndim == 2 ? views[0].shape[0] : 0, classes = rows ? views[0].shape[1] : 0;
+    if (!rows || !classes) {
+        PyErr_SetString(PyExc_TypeError, "xent_grad: expected a gradient of shape (rows, classes), received another");
+        goto release;
+    }
+    if (get_vector(names[0], "sums", sums_object, &sums, kind, rows, 0) < 0) goto release;
+    if (get_vector(names[0], "labels", labels_object, &labels, 'q', rows, 0) < 0) goto release_sums;
+    if (labels_in_range(&labels, classes)) {
+        Py_BEGIN_ALLOW_THREADS
+        if (kind == 'f') xent_grad_float(B(0), sums.buf, labels.buf, rows, classes, (float)scale);
+        else xent_grad_double(B(0), sums.buf, labels.buf, rows, classes, scale);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&labels);
+release_sums:
+    PyBuffer_Release(&sums);
+release:
+    PyBuffer_Release(&views[0]);
+    if (PyErr_Occurred()) return NULL;
+    return Py_NewRef(objects[0]);
+}
+
 static PyObject *all_finite(PyObject *module, PyObject *array) {
     Py_buffer view;
     if (PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    char kind = float_kind(&view);
-    if (!kind) {
+    char kind = buffer_kind(&view);
+    if (kind != 'f' && kind != 'd') {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_TypeError, "all_finite: expected a contiguous float32 or float64 buffer, received another");
         return NULL;
@@ -339,6 +469,12 @@ static PyMethodDef methods[] = {
      "out may be x."},
     {"relu_grad", relu_grad, METH_VARARGS,
      "relu_grad(g, out, input_grad) -> input_grad: g * (out > 0), relu's gradient from its output."},
+    {"xent_shift", xent_shift, METH_VARARGS,
+     "xent_shift(logits, labels, shifted, picked): shifted = logits - each row's max, picked = its label's "
+     "shifted logit (sparse softmax cross-entropy before exp)."},
+    {"xent_grad", xent_grad, METH_VARARGS,
+     "xent_grad(grad, sums, labels, scale) -> grad: (grad / sums - onehot(labels)) * scale in place "
+     "(sparse softmax cross-entropy's gradient from exp(shifted) and its row sums)."},
     {"all_finite", all_finite, METH_O,
      "all_finite(array): whether no element of a float32 or float64 buffer is NaN or infinite."},
     {NULL, NULL, 0, NULL},

@@ -149,27 +149,52 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         if not self.config["from_logits"] or len(shape) != 2:
             return None
         grad = xp.empty(shape, dtype=dtype)
-        # NumPy's max over a short last axis is a slow reduction; over the first axis of a transposed
-        # copy it is 3x faster, and a max is exact in any order. (The sum stays as it is: another
-        # order would round differently and change every trajectory.)
-        transposed, row_max = xp.empty(shape[::-1], dtype=dtype), xp.empty(shape[0], dtype=dtype)
-        rows = xp.arange(shape[0])
+        picked, sums = xp.empty(shape[0], dtype=dtype), xp.empty(shape[0], dtype=dtype)
         scale = self._scale(shape[0])
+        if fused_xent is not None and xp.__name__ == "numpy":
+            shift, finish = fused_xent
+        else:
+            shift, finish = _xent_passes(xp, shape, dtype)
 
         def loss_and_grad(logits, labels):
-            transposed[...] = logits.T
-            transposed.max(axis=0, out=row_max)
-            xp.subtract(logits, row_max[:, None], out=grad)
             # The label's shifted logit is read before exp(): log(exp(z)) would lose small ones.
-            picked = grad[rows, labels]
+            shift(logits, labels, grad, picked)
             xp.exp(grad, out=grad)
-            sums = grad.sum(axis=-1, keepdims=True)
-            loss = (xp.log(sums[:, 0]) - picked).sum() * scale
-            xp.divide(grad, sums, out=grad)  # softmax - onehot, times the reduction's scale
-            grad[rows, labels] -= 1
-            return loss, xp.multiply(grad, scale, out=grad)
+            grad.sum(axis=-1, out=sums)
+            loss = (xp.log(sums) - picked).sum() * scale
+            return loss, finish(grad, sums, labels, scale)
 
         return loss_and_grad
+
+
+try:  # the passes around exp() as one loop each
+    from nnctl.core._loops import xent_grad, xent_shift
+
+    fused_xent = (xent_shift, xent_grad)
+except ImportError:  # the same values from NumPy's passes
+    fused_xent = None
+
+
+def _xent_passes(xp, shape, dtype):
+    """Sparse softmax cross-entropy's passes before and after exp() as array operations:
+    shift(logits, labels, shifted, picked) and finish(grad, sums, labels, scale) -> grad."""
+    # NumPy's max over a short last axis is a slow reduction; over the first axis of a transposed
+    # copy it is 3x faster, and a max is exact in any order.
+    transposed, row_max = xp.empty(shape[::-1], dtype=dtype), xp.empty(shape[0], dtype=dtype)
+    rows = xp.arange(shape[0])
+
+    def shift(logits, labels, shifted, picked):
+        transposed[...] = logits.T
+        transposed.max(axis=0, out=row_max)
+        xp.subtract(logits, row_max[:, None], out=shifted)
+        picked[...] = shifted[rows, labels]
+
+    def finish(grad, sums, labels, scale):
+        xp.divide(grad, sums[:, None], out=grad)  # softmax - onehot, times the reduction's scale
+        grad[rows, labels] -= 1
+        return xp.multiply(grad, scale, out=grad)
+
+    return shift, finish
 
 
 def _one_hot(like, labels):

@@ -1,0 +1,210 @@
+"""The compiled step's loops (nnctl/core/_loops.c) against the NumPy passes they replace, bit for bit:
+relu after dense's bias and relu's gradient (nnctl.model.activations), and sparse softmax
+cross-entropy's passes around exp() (nnctl.train.losses).
+
+The two paths are the compiled closures with and without the loops: on every kind of float value
+(NaN, infinities, signed zeros, subnormals, the largest), in both dtypes, at lengths with and
+without a vector tail; relu with and without a bias, in place (as dense runs it) and into a buffer
+of its own (as the relu layer does). A NaN's payload is left out of the comparison: which of two
+NaN operands an addition returns is the compiler's choice, and a NaN fails the run whatever its bits.
+"""
+import numpy as np
+import pytest
+
+from nnctl.model import activations
+from nnctl.train import losses
+
+kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
+
+# The loops this file holds to their passes (test_optimizers.py and test_finite_checks.py hold the others).
+STEP_LOOPS = {"relu", "relu_grad", "xent_shift", "xent_grad"}
+
+DTYPES = [np.float32, np.float64]
+# (batch, units): a vector loop's width, a tail after it, a single element, a bias over odd units
+SHAPES = [(128, 256), (5, 17), (1, 1), (3, 7)]
+
+
+def _with_specials(rng, shape, dtype, share=2):
+    """Normal values with every kind of special one sprinkled among them, each `share` times at most."""
+    info = np.finfo(dtype)
+    specials = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal,
+                info.tiny, -info.tiny, info.max, -info.max]
+    values = rng.standard_normal(shape).astype(dtype)
+    flat = values.reshape(-1)
+    where = rng.choice(flat.size, size=min(flat.size, share * len(specials)), replace=False)
+    flat[where] = np.resize(np.array(specials, dtype), where.size)
+    return values
+
+
+def _assert_same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    nan = np.isnan(a)
+    np.testing.assert_array_equal(nan, np.isnan(b))
+    assert a[~nan].tobytes() == b[~nan].tobytes()  # signed zeros included
+
+
+def _relu(monkeypatch, compiled, x, bias, g, in_place):
+    """relu's compiled closures on (x, g): (forward's value, vjp's value), copies."""
+    calls = []
+    if compiled:
+        for name, loop in (("fused_relu", kernels.relu), ("fused_relu_grad", kernels.relu_grad)):
+            monkeypatch.setattr(activations, name, lambda *args, loop=loop: calls.append(loop) or loop(*args))
+    else:
+        monkeypatch.setattr(activations, "fused_relu", None)
+    out = x.copy() if in_place else np.empty_like(x)
+    forward, vjp = activations.ACTIVATIONS["relu"].compile(np, out, bias)
+    value = forward(out if in_place else x).copy()
+    grad = vjp(g).copy()
+    assert calls == ([kernels.relu, kernels.relu_grad] if compiled else [])
+    return value, grad
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in place", "own buffer"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_relu_loops_are_bit_identical_to_the_numpy_passes(monkeypatch, dtype, shape, with_bias, in_place):
+    rng = np.random.default_rng(0)
+    x, g = _with_specials(rng, shape, dtype), _with_specials(rng, shape, dtype)
+    bias = _with_specials(rng, shape[-1:], dtype) if with_bias else None
+    compiled = _relu(monkeypatch, True, x, bias, g, in_place)
+    monkeypatch.undo()
+    with np.errstate(invalid="ignore"):  # inf * 0 where a unit is off: NaN, and NumPy says so
+        passes = _relu(monkeypatch, False, x, bias, g, in_place)
+    for loop_value, numpy_value in zip(compiled, passes):
+        _assert_same_bits(loop_value, numpy_value)
+    value = compiled[0]
+    assert (value >= 0).all() or np.isnan(value).any()
+    assert not np.signbit(value[value == 0]).any(), "relu gives +0, never -0"
+    np.testing.assert_array_equal(compiled[1][value > 0], g[value > 0])
+
+
+def test_relu_closures_take_views_that_are_not_contiguous(monkeypatch):
+    """A relu layer may read a slice of another layer's output, and get a slice of a merge's gradient."""
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((6, 10))[:, ::2], rng.standard_normal((6, 10))[:, 1::2]
+    assert not x.flags.c_contiguous and not g.flags.c_contiguous
+    forward, vjp = activations.ACTIVATIONS["relu"].compile(np, np.empty(x.shape))
+    np.testing.assert_array_equal(forward(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(vjp(g), g * (x > 0))
+
+
+_F32 = np.zeros((2, 3), np.float32)
+# name -> relu's (x, bias, out) and relu_grad's (g, out, input_grad) (None: it takes no bias), each with one mistake
+BAD_ARGUMENTS = {
+    "mixed dtypes": ((_F32, None, np.zeros((2, 3))), (_F32, np.zeros((2, 3)), _F32.copy())),
+    "integer buffers": ((np.zeros((2, 3), int), None, np.zeros((2, 3), int)),) * 2,
+    "different lengths": ((_F32, None, np.zeros((2, 4), np.float32)), (_F32, _F32, np.zeros((2, 4), np.float32))),
+    "non-contiguous": ((np.zeros((2, 6), np.float32)[:, ::2], None, _F32.copy()), (np.zeros((2, 6), np.float32)[:, ::2], _F32, _F32.copy())),
+    "read-only output": ((_F32, None, np.frombuffer(bytes(24), np.float32).reshape(2, 3)),
+                         (_F32, _F32, np.frombuffer(bytes(24), np.float32).reshape(2, 3))),
+    "bias of another length": ((_F32, np.zeros(2, np.float32), _F32.copy()), None),
+    "bias of another dtype": ((_F32, np.zeros(3), _F32.copy()), None),
+}
+
+
+@pytest.mark.parametrize("loop, case", [(loop, case) for case, calls in BAD_ARGUMENTS.items()
+                                         for loop, arguments in zip(("relu", "relu_grad"), calls) if arguments])
+def test_relu_loops_refuse_buffers_they_cannot_run_on(loop, case):
+    arguments = BAD_ARGUMENTS[case][loop == "relu_grad"]
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        getattr(kernels, loop)(*arguments)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_dense_relu_models_gradients_do_not_depend_on_the_loops(monkeypatch, make_session, dtype):
+    spec = {"inputs": {"x": [9]}, "loss": {"type": "sparse_categorical_crossentropy", "from_logits": True},
+            "layers": [{"name": "hidden", "type": "dense", "units": 33, "activation": "relu"},
+                       {"name": "relu", "type": "relu"}, {"name": "logits", "type": "dense", "units": 4}]}
+    rng = np.random.default_rng(2)
+    x, labels = rng.standard_normal((17, 9)).astype(dtype), rng.integers(0, 4, 17)
+
+    def gradients():
+        session = make_session(spec, dtype=dtype)
+        loss = session.gradients({"x": x}, {"logits": labels}, 17, None)[0]
+        return loss, session.params.grad_flat.copy()
+
+    compiled = gradients()
+    monkeypatch.setattr(activations, "fused_relu", None)
+    passes = gradients()
+    assert compiled[0] == passes[0]
+    assert compiled[1].tobytes() == passes[1].tobytes() and (compiled[1] != 0).any()
+
+
+# --- sparse softmax cross-entropy ------------------------------------------------------------------
+def _xent(monkeypatch, compiled, logits, labels, reduction):
+    """The compiled loss's (value, gradient), copies."""
+    if not compiled:
+        monkeypatch.setattr(losses, "fused_xent", None)
+    loss = losses.LOSSES["sparse_categorical_crossentropy"]({"from_logits": True, "reduction": reduction})
+    loss_and_grad = loss.compile(np, logits.shape, logits.dtype)
+    with np.errstate(all="ignore"):  # the specials' NaNs and overflows
+        value, grad = loss_and_grad(logits, labels)
+    return np.asarray(value), grad.copy()
+
+
+# name -> (batch, classes) of the logits and how many of each special value they hold
+LOGITS = {"a batch of ten classes": ((128, 10), 0), "with special values": ((128, 10), 3), "one class": ((7, 1), 0),
+          "a tail after the vector width": ((5, 33), 1), "ties of signed zeros": ((6, 4), "zeros")}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("case", LOGITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_cross_entropy_loops_are_bit_identical_to_the_numpy_passes(monkeypatch, dtype, case, reduction):
+    shape, specials = LOGITS[case]
+    rng = np.random.default_rng(3)
+    if specials == "zeros":  # the row's max is a zero of either sign; which one the subtraction sees matters
+        logits = rng.choice(np.array([0.0, -0.0, -1.0], dtype), shape)
+    else:
+        logits = _with_specials(rng, shape, dtype, specials) if specials else rng.standard_normal(shape).astype(dtype) * 5
+    labels = rng.integers(0, shape[1], shape[0])
+    compiled = _xent(monkeypatch, True, logits, labels, reduction)
+    monkeypatch.undo()
+    passes = _xent(monkeypatch, False, logits, labels, reduction)
+    for loop_value, numpy_value in zip(compiled, passes):
+        _assert_same_bits(loop_value, numpy_value)
+    if not specials:  # the loss and its gradient as the formula gives them
+        expected = np.log(np.exp(logits.astype(float)).sum(axis=1)) - logits[np.arange(shape[0]), labels]
+        assert compiled[0] == pytest.approx(expected.sum() / (shape[0] if reduction == "mean" else 1), rel=1e-5)
+        np.testing.assert_allclose(compiled[1].sum(axis=1), 0, atol=1e-6)
+
+
+def test_the_compiled_loss_runs_the_loops(monkeypatch):
+    calls = []
+    monkeypatch.setattr(losses, "fused_xent", tuple(lambda *args, loop=loop: calls.append(loop) or loop(*args)
+                                                    for loop in (kernels.xent_shift, kernels.xent_grad)))
+    _xent(monkeypatch, True, np.zeros((2, 3)), np.array([0, 2]), "mean")
+    assert calls == [kernels.xent_shift, kernels.xent_grad]
+
+
+_LOGITS = np.zeros((2, 3), np.float32)
+_LABELS = np.array([0, 2])
+# name -> xent_shift's (logits, labels, shifted, picked) and xent_grad's (grad, sums, labels, scale), one mistake each
+BAD_XENT_ARGUMENTS = {
+    "a label past the classes": ((_LOGITS, np.array([0, 3]), _LOGITS.copy(), np.zeros(2, np.float32)),
+                                 (_LOGITS.copy(), np.ones(2, np.float32), np.array([0, 3]), 0.5)),
+    "a negative label": ((_LOGITS, np.array([-1, 0]), _LOGITS.copy(), np.zeros(2, np.float32)),
+                         (_LOGITS.copy(), np.ones(2, np.float32), np.array([-1, 0]), 0.5)),
+    "labels of another integer type": ((_LOGITS, _LABELS.astype(np.int32), _LOGITS.copy(), np.zeros(2, np.float32)),
+                                       (_LOGITS.copy(), np.ones(2, np.float32), _LABELS.astype(np.int32), 0.5)),
+    "labels of another length": ((_LOGITS, np.array([0, 1, 2]), _LOGITS.copy(), np.zeros(2, np.float32)),
+                                 (_LOGITS.copy(), np.ones(2, np.float32), np.array([0, 1, 2]), 0.5)),
+    "rows of another dtype": ((_LOGITS, _LABELS, _LOGITS.copy(), np.zeros(2)), (_LOGITS.copy(), np.ones(2), _LABELS, 0.5)),
+    "logits that are not a matrix": ((np.zeros(6, np.float32), _LABELS, np.zeros(6, np.float32), np.zeros(2, np.float32)),
+                                     (np.zeros(6, np.float32), np.ones(2, np.float32), _LABELS, 0.5)),
+    "non-contiguous": ((np.zeros((2, 6), np.float32)[:, ::2], _LABELS, _LOGITS.copy(), np.zeros(2, np.float32)),
+                       (np.zeros((2, 6), np.float32)[:, ::2], np.ones(2, np.float32), _LABELS, 0.5)),
+}
+
+
+@pytest.mark.parametrize("loop", ["xent_shift", "xent_grad"])
+@pytest.mark.parametrize("case", BAD_XENT_ARGUMENTS)
+def test_cross_entropy_loops_refuse_what_they_cannot_run_on(loop, case):
+    arguments = BAD_XENT_ARGUMENTS[case][loop == "xent_grad"]
+    with pytest.raises((TypeError, ValueError, IndexError)):
+        getattr(kernels, loop)(*arguments)
+
+
+def test_every_step_loop_is_held_here():
+    assert STEP_LOOPS <= set(dir(kernels))
