@@ -170,6 +170,17 @@ def test_cross_entropy_loops_are_bit_identical_to_the_numpy_passes(monkeypatch, 
         np.testing.assert_allclose(compiled[1].sum(axis=1), 0, atol=1e-6)
 
 
+def test_the_compiled_loss_takes_logits_that_are_not_contiguous(monkeypatch):
+    rng = np.random.default_rng(4)
+    logits, labels = rng.standard_normal((5, 8))[:, ::2], rng.integers(0, 4, 5)
+    assert not logits.flags.c_contiguous
+    compiled = _xent(monkeypatch, True, logits, labels, "mean")
+    monkeypatch.undo()
+    passes = _xent(monkeypatch, False, np.ascontiguousarray(logits), labels, "mean")
+    for loop_value, numpy_value in zip(compiled, passes):
+        _assert_same_bits(loop_value, numpy_value)
+
+
 def test_the_compiled_loss_runs_the_loops(monkeypatch):
     calls = []
     monkeypatch.setattr(losses, "fused_xent", tuple(lambda *args, loop=loop: calls.append(loop) or loop(*args)

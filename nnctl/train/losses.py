@@ -151,14 +151,15 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         grad = xp.empty(shape, dtype=dtype)
         picked, sums = xp.empty(shape[0], dtype=dtype), xp.empty(shape[0], dtype=dtype)
         scale = self._scale(shape[0])
-        if fused_xent is not None and xp.__name__ == "numpy":
-            shift, finish = fused_xent
-        else:
-            shift, finish = _xent_passes(xp, shape, dtype)
+        passes = _xent_passes(xp, shape, dtype)
+        shift, finish = fused_xent if fused_xent is not None and xp.__name__ == "numpy" else passes
 
         def loss_and_grad(logits, labels):
             # The label's shifted logit is read before exp(): log(exp(z)) would lose small ones.
-            shift(logits, labels, grad, picked)
+            try:
+                shift(logits, labels, grad, picked)
+            except ValueError:  # NumPy's refusal of logits that are not contiguous: the passes take any layout
+                passes[0](logits, labels, grad, picked)
             xp.exp(grad, out=grad)
             grad.sum(axis=-1, out=sums)
             loss = (xp.log(sums) - picked).sum() * scale
