@@ -145,7 +145,8 @@ def _xent(monkeypatch, compiled, logits, labels, reduction):
 
 # name -> (batch, classes) of the logits and how many of each special value they hold
 LOGITS = {"a batch of ten classes": ((128, 10), 0), "with special values": ((128, 10), 3), "one class": ((7, 1), 0),
-          "a tail after the vector width": ((5, 33), 1), "ties of signed zeros": ((6, 4), "zeros")}
+          "a tail after the vector width": ((5, 33), 1), "rows past a block of eight": ((13, 5), 1),
+          "ties of signed zeros": ((19, 4), "zeros"), "many classes": ((9, 1000), 20)}
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

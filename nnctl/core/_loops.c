@@ -152,16 +152,31 @@
    exp, and the sum after it, stay NumPy's): each row shifted by its maximum, as NumPy's maximum
    reduces it (a NaN stays; between equal values the later one), with the label's shifted logit
    picked; then the softmax's gradient, ((e / sum) - onehot) * scale. */
+#define MAX_STEP(TOP, X) ((TOP) != (TOP) || (TOP) > (X) ? (TOP) : (X)) /* NumPy's maximum(top, x) */
+#define LANES 8 /* rows whose maxima are taken side by side: each is a chain of dependent selects */
 #define XENT_SHIFT_LOOP(NAME, T)                                                                 \
     VECTOR_CLONES static void NAME(const T *restrict logits, const int64_t *restrict labels,     \
                                    T *restrict shifted, T *restrict picked, Py_ssize_t rows,     \
                                    Py_ssize_t classes) {                                         \
-        for (Py_ssize_t r = 0; r < rows; r++, logits += classes, shifted += classes) {           \
-            T top = logits[0];                                                                   \
-            for (Py_ssize_t j = 1; j < classes; j++)                                             \
-                top = (top != top || top > logits[j]) ? top : logits[j];                         \
-            for (Py_ssize_t j = 0; j < classes; j++) shifted[j] = logits[j] - top;               \
-            picked[r] = shifted[labels[r]];                                                      \
+        T top[LANES];                                                                            \
+        for (Py_ssize_t r = 0; r < rows; r += LANES) {                                           \
+            const T *row = logits + r * classes;                                                 \
+            Py_ssize_t lanes = rows - r < LANES ? rows - r : LANES;                              \
+            if (lanes == LANES) {                                                                \
+                for (int q = 0; q < LANES; q++) top[q] = row[q * classes];                       \
+                for (Py_ssize_t j = 1; j < classes; j++)                                         \
+                    for (int q = 0; q < LANES; q++) top[q] = MAX_STEP(top[q], row[q * classes + j]); \
+            } else {                                                                             \
+                for (Py_ssize_t q = 0; q < lanes; q++) {                                         \
+                    top[q] = row[q * classes];                                                   \
+                    for (Py_ssize_t j = 1; j < classes; j++) top[q] = MAX_STEP(top[q], row[q * classes + j]); \
+                }                                                                                \
+            }                                                                                    \
+            for (Py_ssize_t q = 0; q < lanes; q++) {                                             \
+                T *out = shifted + (r + q) * classes;                                            \
+                for (Py_ssize_t j = 0; j < classes; j++) out[j] = row[q * classes + j] - top[q]; \
+                picked[r + q] = out[labels[r + q]];                                              \
+            }                                                                                    \
         }                                                                                        \
     }
 
