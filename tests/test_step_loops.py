@@ -17,7 +17,7 @@ from nnctl.train import losses
 kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
 
 # The loops this file holds to their passes (test_optimizers.py and test_finite_checks.py hold the others).
-STEP_LOOPS = {"relu", "relu_grad", "xent_shift", "xent_grad"}
+STEP_LOOPS = {"relu", "relu_grad", "add_bias", "xent_shift", "xent_grad"}
 
 DTYPES = [np.float32, np.float64]
 # (batch, units): a vector loop's width, a tail after it, a single element, a bias over odd units
@@ -43,19 +43,22 @@ def _assert_same_bits(a, b):
     assert a[~nan].tobytes() == b[~nan].tobytes()  # signed zeros included
 
 
-def _relu(monkeypatch, compiled, x, bias, g, in_place):
-    """relu's compiled closures on (x, g): (forward's value, vjp's value), copies."""
+# The loops each dense activation with a compiled form runs: (with a bias, without one)
+DENSE_LOOPS = {"relu": (("relu", "relu_grad"), ("relu", "relu_grad")), "linear": (("add_bias",), ())}
+
+
+def _dense_activation(monkeypatch, compiled, name, x, bias, g, in_place):
+    """Activation `name`'s compiled closures on (x, g): (forward's value, vjp's value), copies."""
     calls = []
-    if compiled:
-        for name, loop in (("fused_relu", kernels.relu), ("fused_relu_grad", kernels.relu_grad)):
-            monkeypatch.setattr(activations, name, lambda *args, loop=loop: calls.append(loop) or loop(*args))
-    else:
-        monkeypatch.setattr(activations, "fused_relu", None)
+    for loop in ("relu", "relu_grad", "add_bias"):
+        kernel = getattr(kernels, loop)
+        spy = (lambda *args, kernel=kernel: calls.append(kernel.__name__) or kernel(*args)) if compiled else None
+        monkeypatch.setattr(activations, f"fused_{loop}", spy)
     out = x.copy() if in_place else np.empty_like(x)
-    forward, vjp = activations.ACTIVATIONS["relu"].compile(np, out, bias)
-    value = forward(out if in_place else x).copy()
+    forward, vjp = activations.ACTIVATIONS[name].compile(np, out, bias)
+    value = forward(out if in_place else x.copy()).copy()
     grad = vjp(g).copy()
-    assert calls == ([kernels.relu, kernels.relu_grad] if compiled else [])
+    assert calls == (list(DENSE_LOOPS[name][bias is None]) if compiled else [])
     return value, grad
 
 
@@ -63,17 +66,22 @@ def _relu(monkeypatch, compiled, x, bias, g, in_place):
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no bias"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_relu_loops_are_bit_identical_to_the_numpy_passes(monkeypatch, dtype, shape, with_bias, in_place):
+@pytest.mark.parametrize("name", DENSE_LOOPS)
+def test_dense_activation_loops_are_bit_identical_to_the_numpy_passes(monkeypatch, name, dtype, shape, with_bias, in_place):
     rng = np.random.default_rng(0)
     x, g = _with_specials(rng, shape, dtype), _with_specials(rng, shape, dtype)
     bias = _with_specials(rng, shape[-1:], dtype) if with_bias else None
-    compiled = _relu(monkeypatch, True, x, bias, g, in_place)
+    compiled = _dense_activation(monkeypatch, True, name, x, bias, g, in_place)
     monkeypatch.undo()
-    with np.errstate(invalid="ignore"):  # inf * 0 where a unit is off: NaN, and NumPy says so
-        passes = _relu(monkeypatch, False, x, bias, g, in_place)
+    with np.errstate(invalid="ignore"):  # inf * 0 where a unit is off, inf - inf: NaN, and NumPy says so
+        passes = _dense_activation(monkeypatch, False, name, x, bias, g, in_place)
     for loop_value, numpy_value in zip(compiled, passes):
         _assert_same_bits(loop_value, numpy_value)
     value = compiled[0]
+    if name == "linear":
+        with np.errstate(invalid="ignore"):
+            _assert_same_bits(value, x + bias if with_bias else x)
+        return
     assert (value >= 0).all() or np.isnan(value).any()
     assert not np.signbit(value[value == 0]).any(), "relu gives +0, never -0"
     np.testing.assert_array_equal(compiled[1][value > 0], g[value > 0])
@@ -89,26 +97,30 @@ def test_relu_closures_take_views_that_are_not_contiguous(monkeypatch):
     np.testing.assert_array_equal(vjp(g), g * (x > 0))
 
 
-_F32 = np.zeros((2, 3), np.float32)
-# name -> relu's (x, bias, out) and relu_grad's (g, out, input_grad) (None: it takes no bias), each with one mistake
+_F32, _BIAS = np.zeros((2, 3), np.float32), np.zeros(3, np.float32)
+_READ_ONLY = np.frombuffer(bytes(24), np.float32).reshape(2, 3)
+_STRIDED = np.zeros((2, 6), np.float32)[:, ::2]
+# name -> {loop: its arguments with that one mistake}: relu and add_bias take (x, bias, out), relu_grad (g, out, input_grad)
 BAD_ARGUMENTS = {
-    "mixed dtypes": ((_F32, None, np.zeros((2, 3))), (_F32, np.zeros((2, 3)), _F32.copy())),
-    "integer buffers": ((np.zeros((2, 3), int), None, np.zeros((2, 3), int)),) * 2,
-    "different lengths": ((_F32, None, np.zeros((2, 4), np.float32)), (_F32, _F32, np.zeros((2, 4), np.float32))),
-    "non-contiguous": ((np.zeros((2, 6), np.float32)[:, ::2], None, _F32.copy()), (np.zeros((2, 6), np.float32)[:, ::2], _F32, _F32.copy())),
-    "read-only output": ((_F32, None, np.frombuffer(bytes(24), np.float32).reshape(2, 3)),
-                         (_F32, _F32, np.frombuffer(bytes(24), np.float32).reshape(2, 3))),
-    "bias of another length": ((_F32, np.zeros(2, np.float32), _F32.copy()), None),
-    "bias of another dtype": ((_F32, np.zeros(3), _F32.copy()), None),
+    "mixed dtypes": {"relu": (_F32, _BIAS, np.zeros((2, 3))), "add_bias": (_F32, _BIAS, np.zeros((2, 3))),
+                     "relu_grad": (_F32, np.zeros((2, 3)), _F32.copy())},
+    "integer buffers": {loop: (np.zeros((2, 3), int), np.zeros(3, int), np.zeros((2, 3), int)) for loop in ("relu", "add_bias")}
+                       | {"relu_grad": (np.zeros((2, 3), int),) * 3},
+    "different lengths": {"relu": (_F32, _BIAS, np.zeros((2, 4), np.float32)), "add_bias": (_F32, _BIAS, np.zeros((2, 4), np.float32)),
+                          "relu_grad": (_F32, _F32, np.zeros((2, 4), np.float32))},
+    "non-contiguous": {"relu": (_STRIDED, _BIAS, _F32.copy()), "add_bias": (_STRIDED, _BIAS, _F32.copy()),
+                       "relu_grad": (_STRIDED, _F32, _F32.copy())},
+    "read-only output": {"relu": (_F32, _BIAS, _READ_ONLY), "add_bias": (_F32, _BIAS, _READ_ONLY), "relu_grad": (_F32, _F32, _READ_ONLY)},
+    "bias of another length": {loop: (_F32, np.zeros(2, np.float32), _F32.copy()) for loop in ("relu", "add_bias")},
+    "bias of another dtype": {loop: (_F32, np.zeros(3), _F32.copy()) for loop in ("relu", "add_bias")},
+    "no bias": {"add_bias": (_F32, None, _F32.copy())},
 }
 
 
-@pytest.mark.parametrize("loop, case", [(loop, case) for case, calls in BAD_ARGUMENTS.items()
-                                         for loop, arguments in zip(("relu", "relu_grad"), calls) if arguments])
-def test_relu_loops_refuse_buffers_they_cannot_run_on(loop, case):
-    arguments = BAD_ARGUMENTS[case][loop == "relu_grad"]
+@pytest.mark.parametrize("loop, case", [(loop, case) for case, calls in BAD_ARGUMENTS.items() for loop in calls])
+def test_dense_activation_loops_refuse_buffers_they_cannot_run_on(loop, case):
     with pytest.raises((TypeError, ValueError, BufferError)):
-        getattr(kernels, loop)(*arguments)
+        getattr(kernels, loop)(*BAD_ARGUMENTS[case][loop])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -125,7 +137,9 @@ def test_a_dense_relu_models_gradients_do_not_depend_on_the_loops(monkeypatch, m
         return loss, session.params.grad_flat.copy()
 
     compiled = gradients()
-    monkeypatch.setattr(activations, "fused_relu", None)
+    for loop in ("relu", "relu_grad", "add_bias"):
+        monkeypatch.setattr(activations, f"fused_{loop}", None)
+    monkeypatch.setattr(losses, "fused_xent", None)
     passes = gradients()
     assert compiled[0] == passes[0]
     assert compiled[1].tobytes() == passes[1].tobytes() and (compiled[1] != 0).any()

@@ -124,18 +124,21 @@
 
 /* relu(x + bias), the bias broadcast over rows of `units` (none: relu(x)), as NumPy's add and
    maximum(v, 0) compute it: v where v > 0 or v is NaN, else +0 (so -0 becomes +0, in NumPy's
-   vector loops and its scalar ones alike). `out` may be `x` itself (dense's pre-activation). */
-#define RELU_LOOP(NAME, T)                                                                       \
+   vector loops and its scalar ones alike). `out` may be `x` itself (dense's pre-activation). The
+   same loop without relu is dense's bias alone (a linear activation): x + bias. */
+#define RELU(V) ((V) > 0 || (V) != (V) ? (V) : 0)
+#define LINEAR(V) (V)
+#define BIAS_LOOP(NAME, T, ACTIVATION)                                                           \
     VECTOR_CLONES static void NAME(const T *x, const T *restrict bias, T *out, Py_ssize_t rows,   \
                                    Py_ssize_t units) {                                           \
         for (Py_ssize_t r = 0; r < rows; r++, x += units, out += units) {                        \
             if (bias) {                                                                          \
                 for (Py_ssize_t j = 0; j < units; j++) {                                         \
                     T v = x[j] + bias[j];                                                        \
-                    out[j] = (v > 0 || v != v) ? v : (T)0;                                       \
+                    out[j] = ACTIVATION(v);                                                      \
                 }                                                                                \
             } else {                                                                             \
-                for (Py_ssize_t j = 0; j < units; j++) out[j] = (x[j] > 0 || x[j] != x[j]) ? x[j] : (T)0; \
+                for (Py_ssize_t j = 0; j < units; j++) out[j] = ACTIVATION(x[j]);                \
             }                                                                                    \
         }                                                                                        \
     }
@@ -207,8 +210,10 @@ SGD_LOOP(sgd_float, float, fabsf, FLT_MIN)
 SGD_LOOP(sgd_double, double, fabs, DBL_MIN)
 SCALED_LOOP(scaled_float, float, sqrtf, fabsf, FLT_MIN)
 SCALED_LOOP(scaled_double, double, sqrt, fabs, DBL_MIN)
-RELU_LOOP(relu_float, float)
-RELU_LOOP(relu_double, double)
+BIAS_LOOP(relu_float, float, RELU)
+BIAS_LOOP(relu_double, double, RELU)
+BIAS_LOOP(bias_float, float, LINEAR)
+BIAS_LOOP(bias_double, double, LINEAR)
 RELU_GRAD_LOOP(relu_grad_float, float)
 RELU_GRAD_LOOP(relu_grad_double, double)
 XENT_SHIFT_LOOP(xent_shift_float, float)
@@ -318,27 +323,29 @@ static PyObject *scaled(PyObject *module, PyObject *args) {
              scaled_double(B(0), B(1), B(2), n, rho, scale, epsilon, lr));
 }
 
-static PyObject *relu(PyObject *module, PyObject *args) {
-    static const char *names[] = {"relu", "out", "x", "bias"};
+/* relu(x, bias, out) and add_bias(x, bias, out): parse, check, run FLOAT_LOOP or DOUBLE_LOOP, return out. */
+static PyObject *biased(PyObject *args, const char *const *names, int bias_required,
+                        void (*float_loop)(const float *, const float *, float *, Py_ssize_t, Py_ssize_t),
+                        void (*double_loop)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t)) {
     PyObject *objects[2], *bias_object;
     Py_buffer views[2], bias_view = {0};
-    if (!PyArg_ParseTuple(args, "OOO:relu", &objects[1], &bias_object, &objects[0])) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO", &objects[1], &bias_object, &objects[0])) return NULL;
     char kind = get_buffers(names, objects, views, 2, 1u << 1);
     if (!kind) return NULL;
     Py_ssize_t n = views[0].len / views[0].itemsize, units = views[0].ndim ? views[0].shape[views[0].ndim - 1] : 1;
-    if (bias_object != Py_None) {
+    if (bias_object != Py_None || bias_required) {
         if (PyObject_GetBuffer(bias_object, &bias_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto fail;
         if (buffer_kind(&bias_view) != kind || bias_view.len / bias_view.itemsize != units) {
             PyBuffer_Release(&bias_view);
-            PyErr_Format(PyExc_TypeError, "relu: expected a contiguous bias of x's dtype and last axis (%zd), "
-                         "received another", units);
+            PyErr_Format(PyExc_TypeError, "%s: expected a contiguous bias of x's dtype and last axis (%zd), "
+                         "received another", names[0], units);
             goto fail;
         }
     }
     Py_ssize_t rows = units ? n / units : 0;
     Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f') relu_float(B(1), bias_view.buf, B(0), rows, units);
-    else relu_double(B(1), bias_view.buf, B(0), rows, units);
+    if (kind == 'f') float_loop(B(1), bias_view.buf, B(0), rows, units);
+    else double_loop(B(1), bias_view.buf, B(0), rows, units);
     Py_END_ALLOW_THREADS
     if (bias_view.obj) PyBuffer_Release(&bias_view);
     PyBuffer_Release(&views[1]);
@@ -348,6 +355,16 @@ fail:
     PyBuffer_Release(&views[1]);
     PyBuffer_Release(&views[0]);
     return NULL;
+}
+
+static PyObject *relu(PyObject *module, PyObject *args) {
+    static const char *names[] = {"relu", "out", "x", "bias"};
+    return biased(args, names, 0, relu_float, relu_double);
+}
+
+static PyObject *add_bias(PyObject *module, PyObject *args) {
+    static const char *names[] = {"add_bias", "out", "x", "bias"};
+    return biased(args, names, 1, bias_float, bias_double);
 }
 
 static PyObject *relu_grad(PyObject *module, PyObject *args) {
@@ -482,6 +499,8 @@ static PyMethodDef methods[] = {
     {"relu", relu, METH_VARARGS,
      "relu(x, bias, out) -> out: relu(x + bias) (bias None: relu(x)), the bias along x's last axis; "
      "out may be x."},
+    {"add_bias", add_bias, METH_VARARGS,
+     "add_bias(x, bias, out) -> out: x + bias, the bias along x's last axis; out may be x."},
     {"relu_grad", relu_grad, METH_VARARGS,
      "relu_grad(g, out, input_grad) -> input_grad: g * (out > 0), relu's gradient from its output."},
     {"xent_shift", xent_shift, METH_VARARGS,

@@ -15,24 +15,29 @@ from nnctl.core import ops
 from nnctl.options import NO_OPTIONS, Option, integer, number
 
 
-try:  # relu after a bias, and relu's gradient, in one pass each
-    from nnctl.core._loops import relu as fused_relu, relu_grad as fused_relu_grad
+try:  # relu after a bias, relu's gradient and a bias alone, in one pass each
+    from nnctl.core._loops import add_bias as fused_add_bias, relu as fused_relu, relu_grad as fused_relu_grad
 except ImportError:  # the same values from NumPy's passes
-    fused_relu = fused_relu_grad = None
+    fused_add_bias = fused_relu = fused_relu_grad = None
 
 
-def _add_bias(xp, x, bias):
-    """x + bias, in place: x is dense's own pre-activation buffer whenever a bias comes with it."""
-    return x if bias is None else xp.add(x, bias, out=x)
+def _bias_adder(xp, bias):
+    """x -> x + bias, in place: x is dense's own pre-activation buffer whenever a bias comes with it."""
+    if bias is None:
+        return lambda x: x
+    if fused_add_bias is not None and xp.__name__ == "numpy":
+        return lambda x: fused_add_bias(x, bias, x)
+    return lambda x: xp.add(x, bias, out=x)
 
 
 def _compile_primitive(primitive):
     def compile(xp, out, bias=None, **options):
         """(forward(x) -> a, vjp(g) -> dL/dx); `out` is unused: the primitive allocates."""
         seen = [None, None]
+        add_bias = _bias_adder(xp, bias)
 
         def forward(x):
-            x = _add_bias(xp, x, bias)
+            x = add_bias(x)
             seen[0], seen[1] = x, primitive.forward(xp, x, **options)
             return seen[1]
 
@@ -50,9 +55,10 @@ def _compile_relu(xp, out, bias=None):
     input_grad = xp.empty_like(out)
     # NumPy's maximum against a scalar 0 misses its SIMD loop: an array of zeros is 3-4x faster.
     zeros = xp.zeros_like(out)
+    add_bias = _bias_adder(xp, bias)
 
     def numpy_forward(x):
-        return xp.maximum(_add_bias(xp, x, bias), zeros, out=out)
+        return xp.maximum(add_bias(x), zeros, out=out)
 
     def numpy_vjp(g):
         # out > 0 exactly where the pre-activation was > 0, as ops.relu's VJP asks.
@@ -78,7 +84,7 @@ def _compile_relu(xp, out, bias=None):
 
 
 def _compile_identity(xp, out, bias=None):
-    return (lambda x: _add_bias(xp, x, bias)), (lambda g: g)
+    return _bias_adder(xp, bias), (lambda g: g)
 
 
 class Activation(NamedTuple):
