@@ -1,6 +1,7 @@
 /* nnctl.core._loops: what NumPy would run as several whole-buffer passes, as one loop each: every
-   optimizer's update (see nnctl/train/optimizers.py), relu after dense's bias and relu's gradient
-   (nnctl/model/activations.py), and the finite check (nnctl/core/finite.py).
+   optimizer's update (see nnctl/train/optimizers.py), dense's bias with relu or alone and relu's
+   gradient (nnctl/model/activations.py), sparse softmax cross-entropy's passes around exp()
+   (nnctl/train/losses.py), and the finite check (nnctl/core/finite.py).
 
    NumPy runs an update as whole-buffer passes, one per operation: 10 passes over 5 buffers for
    Adam, a quarter of a training step on an MLP. These loops read each element once. Each performs

@@ -3,9 +3,10 @@
 Each has an autograd form (`apply`, on tensors) and a compiled form for the compiled step
 (`compile(xp, out, bias=None, **options)` -> (forward(x), vjp(g))), whose forward is
 activation(x + bias): dense hands over its bias so that relu adds it in the same pass. relu and
-linear run in place over preallocated buffers, relu as one compiled loop each way on NumPy
-(nnctl/core/_loops.c, bit-identical to the NumPy passes it replaces); the others call their
-primitive's forward and VJP directly, the same arithmetic as autograd without the graph.
+linear run in place over preallocated buffers; on NumPy relu is one compiled loop each way and a
+bias alone one loop (nnctl/core/_loops.c, bit-identical to the NumPy passes they replace). The
+others call their primitive's forward and VJP directly, the same arithmetic as autograd without
+the graph.
 """
 from __future__ import annotations
 
