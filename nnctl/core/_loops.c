@@ -330,7 +330,7 @@ static PyObject *biased(PyObject *args, const char *const *names, int bias_requi
                         void (*double_loop)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t)) {
     PyObject *objects[2], *bias_object;
     Py_buffer views[2], bias_view = {0};
-    if (!PyArg_ParseTuple(args, "OOO", &objects[1], &bias_object, &objects[0])) return NULL;
+    if (!PyArg_UnpackTuple(args, names[0], 3, 3, &objects[1], &bias_object, &objects[0])) return NULL;
     char kind = get_buffers(names, objects, views, 2, 1u << 1);
     if (!kind) return NULL;
     Py_ssize_t n = views[0].len / views[0].itemsize, units = views[0].ndim ? views[0].shape[views[0].ndim - 1] : 1;
@@ -417,7 +417,7 @@ static PyObject *xent_shift(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOO:xent_shift", &objects[1], &labels_object, &objects[0], &picked_object)) return NULL;
     char kind = get_buffers(names, objects, views, 2, 1u << 1);
     if (!kind) return NULL;
-    Py_ssize_t rows = views[0].ndim == 2 ? views[0].shape[0] : 0, classes = rows ? views[0].shape[1] : 0;
+    Py_ssize_t rows = views[1].ndim == 2 ? views[1].shape[0] : 0, classes = rows ? views[1].shape[1] : 0;
     if (!rows || !classes) {
         PyErr_SetString(PyExc_TypeError, "xent_shift: expected logits of shape (rows, classes), received another");
         goto release;
