@@ -1,10 +1,10 @@
 """The compiled step's loops (nnctl/core/_loops.c) against the NumPy passes they replace, bit for bit:
-relu after dense's bias and relu's gradient (nnctl.model.activations), and sparse softmax
+dense's bias with relu or alone and relu's gradient (nnctl.model.activations), and sparse softmax
 cross-entropy's passes around exp() (nnctl.train.losses).
 
 The two paths are the compiled closures with and without the loops: on every kind of float value
 (NaN, infinities, signed zeros, subnormals, the largest), in both dtypes, at lengths with and
-without a vector tail; relu with and without a bias, in place (as dense runs it) and into a buffer
+without a vector tail; each dense activation with and without a bias, in place (as dense runs it) and into a buffer
 of its own (as the relu layer does). A NaN's payload is left out of the comparison: which of two
 NaN operands an addition returns is the compiler's choice, and a NaN fails the run whatever its bits.
 """
