@@ -284,10 +284,10 @@ def make_npy(path: str, rows: int) -> None:
 # --- the report -------------------------------------------------------------------------------------
 def benchmark(quick: bool, repeats: int, rounds: int, with_memory: bool, only=IMPLEMENTATIONS) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
-    from nnctl.train.optimizers import fused
+    from nnctl.core.loops import built
 
     report = {"machine": machine(), "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "numpy": np.__version__, "rounds": rounds,
-              "nnctl_adam": "one compiled loop" if fused else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
+              "nnctl_adam": "one compiled loop" if built else "NumPy passes (nnctl.core._loops not built)", "workloads": {}}
     missing = {impl: available(impl) if impl in only else "not asked for (--only)" for impl in IMPLEMENTATIONS}
     for workload, (n, epochs) in sizes.items():
         rows = {impl: {"skipped": why} for impl in IMPLEMENTATIONS

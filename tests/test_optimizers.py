@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 
+from nnctl.core import loops
 from nnctl.train import optimizers
 from tests.test_step_loops import STEP_LOOPS
 
@@ -81,7 +82,7 @@ def test_every_compiled_optimizer_has_cases():
 
 
 def _train(monkeypatch, compiled: bool, name, config, draw, steps, dtype, n=1001):
-    monkeypatch.setattr(optimizers, "fused", kernels if compiled else None)
+    monkeypatch.setattr(loops, "built", kernels if compiled else None)
     draw = draw() if draw in DRAW_MAKERS else draw
     rng = np.random.default_rng(0)
     params = rng.standard_normal(n).astype(dtype)
@@ -129,7 +130,7 @@ def _fake_loops(calls):
 @pytest.mark.parametrize("name", LOOPS)
 def test_numpy_runs_the_compiled_loop(monkeypatch, name):
     calls = []
-    monkeypatch.setattr(optimizers, "fused", _fake_loops(calls))
+    monkeypatch.setattr(loops, "built", _fake_loops(calls))
     config = next(config for case_name, config, _, _ in CASES.values() if case_name == name)
     params = np.zeros(3, np.float32)
     optimizers.OPTIMIZERS[name](config, params).step(params, np.ones(3, np.float32))
@@ -138,7 +139,7 @@ def test_numpy_runs_the_compiled_loop(monkeypatch, name):
 
 def test_plain_sgd_runs_numpy_passes(monkeypatch):
     calls = []
-    monkeypatch.setattr(optimizers, "fused", _fake_loops(calls))
+    monkeypatch.setattr(loops, "built", _fake_loops(calls))
     params = np.zeros(3, np.float32)
     optimizer = optimizers.SGD({**SGD, "momentum": 0.0}, params)
     optimizer.step(params, np.ones(3, np.float32))

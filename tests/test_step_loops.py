@@ -8,9 +8,12 @@ without a vector tail; each dense activation with and without a bias, in place (
 of its own (as the relu layer does). A NaN's payload is left out of the comparison: which of two
 NaN operands an addition returns is the compiler's choice, and a NaN fails the run whatever its bits.
 """
+import types
+
 import numpy as np
 import pytest
 
+from nnctl.core import loops
 from nnctl.model import activations
 from nnctl.train import losses
 
@@ -22,6 +25,17 @@ STEP_LOOPS = {"relu", "relu_grad", "add_bias", "xent_shift", "xent_grad"}
 DTYPES = [np.float32, np.float64]
 # (batch, units): a vector loop's width, a tail after it, a single element, a bias over odd units
 SHAPES = [(128, 256), (5, 17), (1, 1), (3, 7)]
+
+
+def _spy_on_loops(monkeypatch, calls):
+    """The step's loops as built, each call's name appended to `calls` first."""
+    spies = {name: (lambda *args, name=name: calls.append(name) or getattr(kernels, name)(*args)) for name in STEP_LOOPS}
+    monkeypatch.setattr(loops, "built", types.SimpleNamespace(**spies))
+
+
+def _without_loops(monkeypatch):
+    """As where the module was not built: the NumPy passes."""
+    monkeypatch.setattr(loops, "built", None)
 
 
 def _with_specials(rng, shape, dtype, share=2):
@@ -50,10 +64,7 @@ DENSE_LOOPS = {"relu": (("relu", "relu_grad"), ("relu", "relu_grad")), "linear":
 def _dense_activation(monkeypatch, compiled, name, x, bias, g, in_place):
     """Activation `name`'s compiled closures on (x, g): (forward's value, vjp's value), copies."""
     calls = []
-    for loop in ("relu", "relu_grad", "add_bias"):
-        kernel = getattr(kernels, loop)
-        spy = (lambda *args, kernel=kernel: calls.append(kernel.__name__) or kernel(*args)) if compiled else None
-        monkeypatch.setattr(activations, f"fused_{loop}", spy)
+    _spy_on_loops(monkeypatch, calls) if compiled else _without_loops(monkeypatch)
     out = x.copy() if in_place else np.empty_like(x)
     forward, vjp = activations.ACTIVATIONS[name].compile(np, out, bias)
     value = forward(out if in_place else x.copy()).copy()
@@ -137,9 +148,7 @@ def test_a_dense_relu_models_gradients_do_not_depend_on_the_loops(monkeypatch, m
         return loss, session.params.grad_flat.copy()
 
     compiled = gradients()
-    for loop in ("relu", "relu_grad", "add_bias"):
-        monkeypatch.setattr(activations, f"fused_{loop}", None)
-    monkeypatch.setattr(losses, "fused_xent", None)
+    _without_loops(monkeypatch)
     passes = gradients()
     assert compiled[0] == passes[0]
     assert compiled[1].tobytes() == passes[1].tobytes() and (compiled[1] != 0).any()
@@ -149,7 +158,7 @@ def test_a_dense_relu_models_gradients_do_not_depend_on_the_loops(monkeypatch, m
 def _xent(monkeypatch, compiled, logits, labels, reduction):
     """The compiled loss's (value, gradient), copies."""
     if not compiled:
-        monkeypatch.setattr(losses, "fused_xent", None)
+        _without_loops(monkeypatch)
     loss = losses.LOSSES["sparse_categorical_crossentropy"]({"from_logits": True, "reduction": reduction})
     loss_and_grad = loss.compile(np, logits.shape, logits.dtype)
     with np.errstate(all="ignore"):  # the specials' NaNs and overflows
@@ -198,10 +207,9 @@ def test_the_compiled_loss_takes_logits_that_are_not_contiguous(monkeypatch):
 
 def test_the_compiled_loss_runs_the_loops(monkeypatch):
     calls = []
-    monkeypatch.setattr(losses, "fused_xent", tuple(lambda *args, loop=loop: calls.append(loop) or loop(*args)
-                                                    for loop in (kernels.xent_shift, kernels.xent_grad)))
+    _spy_on_loops(monkeypatch, calls)
     _xent(monkeypatch, True, np.zeros((2, 3)), np.array([0, 2]), "mean")
-    assert calls == [kernels.xent_shift, kernels.xent_grad]
+    assert calls == ["xent_shift", "xent_grad"]
 
 
 _LOGITS = np.zeros((2, 3), np.float32)

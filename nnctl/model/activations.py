@@ -13,21 +13,17 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from nnctl.core import ops
+from nnctl.core.loops import loops_for
 from nnctl.options import NO_OPTIONS, Option, integer, number
-
-
-try:  # relu after a bias, relu's gradient and a bias alone, in one pass each
-    from nnctl.core._loops import add_bias as fused_add_bias, relu as fused_relu, relu_grad as fused_relu_grad
-except ImportError:  # the same values from NumPy's passes
-    fused_add_bias = fused_relu = fused_relu_grad = None
 
 
 def _bias_adder(xp, bias):
     """x -> x + bias, in place: x is dense's own pre-activation buffer whenever a bias comes with it."""
     if bias is None:
         return lambda x: x
-    if fused_add_bias is not None and xp.__name__ == "numpy":
-        return lambda x: fused_add_bias(x, bias, x)
+    loops = loops_for(xp)
+    if loops is not None:
+        return lambda x: loops.add_bias(x, bias, x)
     return lambda x: xp.add(x, bias, out=x)
 
 
@@ -66,18 +62,19 @@ def _compile_relu(xp, out, bias=None):
         xp.greater(out, 0, out=mask)
         return xp.multiply(g, mask, out=input_grad)
 
-    if fused_relu is None or xp.__name__ != "numpy":
+    loops = loops_for(xp)
+    if loops is None:
         return numpy_forward, numpy_vjp
 
     def forward(x):
         try:
-            return fused_relu(x, bias, out)
+            return loops.relu(x, bias, out)
         except ValueError:  # NumPy's refusal of a view that is not contiguous: the passes take any layout
             return numpy_forward(x)
 
     def vjp(g):
         try:
-            return fused_relu_grad(g, out, input_grad)
+            return loops.relu_grad(g, out, input_grad)
         except ValueError:  # g is not contiguous (a slice of a merge's gradient)
             return numpy_vjp(g)
 

@@ -12,8 +12,8 @@ import itertools
 import math
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from nnctl.errors import Problem, SpecError, SweepError, describe, did_you_mean
 from nnctl.io.paths import open_regular

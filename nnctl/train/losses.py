@@ -13,6 +13,7 @@ import math
 
 from nnctl.core import ops
 from nnctl.core.backend import namespace_of
+from nnctl.core.loops import loops_for
 from nnctl.data.targets import BINARY, LABELS, ONE_HOT, VALUES
 from nnctl.options import Option, boolean, number, one_of
 
@@ -152,7 +153,8 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         picked, sums = xp.empty(shape[0], dtype=dtype), xp.empty(shape[0], dtype=dtype)
         scale = self._scale(shape[0])
         passes = _xent_passes(xp, shape, dtype)
-        shift, finish = fused_xent if fused_xent is not None and xp.__name__ == "numpy" else passes
+        loops = loops_for(xp)
+        shift, finish = passes if loops is None else (loops.xent_shift, loops.xent_grad)
 
         def loss_and_grad(logits, labels):
             # The label's shifted logit is read before exp(): log(exp(z)) would lose small ones.
@@ -166,14 +168,6 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
             return loss, finish(grad, sums, labels, scale)
 
         return loss_and_grad
-
-
-try:  # the passes around exp() as one loop each
-    from nnctl.core._loops import xent_grad, xent_shift
-
-    fused_xent = (xent_shift, xent_grad)
-except ImportError:  # the same values from NumPy's passes
-    fused_xent = None
 
 
 def _xent_passes(xp, shape, dtype):

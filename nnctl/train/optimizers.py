@@ -14,12 +14,8 @@ from __future__ import annotations
 import math
 
 from nnctl.core.backend import namespace_of, to_host
+from nnctl.core.loops import loops_for
 from nnctl.options import Option, boolean, number, optional
-
-try:  # the updates as compiled loops (nnctl/core/_loops.c), built by pip where a C compiler is
-    from nnctl.core import _loops as fused
-except ImportError:  # the same updates as NumPy passes, bit for bit
-    fused = None
 
 _LR = "step size"
 
@@ -75,7 +71,7 @@ class Optimizer:
 
     def compiled(self, xp) -> bool:
         """Whether `update` on `xp` runs as one compiled loop (nnctl.core._loops) rather than passes."""
-        return fused is not None and xp.__name__ == "numpy"
+        return loops_for(xp) is not None
 
     def state_dict(self) -> dict:
         """Host copies of the state buffers and the step count, for checkpoints."""
@@ -108,7 +104,7 @@ class SGD(Optimizer):
             return
         velocity = state["momentum"]
         if self.compiled(xp):
-            fused.sgd(params, grads, velocity, momentum, lr, self.config["nesterov"])
+            loops_for(xp).sgd(params, grads, velocity, momentum, lr, self.config["nesterov"])
             return
         velocity *= momentum
         velocity += grads
@@ -161,7 +157,7 @@ class Adam(Optimizer):
         scale = math.sqrt(1 - b2) / math.sqrt(1 - b2**t)
         epsilon, step = c["epsilon"] / scale, -self.learning_rate / (1 - b1**t) * (1 - b1) / scale
         if self.compiled(xp):
-            fused.adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step, 1.0 if decay is None else decay)
+            loops_for(xp).adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step, 1.0 if decay is None else decay)
             return
         if decay is not None:
             params *= decay
@@ -191,7 +187,7 @@ def _scaled_step(optimizer, xp, params, grads, squares, rho, scale, scratch) -> 
     epsilon): RMSprop's and Adagrad's step (Adagrad's rho and scale are None: no multiply)."""
     epsilon, learning_rate = optimizer.config["epsilon"], optimizer.learning_rate
     if optimizer.compiled(xp):  # a factor of 1 is exact: the loop equals the passes without it
-        fused.scaled(params, grads, squares, 1.0 if rho is None else rho, 1.0 if scale is None else scale, epsilon, learning_rate)
+        loops_for(xp).scaled(params, grads, squares, 1.0 if rho is None else rho, 1.0 if scale is None else scale, epsilon, learning_rate)
         return
     if rho is not None:
         squares *= rho

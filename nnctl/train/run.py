@@ -20,8 +20,8 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from nnctl.errors import CheckpointError, Problem, TrainingDiverged, UsageError
 from nnctl.io.atomic import check_writable, remove_stale_temp_files
