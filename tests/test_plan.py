@@ -8,8 +8,9 @@ full and a partial batch on one session, with its buffers reused call after call
 buffer is filled with NaN before each compiled step: the step must write every gradient (it
 assigns, it does not accumulate, and nothing zeroes it in `fit`).
 
-Also: float32 stays float32, a layer that reads the data computes no input gradient, and dropout's
-compiled form draws the same masks as autograd from the forward context.
+Also: float32 stays float32, a layer that reads the data computes no input gradient, dropout's
+compiled form draws the same masks as autograd from the forward context, and the compiled
+closures' products (ops.matmul_for) are matmul's, bit for bit.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from nnctl.model.activations import ACTIVATIONS
+from nnctl.core import ops
 from nnctl.core.autograd import Tensor, backward
 from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.model.graph import ForwardContext
@@ -523,7 +525,61 @@ def test_dense_reading_the_data_returns_no_input_gradient(make_session, backend)
     assert np.any(_host(session, grads["kernel"]) != 0)
 
 
-# --- the autograd fallback -------------------------------------------------------------------------
+# (batch, fan_in, units): the general product, and each shape where BLAS takes another routine (a
+# dot product, a GEMV, a one-term sum), which NumPy's dot and matmul must pick alike.
+_PRODUCT_SHAPES = [(7, 5, 3), (1, 5, 3), (7, 1, 3), (7, 5, 1), (1, 1, 1), (1, 5, 1), (128, 784, 256)]
+
+
+@pytest.mark.parametrize("batch,fan_in,units", _PRODUCT_SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "column-slices"])
+def test_dense_products_round_as_matmul(make_session, monkeypatch, batch, fan_in, units, dtype, strided):
+    """Dense's compiled closures multiply through ops.matmul_for: numpy.dot where it makes matmul's
+    BLAS call, which is cheaper to dispatch. Every product must be bit for bit matmul's, the
+    autograd form's product: the forward, the kernel's and the bias's gradient, the input's
+    gradient. `strided`: the input and the upstream gradient are column slices of wider arrays (a
+    concat's gradient is), where dot would round differently and matmul must be called."""
+    session = make_session({"seed": 4, **mlp({"name": "d", "from": "x", **dense(units)}, inputs={"x": [fan_in]})}, dtype=dtype)
+    layer = session.model.nodes[0].layer
+    kernel, bias = (session.params.views[f"d/{name}"] for name in ("kernel", "bias"))
+    grads = {"kernel": np.full(kernel.shape, np.nan, dtype), "bias": np.full(bias.shape, np.nan, dtype)}
+    dots = []
+    monkeypatch.setattr(np, "dot", lambda *args, dot=np.dot, **kwargs: dots.append(1) or dot(*args, **kwargs))
+    forward, node_backward = layer.compile(np, batch, dtype, {"kernel": kernel, "bias": bias}, grads, [True])
+    rng = np.random.default_rng(batch * 1000 + fan_in * 10 + units)
+    x, g = (rng.standard_normal((batch, 2 * n + 1) if strided else (batch, n)).astype(dtype) for n in (fan_in, units))
+    if strided:
+        x, g = x[:, 1:fan_in + 1], g[:, 1:units + 1]
+    got = {"output": forward(_ctx(session, 0), x).copy()}
+    (got["input"],) = node_backward(g)
+    got.update(kernel=grads["kernel"], bias=grads["bias"])
+    if not strided:
+        assert len(dots) == 4  # each product took the cheaper call
+    monkeypatch.undo()
+    expected = {
+        "output": np.matmul(x, kernel) + bias,
+        "kernel": np.matmul(x.T, g),
+        "bias": np.matmul(np.ones(batch, dtype), g),
+        "input": np.matmul(g, kernel.T),
+    }
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+        assert got[name].tobytes() == value.tobytes(), name
+
+
+def test_matmul_for_takes_matmul_where_dot_refuses_the_output():
+    """The compiled closures' product gives matmul's result, bit for bit, where numpy.dot refuses
+    `out`: a column slice of a wider buffer, and an integer input into a float32 buffer (dot's
+    result would be float64)."""
+    product, rng = ops.matmul_for(np), np.random.default_rng(5)
+    kernel = rng.standard_normal((30, 4)).astype(np.float32)
+    for x, out in [(rng.standard_normal((6, 30)).astype(np.float32), np.empty((6, 9), np.float32)[:, 2:6]),
+                   (rng.integers(-9, 9, (6, 30)), np.empty((6, 4), np.float32))]:
+        expected = np.matmul(x, kernel, out=np.empty(out.shape, np.float32))
+        assert product(x, kernel, out=out) is out
+        assert out.tobytes() == expected.tobytes()
+
+
 def test_dropout_compiles_and_draws_the_masks_autograd_draws(make_session, backend):
     """Dropout reads the forward context: its mask in training, the identity in inference."""
     spec = mlp(dense(6, "tanh"), {"name": "drop", "type": "dropout", "rate": 0.5}, dense(2))

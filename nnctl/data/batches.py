@@ -40,7 +40,7 @@ class Batches:
             buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
         # mode="clip" (the rows are valid): under the default "raise", take() gathers into a
         # temporary and copies it into `out`.
-        return numpy.take(array, rows, axis=0, out=buffer, mode="clip")
+        return array.take(rows, axis=0, out=buffer, mode="clip")
 
     def __call__(self, order, skip: int = 0):
         """Yield (inputs, targets, size) for the dataset's rows taken in `order`, after `skip` batches;

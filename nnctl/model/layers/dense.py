@@ -53,17 +53,18 @@ class Dense(Layer):
         activation = self.config["activation"]
         activate, activation_vjp = ACTIVATIONS[activation.name].compile(xp, z, bias, **activation.options)
         seen = [None]
+        product = ops.matmul_for(xp)
 
         def forward(ctx, x):
             seen[0] = x
-            return activate(xp.matmul(x, kernel, out=z))  # the bias is added by the activation's pass
+            return activate(product(x, kernel, out=z))  # the bias is added by the activation's pass
 
         def backward(g):
             dz = activation_vjp(g)
-            xp.matmul(seen[0].T, dz, out=kernel_grad)
+            product(seen[0].T, dz, out=kernel_grad)
             if bias_grad is not None:
-                xp.matmul(ones, dz, out=bias_grad)
-            return (None if input_grad is None else xp.matmul(dz, kernel.T, out=input_grad),)
+                product(ones, dz, out=bias_grad)
+            return (None if input_grad is None else product(dz, kernel.T, out=input_grad),)
 
         return forward, backward
 

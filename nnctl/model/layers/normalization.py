@@ -32,10 +32,10 @@ def _summer(xp, shape, axes, dtype):
     """a -> its sums over `axes` (dims kept) for arrays of `shape`: a BLAS GEMV in the usual 2-D
     cases, which beats NumPy's reductions several times over."""
     if len(shape) == 2 and axes in ((0,), (1,)):
-        ones = xp.ones(shape[axes[0]], dtype=dtype)
+        ones, product = xp.ones(shape[axes[0]], dtype=dtype), ops.matmul_for(xp)
         if axes == (0,):
-            return lambda a: xp.matmul(ones, a)[None]
-        return lambda a: xp.matmul(a, ones)[:, None]
+            return lambda a: product(ones, a)[None]
+        return lambda a: product(a, ones)[:, None]
     return lambda a: a.sum(axis=axes, keepdims=True)
 
 
