@@ -525,6 +525,7 @@ def test_dense_reading_the_data_returns_no_input_gradient(make_session, backend)
     assert np.any(_host(session, grads["kernel"]) != 0)
 
 
+# --- the products: matmul's bits at dot's dispatch cost --------------------------------------------
 # (batch, fan_in, units): the general product, and each shape where BLAS takes another routine (a
 # dot product, a GEMV, a one-term sum), which NumPy's dot and matmul must pick alike.
 _PRODUCT_SHAPES = [(7, 5, 3), (1, 5, 3), (7, 1, 3), (7, 5, 1), (1, 1, 1), (1, 5, 1), (128, 784, 256)]
@@ -580,6 +581,7 @@ def test_matmul_for_takes_matmul_where_dot_refuses_the_output():
         assert out.tobytes() == expected.tobytes()
 
 
+# --- the autograd fallback -------------------------------------------------------------------------
 def test_dropout_compiles_and_draws_the_masks_autograd_draws(make_session, backend):
     """Dropout reads the forward context: its mask in training, the identity in inference."""
     spec = mlp(dense(6, "tanh"), {"name": "drop", "type": "dropout", "rate": 0.5}, dense(2))
