@@ -324,7 +324,7 @@ static PyObject *scaled(PyObject *module, PyObject *args) {
              scaled_double(B(0), B(1), B(2), n, rho, scale, epsilon, lr));
 }
 
-/* relu(x, bias, out) and add_bias(x, bias, out): parse, check, run FLOAT_LOOP or DOUBLE_LOOP, return out. */
+/* relu(x, bias, out) and add_bias(x, bias, out): parse, check, run float_loop or double_loop, return out. */
 static PyObject *biased(PyObject *args, const char *const *names, int bias_required,
                         void (*float_loop)(const float *, const float *, float *, Py_ssize_t, Py_ssize_t),
                         void (*double_loop)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t)) {
