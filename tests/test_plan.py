@@ -536,16 +536,20 @@ _PRODUCT_SHAPES = [(7, 5, 3), (1, 5, 3), (7, 1, 3), (7, 5, 1), (1, 1, 1), (1, 5,
 @pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "column-slices"])
 def test_dense_products_round_as_matmul(make_session, monkeypatch, batch, fan_in, units, dtype, strided):
     """Dense's compiled closures multiply through ops.matmul_for: numpy.dot where it makes matmul's
-    BLAS call, which is cheaper to dispatch. Every product must be bit for bit matmul's, the
-    autograd form's product: the forward, the kernel's and the bias's gradient, the input's
-    gradient. `strided`: the input and the upstream gradient are column slices of wider arrays (a
-    concat's gradient is), where dot would round differently and matmul must be called."""
+    BLAS call, which is cheaper to dispatch, into an output of at most DOT_ZEROING_LIMIT bytes
+    (dot zeroes its output first). Every product must be bit for bit matmul's, the autograd form's
+    product: the forward, the kernel's and the bias's gradient, the input's gradient. `strided`:
+    the input and the upstream gradient are column slices of wider arrays (a concat's gradient
+    is), where dot would round differently and matmul must be called. The largest shape's kernel
+    and input gradients outgrow the limit in both dtypes; its float64 forward is at it."""
     session = make_session({"seed": 4, **mlp({"name": "d", "from": "x", **dense(units)}, inputs={"x": [fan_in]})}, dtype=dtype)
     layer = session.model.nodes[0].layer
     kernel, bias = (session.params.views[f"d/{name}"] for name in ("kernel", "bias"))
     grads = {"kernel": np.full(kernel.shape, np.nan, dtype), "bias": np.full(bias.shape, np.nan, dtype)}
-    dots = []
-    monkeypatch.setattr(np, "dot", lambda *args, dot=np.dot, **kwargs: dots.append(1) or dot(*args, **kwargs))
+    calls = []
+    for name in ("dot", "matmul"):
+        spy = lambda *args, f=getattr(np, name), name=name, **kwargs: calls.append((name, kwargs["out"].nbytes)) or f(*args, **kwargs)
+        monkeypatch.setattr(np, name, spy)
     forward, node_backward = layer.compile(np, batch, dtype, {"kernel": kernel, "bias": bias}, grads, [True])
     rng = np.random.default_rng(batch * 1000 + fan_in * 10 + units)
     x, g = (rng.standard_normal((batch, 2 * n + 1) if strided else (batch, n)).astype(dtype) for n in (fan_in, units))
@@ -554,9 +558,10 @@ def test_dense_products_round_as_matmul(make_session, monkeypatch, batch, fan_in
     got = {"output": forward(_ctx(session, 0), x).copy()}
     (got["input"],) = node_backward(g)
     got.update(kernel=grads["kernel"], bias=grads["bias"])
-    if not strided:
-        assert len(dots) == 4  # each product took the cheaper call
     monkeypatch.undo()
+    if not strided:  # each product took the cheaper call
+        cheaper = lambda nbytes: "dot" if nbytes <= ops.DOT_ZEROING_LIMIT else "matmul"
+        assert len(calls) == 4 and calls == [(cheaper(nbytes), nbytes) for _, nbytes in calls]
     expected = {
         "output": np.matmul(x, kernel) + bias,
         "kernel": np.matmul(x.T, g),

@@ -92,18 +92,26 @@ matmul = Primitive(
 )
 
 
+# numpy.dot zeroes its result before BLAS writes it (NumPy's cblas_matrixproduct; matmul does not).
+# Past this size the zeroing costs more than dot's cheaper dispatch saves: 0.5-1 us a call against
+# 10 us for the 800 KB of an MLP's first kernel gradient.
+DOT_ZEROING_LIMIT = 256 * 1024  # bytes
+
+
 def matmul_for(xp):
     """(a, b, out=None) -> xp.matmul(a, b, out=out) for 1-D and 2-D operands, bit for bit, at the
     least cost per call, for the compiled closures. On NumPy, where both operands are C- or
-    F-contiguous, numpy.dot makes the same BLAS call in half matmul's dispatch time (most of a small
-    layer's cost). On other strides (a concat's column slices) dot calls BLAS otherwise and rounds
-    otherwise, so those take matmul itself, as does an `out` that dot refuses."""
+    F-contiguous and `out` is at most DOT_ZEROING_LIMIT bytes, numpy.dot makes the same BLAS call
+    in half matmul's dispatch time (most of a small layer's cost). On other strides (a concat's
+    column slices) dot calls BLAS otherwise and rounds otherwise, so those take matmul itself, as
+    do a larger `out` and an `out` that dot refuses. (The callers that pass no `out` sum to a
+    vector.)"""
     if xp.__name__ != "numpy":
         return xp.matmul
     dot, matmul = xp.dot, xp.matmul
 
     def product(a, b, out=None):
-        if a.flags.forc and b.flags.forc:
+        if a.flags.forc and b.flags.forc and (out is None or out.nbytes <= DOT_ZEROING_LIMIT):
             try:
                 return dot(a, b, out=out)
             except ValueError:  # dot's `out` must be C-contiguous and of the result's dtype
