@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnctl.model.activations import ACTIVATIONS
 from nnctl.core import ops
 from nnctl.core.autograd import Tensor, backward
 from nnctl.diagnostics.gradcheck import random_batch
+from nnctl.model.activations import ACTIVATIONS
 from nnctl.model.graph import ForwardContext
 from nnctl.model.layers import LAYERS
 from nnctl.train.losses import LOSSES, CrossEntropy
