@@ -297,7 +297,7 @@ SPEC = [
      ["spec.yaml:", "description.l", "expected a spec of at most 100000 values with its aliases (*name) expanded, received more"]),
     ("nesting too deep", spec_edit(("seed: 0", "seed: " + "[" * 40 + "]" * 40)),
      ["spec.yaml:2:", "seed[0][0]", "expected at most 32 levels of nesting, received deeper"]),
-    ("nesting deeper than YAML can read", spec_edit(("seed: 0", "seed: " + "[" * 5000 + "]" * 5000)),
+    ("nesting deeper than YAML can read", spec_edit(("seed: 0", "seed: " + "[" * 200_000 + "]" * 200_000)),
      ["spec.yaml", "expected a spec nested at most 32 levels deep, received deeper nesting"]),
     ("YAML merge key", spec_edit(("optimizer: {type: adam", "optimizer: {<<: {type: adam}")),
      ["spec.yaml:13:13:", "expected plain keys, received a YAML merge key '<<'"]),

@@ -14,11 +14,12 @@ import copy
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import TWO_TOWER, TWO_TOWER_CSV, run
+from tests.helpers import SPECS, TWO_TOWER, TWO_TOWER_CSV, run
 
 BASE_SPEC = yaml.safe_load(TWO_TOWER)
 BASE_ROWS = [line.split(",") for line in TWO_TOWER_CSV.splitlines()]
@@ -223,6 +224,56 @@ def test_raw_yaml_edits_never_crash(edits):
         text = text.replace(old, new, 1)
     with tempfile.TemporaryDirectory() as folder:
         _run_both(Path(folder), text, TWO_TOWER_CSV)
+
+
+
+# --- the spec reader's two parsers ----------------------------------------------------------------
+# nnctl.spec.yamlmarks parses with libyaml and composes with PyYAML's Python composer; the positions
+# and checks were written against the pure-Python parser. On every document both accept, the two
+# must give the same nodes: kind, tag, value and position.
+YAML_FORMS = [
+    TWO_TOWER,
+    TWO_TOWER.replace("\n", "\r\n"),
+    "\ufeff" + TWO_TOWER,
+    "# a comment\nname: x  # another\nnote: |\n  kept\n   as written\nfold: >\n  one\n  line\n",
+    "a: &anchor {b: [1, 2.5, 1e-3, -.inf, .nan, 0x1f, 0o17, true, ~, '', \"\\u00e9\\t\"]}\nc: *anchor\n",
+    "plain: a multi-line\n  plain scalar\nquoted: 'it''s'\nkey with spaces: \"x\"\n? explicit\n: value\n",
+    "- [a, {b: c}]\n- - nested\n  - list\n-\n- ! 12\n- !!str 12\n- \"dénsé 层 😀\"\n",
+    "---\nname: x\n...\n",
+]
+
+
+def _nodes(root):
+    """(kind, tag, value, line, column) of every node, depth first."""
+    found, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        scalar = isinstance(node, yaml.ScalarNode)
+        found.append((type(node).__name__, node.tag, node.value if scalar else None, node.start_mark.line, node.start_mark.column))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in reversed(node.value) for part in reversed(pair))
+        elif not scalar:
+            stack.extend(reversed(node.value))
+    return found
+
+
+def _same_nodes(text):
+    from nnctl.spec.yamlmarks import _FastLoader, _Loader
+
+    assert _FastLoader is not _Loader, "PyYAML was built without libyaml here"
+    assert _nodes(yaml.compose(text, Loader=_FastLoader)) == _nodes(yaml.compose(text, Loader=_Loader))
+
+
+@pytest.mark.parametrize("text", YAML_FORMS + [path.read_text() for path in sorted(SPECS.glob("*.yaml"))])
+def test_libyaml_reads_what_pyyaml_reads(text):
+    _same_nodes(text)
+
+
+@settings(FUZZ_SETTINGS, max_examples=200)
+@given(document=st.dictionaries(st.sampled_from(NAMES), values, min_size=1, max_size=4),
+       flow=st.sampled_from([False, True, None]), width=st.sampled_from([12, 80]))
+def test_libyaml_reads_generated_documents_as_pyyaml_does(document, flow, width):
+    _same_nodes(yaml.safe_dump(document, default_flow_style=flow, width=width, allow_unicode=True))
 
 
 # --- mixed-type CSVs: text, missing values, quotes, delimiters ----------------------------------------

@@ -42,6 +42,39 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
+if yaml.__with_libyaml__:
+    from yaml.composer import Composer
+    from yaml.constructor import SafeConstructor
+    from yaml.cyaml import CParser
+    from yaml.resolver import Resolver
+
+    class _FastLoader(Composer, CParser, SafeConstructor, Resolver):
+        """_Loader's nodes from libyaml's events: scanning and parsing in C take a tenth of the
+        pure-Python parser's time, which was most of what reading a spec cost. The composer stays
+        Python's: libyaml's recurses in C and crashes the process on deep nesting, where this one
+        raises RecursionError."""
+
+        yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+else:
+    _FastLoader = _Loader
+
+
+def _compose(text: str):
+    """The document's root node. libyaml and the Python parser build the same nodes, but word their
+    errors differently and libyaml refuses a lone surrogate escape that the checks below explain
+    better, so a document libyaml refuses is composed again by the Python parser: the message comes
+    from it, and from the checks below where it accepts the document."""
+    try:
+        return yaml.compose(text, Loader=_FastLoader)
+    except yaml.YAMLError:
+        return yaml.compose(text, Loader=_Loader)
+
 MAX_DEPTH = 32  # levels of nesting; a spec needs about 5
 MAX_VALUES = 100_000  # values in the document once aliases are expanded
 _TAG = "tag:yaml.org,2002:"
@@ -61,7 +94,7 @@ def load_yaml(text: str, file: str):
     marks = Marks(file)
     problems: list[Problem] = []
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        root = _compose(text)
     except RecursionError:
         raise SpecError(Problem(f"expected a spec nested at most {MAX_DEPTH} levels deep, received deeper nesting", file)) from None
     except yaml.YAMLError as exc:
