@@ -135,7 +135,7 @@ def mixed(folder: Path, rows: int, repeats: int) -> dict:
             second.append(load("mixed.yaml"))
     finally:
         os.chdir(here)
-    run = "from nnctl.cli.commands import main\nsys.argv = ['nnctl', '-q', {}]\ntry:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code"
+    run = "from nnctl.cli.entry import main\nsys.argv = ['nnctl', '-q', {}]\ntry:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code"
     _child(run.format("'train', 'mixed.yaml'"), folder)
     predict = {}
     for step, spec in (("uncached", "plain.yaml"), ("cache_built", "mixed.yaml"), ("from_cache", "mixed.yaml")):
@@ -227,7 +227,7 @@ def large(folder: Path, gigabytes: float) -> dict:
                 "data": {"path": name, "inputs": inputs, "targets": targets},
                 "train": {"epochs": 1, "batch_size": 1024}}
         (folder / f"{kind}.yaml").write_text(yaml.safe_dump(spec))
-        train = _child(f"from nnctl.cli.commands import main\nsys.argv = ['nnctl', '-q', 'train', '{kind}.yaml', '--json']\n"
+        train = _child(f"from nnctl.cli.entry import main\nsys.argv = ['nnctl', '-q', 'train', '{kind}.yaml', '--json']\n"
                        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code", folder)
         report[kind] = {"file_gb": path.stat().st_size / 2**30, "first_load": first, "second_load": second,
                         "second_load_ratio": second.get("seconds", 0) / first["seconds"] if "seconds" in first else None,

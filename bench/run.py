@@ -258,7 +258,7 @@ def memory(gigabytes: float = 2.0) -> dict:
 
         (folder / "big.yaml").write_text(yaml.safe_dump(spec))
         command = [sys.executable, "-c",
-                   "import resource, sys; from nnctl.cli.commands import main; sys.argv = ['nnctl', '-q', 'train', 'big.yaml', '--json'];\n"
+                   "import resource, sys; from nnctl.cli.entry import main; sys.argv = ['nnctl', '-q', 'train', 'big.yaml', '--json'];\n"
                    "try:\n    main()\nfinally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True)

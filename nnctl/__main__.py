@@ -1,4 +1,4 @@
-from nnctl.cli.commands import main
+from nnctl.cli.entry import main
 
 if __name__ == "__main__":
     main()

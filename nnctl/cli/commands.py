@@ -503,6 +503,3 @@ def sweep_status(sweep_file, storage, plot, as_json):
         _check_plot(plot, {"the sweep file": sweep_file})
     _show_sweep(summary(find_study(sweep_file, storage)), None, plot, as_json)
 
-
-def main():
-    cli(prog_name="nnctl")
