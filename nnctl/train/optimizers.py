@@ -69,9 +69,12 @@ class Optimizer:
         """One step on the flat buffers; `state` holds the slot buffers, `scratch` is free space."""
         raise NotImplementedError
 
+    def loops(self, xp):
+        """nnctl.core._loops where `update` on `xp` runs as one compiled loop, else None (passes)."""
+        return loops_for(xp)
+
     def compiled(self, xp) -> bool:
-        """Whether `update` on `xp` runs as one compiled loop (nnctl.core._loops) rather than passes."""
-        return loops_for(xp) is not None
+        return self.loops(xp) is not None
 
     def state_dict(self) -> dict:
         """Host copies of the state buffers and the step count, for checkpoints."""
@@ -103,8 +106,9 @@ class SGD(Optimizer):
             params -= scratch
             return
         velocity = state["momentum"]
-        if self.compiled(xp):
-            loops_for(xp).sgd(params, grads, velocity, momentum, lr, self.config["nesterov"])
+        loops = self.loops(xp)
+        if loops is not None:
+            loops.sgd(params, grads, velocity, momentum, lr, self.config["nesterov"])
             return
         velocity *= momentum
         velocity += grads
@@ -117,8 +121,8 @@ class SGD(Optimizer):
         scratch *= lr
         params -= scratch
 
-    def compiled(self, xp):
-        return bool(self.config["momentum"]) and super().compiled(xp)  # plain SGD: two passes, no loop
+    def loops(self, xp):
+        return super().loops(xp) if self.config["momentum"] else None  # plain SGD: two passes, no loop
 
 
 _ADAM_OPTIONS = {
@@ -156,8 +160,9 @@ class Adam(Optimizer):
         m_sum, v_sum = state["m_sum"], state["v_sum"]
         scale = math.sqrt(1 - b2) / math.sqrt(1 - b2**t)
         epsilon, step = c["epsilon"] / scale, -self.learning_rate / (1 - b1**t) * (1 - b1) / scale
-        if self.compiled(xp):
-            loops_for(xp).adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step, 1.0 if decay is None else decay)
+        loops = self.loops(xp)
+        if loops is not None:
+            loops.adam(params, grads, m_sum, v_sum, b1, b2, epsilon, step, 1.0 if decay is None else decay)
             return
         if decay is not None:
             params *= decay
@@ -186,8 +191,9 @@ def _scaled_step(optimizer, xp, params, grads, squares, rho, scale, scratch) -> 
     """squares = squares * rho + grads^2 * scale, then params -= learning_rate * grads / (sqrt(squares) +
     epsilon): RMSprop's and Adagrad's step (Adagrad's rho and scale are None: no multiply)."""
     epsilon, learning_rate = optimizer.config["epsilon"], optimizer.learning_rate
-    if optimizer.compiled(xp):  # a factor of 1 is exact: the loop equals the passes without it
-        loops_for(xp).scaled(params, grads, squares, 1.0 if rho is None else rho, 1.0 if scale is None else scale, epsilon, learning_rate)
+    loops = optimizer.loops(xp)
+    if loops is not None:  # a factor of 1 is exact: the loop equals the passes without it
+        loops.scaled(params, grads, squares, 1.0 if rho is None else rho, 1.0 if scale is None else scale, epsilon, learning_rate)
         return
     if rho is not None:
         squares *= rho
