@@ -92,7 +92,8 @@ matmul = Primitive(
 )
 
 
-# numpy.dot zeroes its output before BLAS writes it (NumPy's cblas_matrixproduct; matmul does not).
+# numpy.dot zeroes its output before BLAS writes it (NumPy's cblas_matrixproduct; matmul does not,
+# leaving only OpenBLAS's own zeroing for beta = 0).
 # Past about this size the zeroing costs more than dot's cheaper dispatch saves (0.5-1 us a call):
 # 10 us on 800 KB (an MLP's first kernel gradient), 1 ms on 64 MB (a 4096-wide layer's).
 DOT_ZEROING_LIMIT = 256 * 1024  # bytes
