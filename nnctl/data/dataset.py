@@ -15,7 +15,7 @@ from nnctl.errors import DataError, Problem
 from nnctl.io.tables import TABLE_SUFFIXES
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dataset:
     """Arrays with samples along axis 0; `rows` selects this set's samples (a split is a view)."""
 

@@ -179,7 +179,7 @@ class InputBlocks:
 PREPARED_PER_FILE = 3  # prepared entries kept per file read one way (the most recently used)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Loaded:
     """A table file through the spec's preprocessing (`load`)."""
 

@@ -16,7 +16,7 @@ from nnctl.diagnostics.numeric import Probe
 from nnctl.train.session import load_spec_data
 
 
-@dataclass
+@dataclass(frozen=True)
 class GradRow:
     name: str
     kind: str  # "weight" or "node"

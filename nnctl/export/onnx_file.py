@@ -68,7 +68,7 @@ def check_opset(opset: int) -> None:
                          f"the installed onnx knows up to {newest}), received {opset}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Port:
     """One input or output of the ONNX graph."""
 
@@ -184,7 +184,7 @@ def _refuse_shortfalls(spec, shortfalls, opset):
 
 
 # --- verification ---------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class OutputError:
     name: str
     max_abs: float

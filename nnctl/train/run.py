@@ -68,7 +68,7 @@ class RunFiles(NamedTuple):
         return [self.weights, self.best, self.history, self.checkpoint, self.record]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     """What a finished run did; `history` is the whole run's (resumed epochs included)."""
 
