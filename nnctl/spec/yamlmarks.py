@@ -66,10 +66,11 @@ else:
 
 
 def _compose(text: str):
-    """The document's root node. libyaml and the Python parser build the same nodes, but word their
-    errors differently and libyaml refuses a lone surrogate escape that the checks below explain
-    better, so a document libyaml refuses is composed again by the Python parser: the message comes
-    from it, and from the checks below where it accepts the document."""
+    """The document's root node. Where libyaml and the Python parser both accept a document they
+    build the same nodes (tests/test_fuzz.py); libyaml also accepts valid YAML the Python parser
+    refuses (a tab after `key:`). But it words its errors otherwise, and refuses a lone surrogate
+    escape that the checks below explain better, so a document it refuses is composed again by the
+    Python parser: the message is that parser's, or the checks' where it accepts the document."""
     try:
         return yaml.compose(text, Loader=_FastLoader)
     except yaml.YAMLError:
