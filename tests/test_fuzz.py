@@ -260,7 +260,9 @@ def _nodes(root):
 def _same_nodes(text):
     from nnctl.spec.yamlmarks import _FastLoader, _Loader
 
-    assert _FastLoader is not _Loader, "PyYAML was built without libyaml here"
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML was built without libyaml here: specs are read by the Python parser alone")
+    assert _FastLoader is not _Loader
     assert _nodes(yaml.compose(text, Loader=_FastLoader)) == _nodes(yaml.compose(text, Loader=_Loader))
 
 
