@@ -224,6 +224,307 @@ XENT_GRAD_LOOP(xent_grad_double, double)
 FINITE_LOOP(finite_float, float, uint32_t, 0x7f800000u)
 FINITE_LOOP(finite_double, double, uint64_t, 0x7ff0000000000000ull)
 
+/* Below this many elements a loop runs on the calling thread alone: handing out work costs about
+   a microsecond. */
+#define POOL_SPLIT_MIN 16384
+
+/* --- one pool of threads for OpenBLAS and these loops -------------------------------------------
+
+   NumPy's OpenBLAS runs its products on threads of its own, which spin for a while after each
+   product and then sleep. Between products a training step runs these loops on one thread, and a
+   thread of nnctl's own could not take the second core from OpenBLAS's spinning one (half of Adam
+   on a second thread gained nothing). So nnctl gives OpenBLAS this pool instead (OpenBLAS's
+   caller-managed threading, openblas_set_threads_callback_function), and the loops below split
+   their elements across the same threads. OpenBLAS still decides how a product is divided, so its
+   results are bit-identical; the loops are elementwise, so theirs are too. */
+#if defined(__linux__) && defined(__GNUC__)
+#define NNCTL_POOL 1
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define POOL_MAX_THREADS 256
+/* A worker spins this long for the next task before it sleeps: a step's products and loops come
+   microseconds apart, and waking a sleeping thread costs tens of microseconds. */
+#define POOL_SPIN_NS 5000000
+typedef void (*part_fn)(void *task, int part, int parts);
+typedef void (*openblas_dojob)(int thread, void *job, int data);
+typedef void (*openblas_threads)(int sync, openblas_dojob dojob, int jobs, size_t job_size, void *job_data, int data);
+
+static struct {
+    pthread_mutex_t dispatch; /* one task at a time */
+    pthread_mutex_t sleep_lock;
+    pthread_cond_t wakeup;
+    atomic_uint_fast64_t generation; /* bumped once a task is published */
+    atomic_int unfinished;           /* workers yet to finish the current task */
+    atomic_int sleepers;
+    int workers;
+    uint_fast64_t born[POOL_MAX_THREADS]; /* the generation each worker started at */
+    part_fn run;
+    void *task;
+    int parts;
+    int (*blas_threads)(void); /* OpenBLAS's current thread count, once the pool is shared with it */
+    atomic_ulong blas_tasks;   /* OpenBLAS's parallel calls through the pool (for tests) */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static _Thread_local int in_pool; /* this thread runs a part of a task: a nested task starts threads */
+
+static uint_fast64_t next_generation(uint_fast64_t seen) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (unsigned spins = 1;; spins++) {
+        uint_fast64_t current = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        if (current != seen) return current;
+        CPU_RELAX();
+        if (spins % 1024 == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) > POOL_SPIN_NS) break;
+        }
+    }
+    pthread_mutex_lock(&pool.sleep_lock);
+    atomic_fetch_add(&pool.sleepers, 1);
+    uint_fast64_t current;
+    while ((current = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wakeup, &pool.sleep_lock);
+    atomic_fetch_sub(&pool.sleepers, 1);
+    pthread_mutex_unlock(&pool.sleep_lock);
+    return current;
+}
+
+static void *pool_worker(void *argument) {
+    int part = (int)(intptr_t)argument; /* worker w runs part w; the caller runs part 0 */
+    in_pool = 1;
+    for (uint_fast64_t seen = pool.born[part];;) {
+        seen = next_generation(seen);
+        if (part < pool.parts) pool.run(pool.task, part, pool.parts);
+        atomic_fetch_sub_explicit(&pool.unfinished, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* At least `workers` workers (called with `dispatch` held); 0, or -1 where a thread would not start. */
+static int pool_grow(int workers) {
+    if (workers >= POOL_MAX_THREADS) return -1;
+    while (pool.workers < workers) {
+        int part = pool.workers + 1;
+        pthread_t thread;
+        pool.born[part] = atomic_load(&pool.generation);
+        if (pthread_create(&thread, NULL, pool_worker, (void *)(intptr_t)part) != 0) return -1;
+        pthread_detach(thread);
+        pool.workers++;
+    }
+    return 0;
+}
+
+typedef struct {
+    part_fn run;
+    void *task;
+    int part, parts;
+} lone_part;
+
+static void *run_lone_part(void *argument) {
+    lone_part *p = argument;
+    in_pool = 1;
+    p->run(p->task, p->part, p->parts);
+    return NULL;
+}
+
+/* A task started from inside another (or with the pool out of threads): threads of its own, since
+   OpenBLAS's parts wait for each other and must all run at once. */
+static void run_on_new_threads(part_fn run, void *task, int parts) {
+    lone_part lone[POOL_MAX_THREADS];
+    pthread_t threads[POOL_MAX_THREADS];
+    int started[POOL_MAX_THREADS] = {0};
+    if (parts > POOL_MAX_THREADS) parts = POOL_MAX_THREADS;
+    for (int part = 1; part < parts; part++) {
+        lone[part] = (lone_part){run, task, part, parts};
+        started[part] = pthread_create(&threads[part], NULL, run_lone_part, &lone[part]) == 0;
+        if (!started[part]) run(task, part, parts);
+    }
+    run(task, 0, parts);
+    for (int part = 1; part < parts; part++)
+        if (started[part]) pthread_join(threads[part], NULL);
+}
+
+/* run(task, part, parts) for every part, all at once, the caller running part 0. */
+static void pool_run(part_fn run, void *task, int parts) {
+    if (parts <= 1) {
+        run(task, 0, 1);
+        return;
+    }
+    if (in_pool) {
+        run_on_new_threads(run, task, parts);
+        return;
+    }
+    pthread_mutex_lock(&pool.dispatch);
+    if (pool_grow(parts - 1) < 0) {
+        pthread_mutex_unlock(&pool.dispatch);
+        run_on_new_threads(run, task, parts);
+        return;
+    }
+    pool.run = run;
+    pool.task = task;
+    pool.parts = parts;
+    atomic_store(&pool.unfinished, pool.workers);
+    atomic_fetch_add(&pool.generation, 1);
+    if (atomic_load(&pool.sleepers)) {
+        pthread_mutex_lock(&pool.sleep_lock);
+        pthread_cond_broadcast(&pool.wakeup);
+        pthread_mutex_unlock(&pool.sleep_lock);
+    }
+    in_pool = 1;
+    run(task, 0, parts);
+    in_pool = 0;
+    while (atomic_load_explicit(&pool.unfinished, memory_order_acquire)) CPU_RELAX();
+    pthread_mutex_unlock(&pool.dispatch);
+}
+
+/* A forked child has none of the parent's threads: it starts workers again as tasks need them. */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.dispatch, NULL);
+    pthread_mutex_init(&pool.sleep_lock, NULL);
+    pthread_cond_init(&pool.wakeup, NULL);
+    atomic_store(&pool.unfinished, 0);
+    atomic_store(&pool.sleepers, 0);
+    pool.workers = 0;
+    in_pool = 0;
+}
+
+typedef struct {
+    openblas_dojob dojob;
+    char *jobs;
+    size_t job_size;
+    int data;
+} blas_task;
+
+static void blas_part(void *task, int part, int parts) {
+    blas_task *t = task;
+    t->dojob(part, t->jobs + (size_t)part * t->job_size, t->data);
+}
+
+/* OpenBLAS's threading callback: every job at once, returning when all are done. */
+static void run_blas_jobs(int sync, openblas_dojob dojob, int jobs, size_t job_size, void *job_data, int data) {
+    (void)sync; /* OpenBLAS always asks for a synchronous run */
+    blas_task task = {dojob, job_data, job_size, data};
+    atomic_fetch_add_explicit(&pool.blas_tasks, 1, memory_order_relaxed);
+    pool_run(blas_part, &task, jobs);
+}
+
+/* The loaded OpenBLAS's symbol `name` with one of the prefixes and suffixes NumPy's builds use. */
+static void *openblas_symbol(void *library, const char *name) {
+    static const char *prefixes[] = {"scipy_", ""}, *suffixes[] = {"64_", "_64", ""};
+    char full[128];
+    for (int p = 0; p < 2; p++)
+        for (int s = 0; s < 3; s++) {
+            snprintf(full, sizeof full, "%s%s%s", prefixes[p], name, suffixes[s]);
+            void *symbol = dlsym(library, full);
+            if (symbol) return symbol;
+        }
+    return NULL;
+}
+
+typedef struct {
+    void *setter, *threads;
+} openblas_found;
+
+static int find_openblas(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    openblas_found *found = data;
+    if (!info->dlpi_name || !strstr(info->dlpi_name, "openblas")) return 0;
+    void *library = dlopen(info->dlpi_name, RTLD_NOW | RTLD_NOLOAD);
+    if (!library) return 0;
+    found->setter = openblas_symbol(library, "openblas_set_threads_callback_function");
+    found->threads = openblas_symbol(library, "openblas_get_num_threads");
+    if (found->setter && found->threads) return 1; /* the library stays open: its functions are kept */
+    dlclose(library);
+    found->setter = found->threads = NULL;
+    return 0;
+}
+
+/* The loop's threads now: OpenBLAS's count once the pool is shared, else 1. */
+static int loop_threads(void) {
+    int threads = pool.blas_threads ? pool.blas_threads() : 1;
+    return threads < 1 ? 1 : threads > POOL_MAX_THREADS ? POOL_MAX_THREADS : threads;
+}
+#else
+static int loop_threads(void) { return 1; }
+#define pool_run(run, task, parts) (run)((task), 0, 1)
+#endif
+
+/* A loop over indices [begin, end) (elements, or rows of `weight` elements), split into runs of
+   whole cache lines, one a thread. */
+typedef void (*range_fn)(void *task, Py_ssize_t begin, Py_ssize_t end);
+typedef struct {
+    range_fn range;
+    void *task;
+    Py_ssize_t n;
+} split_task;
+
+static void split_part(void *task, int part, int parts) {
+    split_task *s = task;
+    Py_ssize_t chunk = ((s->n + parts - 1) / parts + 15) / 16 * 16;
+    Py_ssize_t begin = part * chunk, end = begin + chunk < s->n ? begin + chunk : s->n;
+    if (begin < end) s->range(s->task, begin, end);
+}
+
+static void run_split(range_fn range, void *task, Py_ssize_t n, Py_ssize_t weight) {
+    int parts = n * weight >= POOL_SPLIT_MIN ? loop_threads() : 1;
+    if (parts == 1) {
+        range(task, 0, n);
+        return;
+    }
+    split_task split = {range, task, n};
+    pool_run(split_part, &split, parts);
+}
+
+/* One loop's buffers (by element) and scalars, for its range function. */
+typedef struct {
+    char kind;
+    char *buffers[4];
+    double scalars[5];
+    int flag;
+} loop_task;
+
+#define AT(i) ((void *)(t->buffers[i] + begin * (t->kind == 'f' ? sizeof(float) : sizeof(double))))
+#define SF(i) ((float)t->scalars[i])
+#define SD(i) (t->scalars[i])
+
+static void adam_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    loop_task *t = task;
+    if (t->kind == 'f') adam_float(AT(0), AT(1), AT(2), AT(3), end - begin, SF(0), SF(1), SF(2), SF(3), SF(4));
+    else adam_double(AT(0), AT(1), AT(2), AT(3), end - begin, SD(0), SD(1), SD(2), SD(3), SD(4));
+}
+
+static void sgd_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    loop_task *t = task;
+    if (t->kind == 'f') sgd_float(AT(0), AT(1), AT(2), end - begin, SF(0), SF(1), t->flag);
+    else sgd_double(AT(0), AT(1), AT(2), end - begin, SD(0), SD(1), t->flag);
+}
+
+static void scaled_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    loop_task *t = task;
+    if (t->kind == 'f') scaled_float(AT(0), AT(1), AT(2), end - begin, SF(0), SF(1), SF(2), SF(3));
+    else scaled_double(AT(0), AT(1), AT(2), end - begin, SD(0), SD(1), SD(2), SD(3));
+}
+
+static void relu_grad_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    loop_task *t = task;
+    if (t->kind == 'f') relu_grad_float(AT(1), AT(2), AT(0), end - begin);
+    else relu_grad_double(AT(1), AT(2), AT(0), end - begin);
+}
+
 /* A buffer's struct format without its byte-order prefix, or NULL where that order is not native. */
 static const char *native_format(const Py_buffer *view) {
     const char *format = view->format;
@@ -272,56 +573,71 @@ fail:
     return 0;
 }
 
-/* A wrapper's body once its arguments are parsed: the `count` buffers of `objects` as `views`
-   (GRADS, the second, read-only), FLOAT_CALL or DOUBLE_CALL on them (B(i): buffer i; n:
-   elements) without the GIL, None. */
-#define GRADS (1u << 1)
-#define B(i) views[i].buf
-#define RUN_LOOP(count, FLOAT_CALL, DOUBLE_CALL)                                                 \
-    do {                                                                                         \
-        char kind = get_buffers(names, objects, views, count, GRADS);                            \
-        if (!kind) return NULL;                                                                  \
-        Py_ssize_t n = views[0].len / views[0].itemsize;                                         \
-        Py_BEGIN_ALLOW_THREADS                                                                   \
-        if (kind == 'f') FLOAT_CALL; else DOUBLE_CALL;                                           \
-        Py_END_ALLOW_THREADS                                                                     \
-        for (int i = count; i > 0;) PyBuffer_Release(&views[--i]);                               \
-        Py_RETURN_NONE;                                                                          \
-    } while (0)
+#define B(i) views[i].buf /* buffer i of a wrapper's views */
+
+/* An update's body once its arguments are parsed: the `count` buffers of `objects` as `views`
+   (the gradients, the second, read-only), `range` over all their elements without the GIL, None. */
+static PyObject *run_update(const char *const *names, PyObject **objects, Py_buffer *views, int count,
+                            range_fn range, loop_task *task) {
+    task->kind = get_buffers(names, objects, views, count, 1u << 1);
+    if (!task->kind) return NULL;
+    for (int i = 0; i < count; i++) task->buffers[i] = views[i].buf;
+    Py_ssize_t n = views[0].len / views[0].itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    run_split(range, task, n, 1);
+    Py_END_ALLOW_THREADS
+    for (int i = count; i > 0;) PyBuffer_Release(&views[--i]);
+    Py_RETURN_NONE;
+}
 
 static PyObject *adam(PyObject *module, PyObject *args) {
     static const char *names[] = {"adam", "params", "grads", "m_sum", "v_sum"};
     PyObject *objects[4];
     Py_buffer views[4];
-    double beta_1, beta_2, epsilon, step, decay = 1.0;
+    loop_task task = {.scalars = {0, 0, 0, 0, 1.0}}; /* beta_1, beta_2, epsilon, step, decay */
     if (!PyArg_ParseTuple(args, "OOOOdddd|d:adam", &objects[0], &objects[1], &objects[2], &objects[3],
-                          &beta_1, &beta_2, &epsilon, &step, &decay))
+                          &task.scalars[0], &task.scalars[1], &task.scalars[2], &task.scalars[3], &task.scalars[4]))
         return NULL;
-    RUN_LOOP(4, adam_float(B(0), B(1), B(2), B(3), n, (float)beta_1, (float)beta_2, (float)epsilon, (float)step, (float)decay),
-             adam_double(B(0), B(1), B(2), B(3), n, beta_1, beta_2, epsilon, step, decay));
+    return run_update(names, objects, views, 4, adam_range, &task);
 }
 
 static PyObject *sgd(PyObject *module, PyObject *args) {
     static const char *names[] = {"sgd", "params", "grads", "velocity"};
     PyObject *objects[3];
     Py_buffer views[3];
-    double momentum, lr;
-    int nesterov;
-    if (!PyArg_ParseTuple(args, "OOOddp:sgd", &objects[0], &objects[1], &objects[2], &momentum, &lr, &nesterov))
+    loop_task task = {0}; /* momentum, lr; nesterov */
+    if (!PyArg_ParseTuple(args, "OOOddp:sgd", &objects[0], &objects[1], &objects[2], &task.scalars[0],
+                          &task.scalars[1], &task.flag))
         return NULL;
-    RUN_LOOP(3, sgd_float(B(0), B(1), B(2), n, (float)momentum, (float)lr, nesterov),
-             sgd_double(B(0), B(1), B(2), n, momentum, lr, nesterov));
+    return run_update(names, objects, views, 3, sgd_range, &task);
 }
 
 static PyObject *scaled(PyObject *module, PyObject *args) {
     static const char *names[] = {"scaled", "params", "grads", "squares"};
     PyObject *objects[3];
     Py_buffer views[3];
-    double rho, scale, epsilon, lr;
-    if (!PyArg_ParseTuple(args, "OOOdddd:scaled", &objects[0], &objects[1], &objects[2], &rho, &scale, &epsilon, &lr))
+    loop_task task = {0}; /* rho, scale, epsilon, lr */
+    if (!PyArg_ParseTuple(args, "OOOdddd:scaled", &objects[0], &objects[1], &objects[2], &task.scalars[0],
+                          &task.scalars[1], &task.scalars[2], &task.scalars[3]))
         return NULL;
-    RUN_LOOP(3, scaled_float(B(0), B(1), B(2), n, (float)rho, (float)scale, (float)epsilon, (float)lr),
-             scaled_double(B(0), B(1), B(2), n, rho, scale, epsilon, lr));
+    return run_update(names, objects, views, 3, scaled_range, &task);
+}
+
+/* A bias loop's arguments, for its rows [begin, end). */
+typedef struct {
+    char kind;
+    const char *x, *bias;
+    char *out;
+    Py_ssize_t units;
+    void (*float_loop)(const float *, const float *, float *, Py_ssize_t, Py_ssize_t);
+    void (*double_loop)(const double *, const double *, double *, Py_ssize_t, Py_ssize_t);
+} biased_task;
+
+static void biased_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    biased_task *t = task;
+    size_t offset = (size_t)begin * t->units * (t->kind == 'f' ? sizeof(float) : sizeof(double));
+    if (t->kind == 'f') t->float_loop((const void *)(t->x + offset), (const void *)t->bias, (void *)(t->out + offset), end - begin, t->units);
+    else t->double_loop((const void *)(t->x + offset), (const void *)t->bias, (void *)(t->out + offset), end - begin, t->units);
 }
 
 /* relu(x, bias, out) and add_bias(x, bias, out): parse, check, run float_loop or double_loop, return out. */
@@ -343,10 +659,9 @@ static PyObject *biased(PyObject *args, const char *const *names, int bias_requi
             goto fail;
         }
     }
-    Py_ssize_t rows = units ? n / units : 0;
+    biased_task task = {kind, B(1), bias_view.buf, B(0), units, float_loop, double_loop};
     Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f') float_loop(B(1), bias_view.buf, B(0), rows, units);
-    else double_loop(B(1), bias_view.buf, B(0), rows, units);
+    run_split(biased_range, &task, units ? n / units : 0, units);
     Py_END_ALLOW_THREADS
     if (bias_view.obj) PyBuffer_Release(&bias_view);
     PyBuffer_Release(&views[1]);
@@ -375,10 +690,10 @@ static PyObject *relu_grad(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOO:relu_grad", &objects[1], &objects[2], &objects[0])) return NULL;
     char kind = get_buffers(names, objects, views, 3, (1u << 1) | (1u << 2));
     if (!kind) return NULL;
+    loop_task task = {kind, {views[0].buf, views[1].buf, views[2].buf}};
     Py_ssize_t n = views[0].len / views[0].itemsize;
     Py_BEGIN_ALLOW_THREADS
-    if (kind == 'f') relu_grad_float(B(1), B(2), B(0), n);
-    else relu_grad_double(B(1), B(2), B(0), n);
+    run_split(relu_grad_range, &task, n, 1);
     Py_END_ALLOW_THREADS
     for (int i = 3; i > 0;) PyBuffer_Release(&views[--i]);
     return Py_NewRef(objects[0]);
@@ -488,7 +803,36 @@ static PyObject *all_finite(PyObject *module, PyObject *array) {
     return PyBool_FromLong(finite);
 }
 
+/* share_blas_threads(): OpenBLAS's products and these loops on one pool (see the pool above). */
+static PyObject *share_blas_threads(PyObject *module, PyObject *unused) {
+#ifdef NNCTL_POOL
+    if (!pool.blas_threads) { /* the GIL is held: one caller at a time */
+        openblas_found found = {NULL, NULL};
+        dl_iterate_phdr(find_openblas, &found);
+        if (found.setter) {
+            pthread_atfork(NULL, NULL, pool_after_fork);
+            ((void (*)(openblas_threads))found.setter)(run_blas_jobs);
+            pool.blas_threads = (int (*)(void))found.threads;
+        }
+    }
+#endif
+    return PyLong_FromLong(loop_threads());
+}
+
+static PyObject *pool_stats(PyObject *module, PyObject *unused) {
+#ifdef NNCTL_POOL
+    return Py_BuildValue("iik", loop_threads(), pool.workers, (unsigned long)atomic_load(&pool.blas_tasks));
+#else
+    return Py_BuildValue("iik", 1, 0, 0UL);
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"share_blas_threads", share_blas_threads, METH_NOARGS,
+     "share_blas_threads() -> threads: run NumPy's OpenBLAS products on nnctl's pool, and split these loops "
+     "over its threads (OpenBLAS's count); 1 where there is no OpenBLAS to share with. Idempotent."},
+    {"pool_stats", pool_stats, METH_NOARGS,
+     "pool_stats() -> (loop threads, workers started, OpenBLAS parallel calls run by the pool)."},
     {"adam", adam, METH_VARARGS,
      "adam(params, grads, m_sum, v_sum, beta_1, beta_2, epsilon, step, decay=1): one Adam (AdamW with "
      "decay != 1) update in place."},

@@ -52,6 +52,9 @@ def get_backend(name: str) -> Backend:
     if name == "numpy":
         import numpy
 
+        from nnctl.core.loops import share_blas_threads
+
+        share_blas_threads()
         return Backend("numpy", numpy)
     if name == "cupy":
         try:
