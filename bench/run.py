@@ -180,6 +180,10 @@ def worker(impl: str, workload: str, n: int, epochs: int, repeats: int) -> dict:
     x, y, init, perms = references.make_workload(workload, n, epochs, seed=0)
     result = TRAINERS[impl](workload, x, y, init, perms, repeats=repeats)
     result.pop("weights", None)
+    if impl == "nnctl_step":
+        from nnctl.core.loops import pool_threads
+
+        result["pool_threads"] = pool_threads()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -364,7 +368,9 @@ def print_report(report: dict) -> None:
                           f"samples_per_second (training steps only): {nnctl['reported_samples_per_s']:,.0f}")
         if key in step and key in torch:
             console.print(f"nnctl step / torch eager: {step[key] / torch[key]:.2f}x")
-    console.print(f"machine: {report['machine']}, compute threads: {report['threads']}; nnctl's Adam update: {report['nnctl_adam']}")
+    pools = {result["pool_threads"] for entry in report["workloads"].values() for result in entry["results"].values() if "pool_threads" in result}
+    pool = f"; threads OpenBLAS and nnctl's loops share: {', '.join(map(str, sorted(pools)))}" if pools else ""
+    console.print(f"machine: {report['machine']}, compute threads: {report['threads']}; nnctl's Adam update: {report['nnctl_adam']}{pool}")
     s = report["startup"]
     console.print(f"start-up: nnctl summary {s['nnctl_summary_s'] * 1000:.0f} ms, python -c 'import numpy' "
                   f"{s['import_numpy_s'] * 1000:.0f} ms: ratio {s['ratio']:.2f} (target <= 1.2)")

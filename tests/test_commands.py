@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -336,9 +337,12 @@ def test_time_reports_every_layer(tmp_path):
     assert data["step_ms"] == pytest.approx(data["forward_ms"] + data["backward_ms"] + data["update_ms"])
     compiled = importlib.util.find_spec("nnctl.core._loops") is not None
     assert data["optimizer"] == "adam" and data["optimizer_compiled"] is compiled
+    # the pool takes OpenBLAS's thread count where it is built, so as many threads as this machine has cores at most
+    assert 1 <= data["threads"] <= (os.cpu_count() if compiled else 1)
     table = run("time", spec, "--iterations", 2).stdout
     update = "optimizer update (adam, one compiled loop)" if compiled else "optimizer update (adam)"
-    for text in ("Forward ms", "Backward ms", "Share", "dense1 (Dense)", "concat (Concatenate)", "loss (mse)", "whole step", update):
+    threads = f"numpy {data['dtype']}, {data['threads']} thread" + ("s" if data["threads"] > 1 else "")
+    for text in ("Forward ms", "Backward ms", "Share", "dense1 (Dense)", "concat (Concatenate)", "loss (mse)", "whole step", update, threads):
         assert text in table, text
 
 

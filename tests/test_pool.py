@@ -22,9 +22,9 @@ pytest.importorskip("threadpoolctl", reason="threadpoolctl (scikit-learn's) sets
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 3
-# The loops that split their elements (or rows) across the pool; the cross-entropy loops and the
-# finite check run on the calling thread.
-SPLIT_LOOPS = {"adam", "sgd", "scaled", "relu", "add_bias", "relu_grad"}
+# The loops that split their elements (or rows) across the pool; the cross-entropy loops run on the
+# calling thread.
+SPLIT_LOOPS = {"adam", "sgd", "scaled", "relu", "add_bias", "relu_grad", "gather_rows", "all_finite"}
 # Past the pool's POOL_SPLIT_MIN (16,384 elements) and not a multiple of any part's length.
 N = 3 * 16384 + 7
 
@@ -64,6 +64,16 @@ for dtype in (np.float32, np.float64):
     record(f"add_bias {dtype}", kernels.add_bias(x, bias, np.empty_like(x)))
     g, out = buffers(2)
     record(f"relu_grad {dtype}", kernels.relu_grad(g, out, np.empty_like(g)))
+    source, rows = rng.standard_normal((5000, 97)).astype(dtype), rng.integers(0, 5000, 3001)
+    record(f"gather_rows {dtype}", kernels.gather_rows(source, rows, np.empty((3001, 97), dtype)))
+    verdicts = []
+    for where in (None, 0, N // 3, N // 2, N - 1):  # in each part, and none
+        values = rng.standard_normal(N).astype(dtype)
+        if where is not None:
+            values[where] = np.inf if where % 2 else np.nan
+        verdicts.append(kernels.all_finite(values))
+    record(f"all_finite {dtype}", np.array(verdicts))
+    assert verdicts == [True, False, False, False, False], verdicts
 """
 
 CHILD_END = """
@@ -71,11 +81,12 @@ print(json.dumps({"threads": threads, "stats": kernels.pool_stats(), "digests": 
 """
 
 
-def _child(code: str, pool: bool, timeout: float = 120) -> dict:
+def _child(code: str, pool: bool, timeout: float = 120, first: str = "") -> dict:
+    """`code` between the preamble and the report in a child; `first` before the preamble."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if not pool:
         env[loops.POOL_VARIABLE] = "0"
-    done = subprocess.run([sys.executable, "-c", CHILD_PREAMBLE + code + CHILD_END], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", first + CHILD_PREAMBLE + code + CHILD_END], capture_output=True, text=True,
                           env=env, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -112,7 +123,7 @@ def test_split_loops_are_bit_identical_to_one_thread(shared):
 
 
 def test_every_loop_is_either_split_or_run_on_the_caller():
-    runs_alone = {"xent_shift", "xent_grad", "all_finite"}
+    runs_alone = {"xent_shift", "xent_grad"}
     pool_functions = {"share_blas_threads", "pool_stats"}
     assert SPLIT_LOOPS | runs_alone | pool_functions == {name for name in dir(kernels) if not name.startswith("_")}
 
@@ -142,6 +153,22 @@ digests["exit"], digests["parent"] = child.exitcode, work()
     digests = result["digests"]
     assert digests["exit"] == 0 and digests["child workers"] == THREADS - 1
     assert digests["child"] == digests["parent"]
+
+
+def test_an_openblas_loaded_before_numpys_shares_the_pool_too():
+    """SciPy's own OpenBLAS, imported first, gets the pool as NumPy's does; the loops keep NumPy's count."""
+    pytest.importorskip("scipy.linalg.blas")
+    code = """
+import scipy.linalg.blas as scipy_blas
+a = np.ones((512, 512), np.float32)
+for name, product in (("scipy", lambda: scipy_blas.sgemm(1.0, a, a)), ("numpy", lambda: a @ a)):
+    before = kernels.pool_stats()[2]
+    digests[name] = [float(product()[0, 0]), kernels.pool_stats()[2] - before]
+"""
+    result = _child(code, pool=True, first="import scipy.linalg.blas\n")
+    if result["threads"] != THREADS:
+        pytest.skip("no OpenBLAS threading callback here")
+    assert result["digests"] == {"scipy": [512.0, 1], "numpy": [512.0, 1]}
 
 
 def test_products_from_several_python_threads_take_turns():

@@ -1,6 +1,6 @@
 """The compiled step's loops (nnctl/core/_loops.c) against the NumPy passes they replace, bit for bit:
-dense's bias with relu or alone and relu's gradient (nnctl.model.activations), and sparse softmax
-cross-entropy's passes around exp() (nnctl.train.losses).
+dense's bias with relu or alone and relu's gradient (nnctl.model.activations), sparse softmax
+cross-entropy's passes around exp() (nnctl.train.losses), and the batch's gather (nnctl.data.batches).
 
 The two paths are the compiled closures with and without the loops: on every kind of float value
 (NaN, infinities, signed zeros, subnormals, the largest), in both dtypes, at lengths with and
@@ -20,7 +20,7 @@ from nnctl.train import losses
 kernels = pytest.importorskip("nnctl.core._loops", reason="nnctl.core._loops was not built (no C compiler at install)")
 
 # The loops this file holds to their passes (test_optimizers.py and test_finite_checks.py hold the others).
-STEP_LOOPS = {"relu", "relu_grad", "add_bias", "xent_shift", "xent_grad"}
+STEP_LOOPS = {"relu", "relu_grad", "add_bias", "xent_shift", "xent_grad", "gather_rows"}
 
 DTYPES = [np.float32, np.float64]
 # (batch, units): a vector loop's width, a tail after it, a single element, a bias over odd units
@@ -238,6 +238,68 @@ def test_cross_entropy_loops_refuse_what_they_cannot_run_on(loop, case):
     arguments = BAD_XENT_ARGUMENTS[case][loop == "xent_grad"]
     with pytest.raises((TypeError, ValueError, IndexError)):
         getattr(kernels, loop)(*arguments)
+
+
+# The arrays a data set's inputs and targets come as: every dtype a file gives, rows of any shape.
+GATHER_SOURCES = {
+    "float32 images": np.arange(50 * 8 * 8, dtype=np.float32).reshape(50, 8, 8),
+    "float64 features": np.linspace(-1, 1, 50 * 7).reshape(50, 7),
+    "int64 labels": np.arange(50, dtype=np.int64)[::-1].copy(),
+    "bool flags": np.arange(50 * 3).reshape(50, 3) % 4 == 0,
+    "float16 big-endian": np.arange(50 * 5, dtype=">f2").reshape(50, 5),
+    "unicode names": np.array([f"name {i}" for i in range(50)]),
+}
+
+
+@pytest.mark.parametrize("source", GATHER_SOURCES)
+def test_the_batch_gather_copies_what_take_does(source):
+    array = GATHER_SOURCES[source]
+    rows = np.random.default_rng(0).integers(0, len(array), 37)
+    out = np.empty((len(rows),) + array.shape[1:], array.dtype)
+    assert kernels.gather_rows(array, rows, out) is out
+    assert out.dtype == array.dtype and out.tobytes() == array.take(rows, axis=0).tobytes()
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["loops", "numpy"])
+def test_batches_gather_with_or_without_the_loop(monkeypatch, loaded):
+    from nnctl.core.backend import get_backend
+    from nnctl.data.batches import Batches
+    from nnctl.data.dataset import Dataset
+
+    backend, calls = get_backend("numpy"), []
+    _spy_on_loops(monkeypatch, calls) if loaded else _without_loops(monkeypatch)
+    x, y = GATHER_SOURCES["float32 images"], GATHER_SOURCES["int64 labels"]
+    dataset = Dataset(None, {"x": x, "strided": x[:, ::2]}, {"out": y}, np.arange(len(x)))
+    order = np.random.default_rng(1).permutation(len(x))
+    sizes = []
+    for (inputs, targets, size), start in zip(Batches(dataset, 16, backend, np.float32)(order), range(0, 50, 16)):
+        rows = order[start:start + size]  # each batch before the next: the buffers are reused
+        np.testing.assert_array_equal(inputs["x"], x[rows])
+        np.testing.assert_array_equal(inputs["strided"], x[:, ::2][rows])
+        np.testing.assert_array_equal(targets["out"], y[rows])
+        sizes.append(size)
+    assert sizes == [16, 16, 16, 2]
+    assert calls == (["gather_rows"] * 8 if loaded else [])  # x and the targets; the strided view takes take()
+
+
+_ROWS = np.zeros(2, np.int64)
+BAD_GATHERS = {
+    "a row past the end": (np.zeros((3, 2)), np.array([0, 3]), np.zeros((2, 2))),
+    "a negative row": (np.zeros((3, 2)), np.array([-1, 0]), np.zeros((2, 2))),
+    "rows of another dtype": (np.zeros((3, 2)), np.zeros(2, np.int32), np.zeros((2, 2))),
+    "rows of another count": (np.zeros((3, 2)), np.zeros(3, np.int64), np.zeros((2, 2))),
+    "an out of another dtype": (np.zeros((3, 2)), _ROWS, np.zeros((2, 2), np.float32)),
+    "an out of another row shape": (np.zeros((3, 2)), _ROWS, np.zeros((2, 3))),
+    "an empty source": (np.zeros((0, 2)), _ROWS, np.zeros((2, 2))),
+    "a source that is not contiguous": (np.zeros((3, 4))[:, ::2], _ROWS, np.zeros((2, 2))),
+    "a read-only out": (np.zeros((3, 2)), _ROWS, np.frombuffer(bytes(32)).reshape(2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GATHERS)
+def test_the_batch_gather_refuses_what_it_cannot_copy(case):
+    with pytest.raises((TypeError, ValueError, IndexError, BufferError)):
+        kernels.gather_rows(*BAD_GATHERS[case])
 
 
 def test_every_step_loop_is_held_here():

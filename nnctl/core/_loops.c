@@ -1,7 +1,8 @@
 /* nnctl.core._loops: what NumPy would run as several whole-buffer passes, as one loop each: every
    optimizer's update (see nnctl/train/optimizers.py), dense's bias with relu or alone and relu's
    gradient (nnctl/model/activations.py), sparse softmax cross-entropy's passes around exp()
-   (nnctl/train/losses.py), and the finite check (nnctl/core/finite.py).
+   (nnctl/train/losses.py), and the finite check (nnctl/core/finite.py); the batch's gather
+   (nnctl/data/batches.py); and the pool of threads the loops share with NumPy's OpenBLAS.
 
    NumPy runs an update as whole-buffer passes, one per operation: 10 passes over 5 buffers for
    Adam, a quarter of a training step on an MLP. These loops read each element once. Each performs
@@ -435,21 +436,23 @@ static void *openblas_symbol(void *library, const char *name) {
     return NULL;
 }
 
-typedef struct {
-    void *setter, *threads;
-} openblas_found;
-
-static int find_openblas(struct dl_phdr_info *info, size_t size, void *data) {
+/* Each OpenBLAS loaded (NumPy's, and SciPy's own copy where SciPy came first) that takes a
+   threading callback gets the pool; the loops follow NumPy's thread count (the first's, where no
+   path names NumPy). Each library found stays open: its functions are kept. */
+static int share_with_openblas(struct dl_phdr_info *info, size_t size, void *data) {
     (void)size;
-    openblas_found *found = data;
+    int (**threads)(void) = data;
     if (!info->dlpi_name || !strstr(info->dlpi_name, "openblas")) return 0;
     void *library = dlopen(info->dlpi_name, RTLD_NOW | RTLD_NOLOAD);
     if (!library) return 0;
-    found->setter = openblas_symbol(library, "openblas_set_threads_callback_function");
-    found->threads = openblas_symbol(library, "openblas_get_num_threads");
-    if (found->setter && found->threads) return 1; /* the library stays open: its functions are kept */
-    dlclose(library);
-    found->setter = found->threads = NULL;
+    void *setter = openblas_symbol(library, "openblas_set_threads_callback_function");
+    void *count = openblas_symbol(library, "openblas_get_num_threads");
+    if (!setter || !count) {
+        dlclose(library);
+        return 0;
+    }
+    ((void (*)(openblas_threads))setter)(run_blas_jobs);
+    if (!*threads || strstr(info->dlpi_name, "numpy")) *threads = (int (*)(void))count;
     return 0;
 }
 
@@ -706,7 +709,7 @@ static int get_vector(const char *function, const char *name, PyObject *object, 
     if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
     if (buffer_kind(view) != kind || view->len / view->itemsize != count) {
         PyErr_Format(PyExc_TypeError, "%s: expected %s as %zd contiguous %s, received another", function, name, count,
-                     kind == 'q' ? "int64 labels" : "floats of the logits' dtype");
+                     kind == 'q' ? "int64 values" : "floats of the logits' dtype");
         PyBuffer_Release(view);
         return -1;
     }
@@ -785,6 +788,18 @@ release:
     return Py_NewRef(objects[0]);
 }
 
+/* Parts that find a NaN or an infinity each clear the one shared verdict (set before the split). */
+#ifdef NNCTL_POOL
+#define CLEAR_SHARED(flag) __atomic_store_n(&(flag), 0, __ATOMIC_RELAXED)
+#else
+#define CLEAR_SHARED(flag) ((flag) = 0)
+#endif
+
+static void finite_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    loop_task *t = task;
+    if (!(t->kind == 'f' ? finite_float(AT(0), end - begin) : finite_double(AT(0), end - begin))) CLEAR_SHARED(t->flag);
+}
+
 static PyObject *all_finite(PyObject *module, PyObject *array) {
     Py_buffer view;
     if (PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
@@ -794,25 +809,73 @@ static PyObject *all_finite(PyObject *module, PyObject *array) {
         PyErr_SetString(PyExc_TypeError, "all_finite: expected a contiguous float32 or float64 buffer, received another");
         return NULL;
     }
-    int finite;
+    loop_task task = {kind, {view.buf}, .flag = 1};
     Py_ssize_t n = view.len / view.itemsize;
     Py_BEGIN_ALLOW_THREADS
-    finite = kind == 'f' ? finite_float(view.buf, n) : finite_double(view.buf, n);
+    run_split(finite_range, &task, n, 1);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    return PyBool_FromLong(finite);
+    return PyBool_FromLong(task.flag);
+}
+
+/* A batch's rows gathered from a data set (NumPy's take along axis 0), split across the pool: each
+   row's bytes copied whole, so any dtype is copied as it is. */
+typedef struct {
+    const char *source;
+    const int64_t *rows;
+    char *out;
+    size_t row_bytes;
+} gather_task;
+
+static void gather_range(void *task, Py_ssize_t begin, Py_ssize_t end) {
+    gather_task *t = task;
+    for (Py_ssize_t i = begin; i < end; i++) memcpy(t->out + i * t->row_bytes, t->source + t->rows[i] * t->row_bytes, t->row_bytes);
+}
+
+static PyObject *gather_rows(PyObject *module, PyObject *args) {
+    PyObject *source_object, *rows_object, *out_object;
+    Py_buffer source, rows, out;
+    if (!PyArg_ParseTuple(args, "OOO:gather_rows", &source_object, &rows_object, &out_object)) return NULL;
+    if (PyObject_GetBuffer(source_object, &source, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(out_object, &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto release_source;
+    Py_ssize_t count = out.ndim ? out.shape[0] : 0, length = source.ndim ? source.shape[0] : 0;
+    if (!count || !length || source.ndim != out.ndim || strcmp(source.format, out.format) != 0 ||
+        source.len / length != out.len / count) {
+        PyErr_SetString(PyExc_TypeError, "gather_rows: expected a source and an out of one dtype and row shape, "
+                                         "received others");
+        goto release_out;
+    }
+    if (get_vector("gather_rows", "rows", rows_object, &rows, 'q', count, 0) < 0) goto release_out;
+    const int64_t *indices = rows.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (indices[i] < 0 || indices[i] >= length) {
+            PyErr_Format(PyExc_IndexError, "gather_rows: expected rows in [0, %zd), received %lld", length, (long long)indices[i]);
+            goto release_rows;
+        }
+    }
+    gather_task task = {source.buf, indices, out.buf, (size_t)(out.len / count)};
+    Py_BEGIN_ALLOW_THREADS
+    run_split(gather_range, &task, count, (Py_ssize_t)task.row_bytes / 4);
+    Py_END_ALLOW_THREADS
+release_rows:
+    PyBuffer_Release(&rows);
+release_out:
+    PyBuffer_Release(&out);
+release_source:
+    PyBuffer_Release(&source);
+    if (PyErr_Occurred()) return NULL;
+    return Py_NewRef(out_object);
 }
 
 /* share_blas_threads(): OpenBLAS's products and these loops on one pool (see the pool above). */
 static PyObject *share_blas_threads(PyObject *module, PyObject *unused) {
 #ifdef NNCTL_POOL
     if (!pool.blas_threads) { /* the GIL is held: one caller at a time */
-        openblas_found found = {NULL, NULL};
-        dl_iterate_phdr(find_openblas, &found);
-        if (found.setter) {
+        int (*threads)(void) = NULL;
+        dl_iterate_phdr(share_with_openblas, &threads);
+        if (threads) {
             pthread_atfork(NULL, NULL, pool_after_fork);
-            ((void (*)(openblas_threads))found.setter)(run_blas_jobs);
-            pool.blas_threads = (int (*)(void))found.threads;
+            pool.blas_threads = threads;
         }
     }
 #endif
@@ -828,6 +891,8 @@ static PyObject *pool_stats(PyObject *module, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
+    {"gather_rows", gather_rows, METH_VARARGS,
+     "gather_rows(source, rows, out) -> out: out[i] = source[rows[i]] along axis 0 (NumPy's take), rows int64."},
     {"share_blas_threads", share_blas_threads, METH_NOARGS,
      "share_blas_threads() -> threads: run NumPy's OpenBLAS products on nnctl's pool, and split these loops "
      "over its threads (OpenBLAS's count); 1 where there is no OpenBLAS to share with. Idempotent."},

@@ -25,3 +25,8 @@ def share_blas_threads() -> int:
     if built is None or os.environ.get(POOL_VARIABLE) == "0":
         return 1
     return built.share_blas_threads()
+
+
+def pool_threads() -> int:
+    """The threads OpenBLAS's products and the loops share now (OpenBLAS's count; 1: nothing shared)."""
+    return built.pool_stats()[0] if built is not None else 1

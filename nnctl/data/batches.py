@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy
 
+from nnctl.core.loops import loops_for
 from nnctl.data.readers import RowFile
 
 TARGETS = object()  # with an output's name, the key of its targets' buffers (an input's key is its name)
@@ -20,6 +21,7 @@ class Batches:
     def __init__(self, dataset, batch_size: int, backend, dtype):
         self.dataset, self.batch_size, self.backend, self.dtype = dataset, batch_size, backend, dtype
         self._buffers = {}
+        self._loops = loops_for(numpy)  # the host's gather: one copy a row, split across the pool's threads
         self._device = None
         self._targets = {(TARGETS, output): array for output, array in (dataset.targets or {}).items()}
         arrays = [*dataset.inputs.values(), *self._targets.values()]
@@ -38,6 +40,8 @@ class Batches:
         buffer = self._buffers.get((key, shape))
         if buffer is None:
             buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
+        if self._loops is not None and array.flags.c_contiguous and not array.dtype.hasobject and rows.dtype == numpy.int64:
+            return self._loops.gather_rows(array, rows, buffer)
         # mode="clip" (the rows are valid): under the default "raise", take() gathers into a
         # temporary and copies it into `out`.
         return array.take(rows, axis=0, out=buffer, mode="clip")

@@ -16,6 +16,7 @@ from nnctl.diagnostics.gradcheck import random_batch
 from nnctl.core.random import STREAM_DROPOUT, rng_for
 from nnctl.model.graph import ForwardContext
 from nnctl.core.finite import all_finite
+from nnctl.core.loops import pool_threads
 from nnctl.train.heads import loss_names
 from nnctl.train.step import TrainStep
 
@@ -95,4 +96,6 @@ def time_step(session, batch_size: int, iterations: int, warmup: int = 2) -> dic
         "update_ms": update_ms, "step_ms": step_ms,
         "optimizer": session.spec.optimizer.name, "optimizer_compiled": optimizer.compiled(backend.xp),
         "other_ms": max(step_ms - accounted, 0.0),
+        # NumPy's OpenBLAS and the compiled loops on one pool (nnctl/core/_loops.c); None on a GPU
+        "threads": pool_threads() if backend.name == "numpy" else None,
     }
