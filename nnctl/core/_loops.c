@@ -240,10 +240,7 @@ FINITE_LOOP(finite_double, double, uint64_t, 0x7ff0000000000000ull)
    results are bit-identical; the loops are elementwise, so theirs are too. */
 #if defined(__linux__) && defined(__GNUC__)
 #define NNCTL_POOL 1
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <dlfcn.h>
+#include <dlfcn.h> /* with <link.h>: GNU extensions, which Python.h has turned on (_GNU_SOURCE) */
 #include <link.h>
 #include <pthread.h>
 #include <stdatomic.h>
