@@ -282,6 +282,19 @@ def test_batches_gather_with_or_without_the_loop(monkeypatch, loaded):
     assert calls == (["gather_rows"] * 8 if loaded else [])  # x and the targets; the strided view takes take()
 
 
+def test_batches_gather_rows_that_are_not_contiguous():
+    """A data set's rows may be a strided view (no shuffle): they take take() rather than the loop."""
+    from nnctl.core.backend import get_backend
+    from nnctl.data.batches import Batches
+    from nnctl.data.dataset import Dataset
+
+    x = GATHER_SOURCES["float32 images"]
+    rows = np.arange(len(x))[::3]
+    assert not rows.flags.c_contiguous
+    gathered = [inputs["x"].copy() for inputs, _, _ in Batches(Dataset(None, {"x": x}, None, rows), 8, get_backend("numpy"), np.float32)(None)]
+    np.testing.assert_array_equal(np.concatenate(gathered), x[rows])
+
+
 _ROWS = np.zeros(2, np.int64)
 BAD_GATHERS = {
     "a row past the end": (np.zeros((3, 2)), np.array([0, 3]), np.zeros((2, 2))),

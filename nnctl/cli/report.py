@@ -514,7 +514,7 @@ def timing_view(data: dict):
     threads = data["threads"]
     head = Text.assemble(("Per-layer time of a training step", "bold"), f": {data['name']}, batch {data['batch_size']}, "
                          f"mean of {data['iterations']} steps after {data['warmup']} warm-up, {data['backend']} {data['dtype']}"
-                         + (f", {threads} thread{'s' if threads > 1 else ''}" if threads else ""))
+                         + (f", {threads} threads for products and loops" if threads and threads > 1 else ""))
     table = Table()
     for column, justify in (("Layer (type)", "left"), ("Forward ms", "right"), ("Backward ms", "right"), ("Total ms", "right"), ("Share", "right")):
         table.add_column(column, justify=justify)

@@ -367,9 +367,11 @@ static void pool_run(part_fn run, void *task, int parts) {
         return;
     }
     pthread_mutex_lock(&pool.dispatch);
-    if (pool_grow(parts - 1) < 0) {
-        pthread_mutex_unlock(&pool.dispatch);
+    if (pool_grow(parts - 1) < 0) { /* still one task at a time: OpenBLAS's parts share its buffers */
+        in_pool = 1;
         run_on_new_threads(run, task, parts);
+        in_pool = 0;
+        pthread_mutex_unlock(&pool.dispatch);
         return;
     }
     pool.run = run;

@@ -40,7 +40,8 @@ class Batches:
         buffer = self._buffers.get((key, shape))
         if buffer is None:
             buffer = self._buffers[(key, shape)] = numpy.empty(shape, dtype=array.dtype)
-        if self._loops is not None and array.flags.c_contiguous and not array.dtype.hasobject and rows.dtype == numpy.int64:
+        if (self._loops is not None and array.flags.c_contiguous and not array.dtype.hasobject
+                and rows.dtype == numpy.int64 and rows.flags.c_contiguous):
             return self._loops.gather_rows(array, rows, buffer)
         # mode="clip" (the rows are valid): under the default "raise", take() gathers into a
         # temporary and copies it into `out`.
