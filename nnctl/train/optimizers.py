@@ -74,6 +74,7 @@ class Optimizer:
         return loops_for(xp)
 
     def compiled(self, xp) -> bool:
+        """Whether `update` on `xp` runs as one compiled loop rather than passes (`nnctl time` says)."""
         return self.loops(xp) is not None
 
     def state_dict(self) -> dict:
